@@ -1,0 +1,40 @@
+//! Where the model runs: CUDA when this build has it and a GPU is there,
+//! otherwise the CPU; `DEVICE=cpu` or `DEVICE=cuda` forces the choice.
+
+use anyhow::{bail, Result};
+pub use candle_core::Device;
+
+/// The device to train on, chosen as the module doc says.
+pub fn pick_device() -> Result<Device> {
+    match std::env::var("DEVICE").ok().as_deref().map(str::trim) {
+        None | Some("") | Some("auto") => Ok(auto()),
+        Some("cpu") => Ok(Device::Cpu),
+        Some("cuda") => cuda(),
+        Some(other) => bail!("DEVICE={other:?} is not a device: use cpu, cuda or auto"),
+    }
+}
+
+fn auto() -> Device {
+    if candle_core::utils::cuda_is_available() {
+        if let Ok(d) = Device::new_cuda(0) {
+            return d;
+        }
+    }
+    Device::Cpu
+}
+
+fn cuda() -> Result<Device> {
+    if !candle_core::utils::cuda_is_available() {
+        bail!("DEVICE=cuda, but this build has no CUDA support: rebuild with `--features cuda`");
+    }
+    Device::new_cuda(0).map_err(|e| anyhow::anyhow!("DEVICE=cuda, but no CUDA GPU could be opened: {e}"))
+}
+
+/// A short description for logs: `cpu (2 threads)` or `cuda:0`.
+pub fn describe(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
+        Device::Cuda(_) => "cuda:0".to_string(),
+        Device::Metal(_) => "metal".to_string(),
+    }
+}
