@@ -18,9 +18,11 @@ pub mod train;
 pub mod prelude {
     pub use crate::data::{self as cifar10, load_data, to_categorical, Dataset, CLASS_NAMES};
     pub use crate::device::{pick_device, Device};
+    pub use crate::device::describe as describe_device;
     pub use crate::gallery::Gallery;
     pub use crate::history::History;
-    pub use crate::model::{Activation, Layer, Padding, Sequential};
-    pub use crate::train::{Fit, Score};
+    pub use crate::model::{layers::*, Activation, Layer, Padding, Sequential};
+    pub use crate::plot::{confusion_matrix, learning_curves, Figure};
+    pub use crate::train::{Adam, Fit, Score};
     pub use anyhow::Result;
 }

@@ -129,6 +129,11 @@ impl Sequential {
         Ok(())
     }
 
+    /// How many updates the optimizer has applied (Keras's `optimizer.iterations`).
+    pub fn optimizer_iterations(&self) -> u64 {
+        self.optimizer.as_ref().map_or(0, |o| o.iterations())
+    }
+
     /// Keras's `fit`: trains on `x` (`[N, C, H, W]`) and one-hot `y`
     /// (`[N, classes]`), printing one line per epoch, and returns the history.
     pub fn fit(&mut self, x: &Tensor, y: &Tensor, args: Fit) -> Result<History> {

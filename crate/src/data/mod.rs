@@ -8,7 +8,7 @@ mod hub;
 
 pub use cifar10::{load_data, load_dir, CLASS_NAMES};
 #[cfg(feature = "hub")]
-pub use hub::{load_hub, HUB_DATASET};
+pub use hub::{load_hub, load_hub_from, read_parquet, HUB_DATASET, HUB_TEST_FILE, HUB_TRAIN_FILE};
 
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};

@@ -1,0 +1,121 @@
+//! `fit`, `evaluate` and `predict` with Keras's semantics, on data made here
+//! and on the real CIFAR-10.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use cifar10_cnn::model::{layers::*, Sequential};
+use cifar10_cnn::train::{Adam, Fit};
+
+/// A small CNN for 8x8 images, quick enough to train many times in tests.
+fn small_model(seed: u64, classes: usize) -> Sequential {
+    let mut m = Sequential::on(&[3, 8, 8], seed, &Device::Cpu).unwrap();
+    for l in [conv2d(8, 3).same(), relu(), max_pooling2d(2), dropout(0.25), flatten(), dense(32), relu(), dense(classes), softmax()] {
+        m.add(l).unwrap();
+    }
+    m
+}
+
+#[test]
+fn fit_learns_and_records_every_epoch() {
+    let data = common::synthetic(400, 4, 8, 3);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    let mut model = small_model(0, 4);
+    model.compile(Adam::default()).unwrap();
+    let history = model
+        .fit(&x, &y, Fit { batch_size: 32, epochs: 8, validation_split: 0.25, ..Fit::default() })
+        .unwrap();
+    assert_eq!(history.epochs(), 8);
+    assert_eq!((history.val_loss.len(), history.val_acc.len(), history.epoch_seconds.len()), (8, 8, 8));
+    assert!(history.loss[7] < history.loss[0] * 0.5, "loss {:?}", history.loss);
+    assert!(history.val_acc[7] > 0.9, "val_acc {:?}", history.val_acc);
+    let score = model.evaluate(&x, &y).unwrap();
+    assert!(score.accuracy > 0.9, "{score:?}");
+}
+
+/// The validation set is the *last* fraction of the arrays, before shuffling,
+/// and is scored with the final weights: evaluating those samples afterwards
+/// gives exactly the history's last val_loss and val_acc.
+#[test]
+fn validation_is_the_last_fraction_of_the_data() {
+    let data = common::synthetic(200, 4, 8, 4);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    let mut model = small_model(1, 4);
+    let history = model.fit(&x, &y, Fit { batch_size: 16, epochs: 2, validation_split: 0.1, verbose: false, ..Fit::default() }).unwrap();
+    let (xv, yv) = (x.narrow(0, 180, 20).unwrap(), y.narrow(0, 180, 20).unwrap());
+    let score = model.evaluate(&xv, &yv).unwrap();
+    assert!((score.loss - history.val_loss[1]).abs() < 1e-6, "{score:?} vs {history:?}");
+    assert_eq!(score.accuracy, history.val_acc[1]);
+    // and not the first 10%
+    let first = model.evaluate(&x.narrow(0, 0, 20).unwrap(), &y.narrow(0, 0, 20).unwrap()).unwrap();
+    assert_ne!(first.loss, history.val_loss[1]);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let data = common::synthetic(120, 4, 8, 5);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    let run = |seed| {
+        let mut m = small_model(seed, 4);
+        m.fit(&x, &y, Fit { batch_size: 32, epochs: 2, validation_split: 0.2, verbose: false, ..Fit::default() }).unwrap()
+    };
+    let (a, b, c) = (run(9), run(9), run(10));
+    assert_eq!((&a.loss, &a.val_loss), (&b.loss, &b.val_loss));
+    assert_ne!(a.loss, c.loss);
+}
+
+#[test]
+fn the_last_partial_batch_is_trained_on() {
+    // 45 training samples in batches of 32: a last batch of 13.
+    let data = common::synthetic(50, 4, 8, 6);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    let mut model = small_model(2, 4);
+    model.compile(Adam::default()).unwrap();
+    model.fit(&x, &y, Fit { batch_size: 32, epochs: 3, validation_split: 0.1, verbose: false, ..Fit::default() }).unwrap();
+    assert_eq!(model.optimizer_iterations(), 6);
+}
+
+#[test]
+fn nan_loss_stops_training_with_a_clear_message() {
+    let data = common::synthetic(64, 4, 8, 7);
+    let y = data.labels_one_hot().unwrap();
+    let x = data.images_f32().unwrap();
+    let mut model = small_model(3, 4);
+    // steps this large overflow the weights within a few updates
+    model.compile(Adam::new(1e36)).unwrap();
+    let e = format!("{:#}", model.fit(&x, &y, Fit { verbose: false, ..Fit::default() }).err().unwrap());
+    assert!((e.contains("loss became NaN") || e.contains("loss became inf")) && e.contains("training stopped"), "{e}");
+}
+
+#[test]
+fn wrong_inputs_are_refused_with_the_expected_shapes() {
+    let mut model = small_model(0, 4);
+    let x = Tensor::zeros((4, 3, 32, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y = Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let e = format!("{:#}", model.evaluate(&x, &y).err().unwrap());
+    assert!(e.contains("[N, 3, 8, 8]"), "{e}");
+    let x = Tensor::zeros((4, 3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y10 = Tensor::zeros((4, 10), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let e = format!("{:#}", model.evaluate(&x, &y10).err().unwrap());
+    assert!(e.contains("to_categorical"), "{e}");
+    let e = format!("{:#}", model.fit(&x, &y, Fit { batch_size: 0, ..Fit::default() }).err().unwrap());
+    assert!(e.contains("batch_size"), "{e}");
+    let mut no_softmax = Sequential::on(&[3, 8, 8], 0, &Device::Cpu).unwrap();
+    no_softmax.add(flatten()).unwrap().add(dense(4)).unwrap();
+    assert!(format!("{:#}", no_softmax.compile(Adam::default()).err().unwrap()).contains("softmax"));
+}
+
+/// The bar: one epoch on 5,000 real training images (4,500 train,
+/// 500 validation) gets clearly above chance.
+#[test]
+fn one_epoch_on_5000_real_images_beats_chance() {
+    let Some(dir) = common::cifar10_dir() else { return };
+    let (train, _) = cifar10_cnn::data::load_dir(dir).unwrap();
+    let train = train.take(5_000);
+    let (x, y) = (train.images_f32().unwrap(), train.labels_one_hot().unwrap());
+    let mut model = Sequential::article(&[3, 32, 32], 10, 0, &Device::Cpu).unwrap();
+    model.compile(Adam::default()).unwrap();
+    let h = model.fit(&x, &y, Fit { batch_size: 128, epochs: 1, validation_split: 0.1, ..Fit::default() }).unwrap();
+    println!("one epoch on 5,000 real images: {h:?}");
+    assert!(h.val_acc[0] >= 0.30, "val_acc {} is not clearly above chance (0.10)", h.val_acc[0]);
+}
