@@ -4,6 +4,7 @@
 //! [`history`] → [`plot`]; [`persist`] and [`gallery`] sit at the side.
 //! Every notebook cell is a few calls into these modules.
 
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod gallery;
@@ -16,7 +17,8 @@ pub mod train;
 
 /// Everything a notebook needs, in one `use`.
 pub mod prelude {
-    pub use crate::data::{self as cifar10, load_data, to_categorical, Dataset, CLASS_NAMES};
+    pub use crate::config::Settings;
+    pub use crate::data::{self as cifar10, tensor_row, load_data, to_categorical, Dataset, CLASS_NAMES};
     pub use crate::device::{pick_device, Device};
     pub use crate::device::describe as describe_device;
     pub use crate::gallery::Gallery;
@@ -25,4 +27,5 @@ pub mod prelude {
     pub use crate::plot::{confusion_matrix, learning_curves, Figure};
     pub use crate::train::{Adam, Fit, Score};
     pub use anyhow::Result;
+    pub use candle_core::Tensor;
 }

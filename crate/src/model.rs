@@ -415,6 +415,20 @@ impl Sequential {
         Ok(())
     }
 
+    /// Gives every weight a new variable (same values) made by the code that
+    /// runs now. Why: evcxr links a copy of candle into each notebook cell,
+    /// and each copy numbers tensors from its own counter, so weights made in
+    /// one cell can share ids with tensors made in another, and candle's
+    /// backward pass, which keys gradients by id, would mix them up. Calling
+    /// this before a backward pass keeps every id of that pass from one counter.
+    pub(crate) fn renew_vars(&mut self) -> Result<()> {
+        for w in self.weights.iter_mut().flatten() {
+            w.kernel = Var::from_tensor(&w.kernel.as_tensor().detach())?;
+            w.bias = Var::from_tensor(&w.bias.as_tensor().detach())?;
+        }
+        Ok(())
+    }
+
     pub fn count_params(&self) -> usize {
         self.named_vars().iter().map(|(_, v)| v.elem_count()).sum()
     }

@@ -153,6 +153,7 @@ impl Sequential {
             _ => Some((x.narrow(0, n_train, n_val)?, y.narrow(0, n_train, n_val)?)),
         };
         let steps = n_train.div_ceil(args.batch_size);
+        self.renew_vars()?;
         if args.verbose && n_val > 0 {
             println!("Train on {n_train} samples, validate on {n_val} samples");
         }
@@ -197,8 +198,16 @@ impl Sequential {
         Ok(history)
     }
 
-    /// Forward, loss, backward and one Adam update on a batch; returns the
-    /// batch's mean loss and how many it classified correctly.
+    /// Keras's `train_on_batch`: forward, loss, backward and one Adam update
+    /// on a batch already on the model's device; returns the batch's mean loss
+    /// and how many it classified correctly. The update is skipped when the
+    /// loss is not finite.
+    pub fn train_on_batch(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, usize)> {
+        self.renew_vars()?;
+        self.train_step(x, y)
+    }
+
+    /// `train_on_batch` without renewing the variables, for `fit`'s loop.
     fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, usize)> {
         let logits = self.logits(x, true)?;
         let loss = cross_entropy(&logits, y)?;

@@ -1,7 +1,8 @@
 //! The article end to end without Jupyter: load CIFAR-10, train the CNN,
 //! save it, load it back, evaluate it and print a few predictions.
 //!
-//!     cargo run --release -p cifar10-cnn -- --epochs 25 --out results
+//!     cargo run --release -p cifar10-cnn -- train --epochs 25 --out results
+//!     cargo run --release -p cifar10-cnn -- bench
 
 use anyhow::Result;
 use cifar10_cnn::data::{self, Dataset};
@@ -9,11 +10,30 @@ use cifar10_cnn::device::{describe, pick_device};
 use cifar10_cnn::model::Sequential;
 use cifar10_cnn::train::{Adam, Fit};
 use clap::Parser;
+use candle_core::Tensor;
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Train the Keras CIFAR-10 CNN tutorial's model, save, load, evaluate, predict")]
-struct Args {
+#[command(version, about = "The Keras CIFAR-10 CNN tutorial in Rust")]
+enum Command {
+    /// Train the article's model, save it, load it, evaluate it, show predictions.
+    Train(TrainArgs),
+    /// Time the article's training step and inference at one batch size; prints one JSON line.
+    Bench(BenchArgs),
+}
+
+#[derive(Parser, Debug)]
+struct BenchArgs {
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Timed training steps (after 3 warm-up steps); the median is reported.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+}
+
+#[derive(Parser, Debug)]
+struct TrainArgs {
     /// Passes over the training data.
     #[arg(long, default_value_t = 25)]
     epochs: usize,
@@ -42,7 +62,13 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    match Command::parse() {
+        Command::Train(args) => train(args),
+        Command::Bench(args) => bench(args),
+    }
+}
+
+fn train(args: TrainArgs) -> Result<()> {
     let device = pick_device()?;
     println!("device: {}", describe(&device));
 
@@ -90,4 +116,41 @@ fn subset(data: Dataset, n: Option<usize>) -> Dataset {
         Some(n) if n < data.len() => data.take(n),
         _ => data,
     }
+}
+
+/// Median seconds of `f` over `n` runs.
+fn median_secs(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[n / 2])
+}
+
+/// The article's model on random images of CIFAR-10's shape: the training
+/// step (forward, loss, backward, Adam) and inference, at one batch size.
+fn bench(args: BenchArgs) -> Result<()> {
+    let device = pick_device()?;
+    let b = args.batch_size;
+    let x = Tensor::rand(0f32, 1f32, (b, 3, 32, 32), &device)?;
+    let labels: Vec<u8> = (0..b).map(|i| (i % 10) as u8).collect();
+    let y = data::to_categorical(&labels, 10)?.to_device(&device)?;
+    let mut model = Sequential::article(&[3, 32, 32], 10, 0, &device)?;
+    model.compile(Adam::default())?;
+    for _ in 0..3 {
+        model.train_on_batch(&x, &y)?;
+    }
+    let step = median_secs(args.steps.max(1), || model.train_on_batch(&x, &y).map(|_| ()))?;
+    let infer = median_secs(args.steps.max(1), || model.predict(&x).map(|_| ()))?;
+    eprintln!("device: {}, batch {b}, {} timed steps", describe(&device), args.steps);
+    println!(
+        "{{\"train_step_ms\": {:.1}, \"infer_ms\": {:.1}, \"images_per_s\": {:.0}}}",
+        step * 1e3,
+        infer * 1e3,
+        b as f64 / step
+    );
+    Ok(())
 }

@@ -165,6 +165,14 @@ pub fn split_sizes(n: usize, fraction: f64) -> Result<(usize, usize)> {
     Ok((train, n - train))
 }
 
+/// Row `row` of image `i` of an `[N, 3, H, W]` tensor, printed like numpy
+/// prints `x_train[0][0]` after normalization.
+pub fn tensor_row(x: &Tensor, i: usize, row: usize) -> Result<NormalizedRow> {
+    let planes: Vec<Vec<f32>> = x.get(i)?.narrow(1, row, 1)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+    ensure!(planes.len() == CHANNELS, "expected {CHANNELS} colour planes, got {}", planes.len());
+    Ok(NormalizedRow((0..planes[0].len()).map(|x| [planes[0][x], planes[1][x], planes[2][x]]).collect()))
+}
+
 /// One row of an image, printed like numpy prints `x_train[0][0]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PixelRow(pub Vec<[u8; 3]>);

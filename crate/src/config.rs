@@ -1,0 +1,53 @@
+//! The article's settings, which environment variables can override so that
+//! tests and quick looks can run the same notebook small.
+
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+/// What a notebook run trains on and for how long.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// `EPOCHS`, default 25 as in the article.
+    pub epochs: usize,
+    /// `BATCH_SIZE`, default 128.
+    pub batch_size: usize,
+    /// `TRAIN_SIZE`: train on the first N training images (default all 50,000).
+    pub train_size: usize,
+    /// `SEED`: initial weights, dropout, shuffling and the gallery's picks.
+    pub seed: u64,
+    /// `RESULTS_DIR`: where the model, history and pictures are saved.
+    pub results_dir: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { epochs: 25, batch_size: 128, train_size: 50_000, seed: 0, results_dir: PathBuf::from("results") }
+    }
+}
+
+impl Settings {
+    /// The defaults, with `EPOCHS`, `BATCH_SIZE`, `TRAIN_SIZE`, `SEED` and
+    /// `RESULTS_DIR` taken from the environment when set.
+    pub fn from_env() -> Result<Self> {
+        let d = Self::default();
+        Ok(Self {
+            epochs: var("EPOCHS")?.unwrap_or(d.epochs),
+            batch_size: var("BATCH_SIZE")?.unwrap_or(d.batch_size),
+            train_size: var("TRAIN_SIZE")?.unwrap_or(d.train_size),
+            seed: var("SEED")?.unwrap_or(d.seed),
+            results_dir: std::env::var_os("RESULTS_DIR").filter(|v| !v.is_empty()).map_or(d.results_dir, PathBuf::from),
+        })
+    }
+}
+
+fn var<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse().map(Some).with_context(|| format!("{name}={v:?} is not a valid number"))
+        }
+        _ => Ok(None),
+    }
+}
