@@ -10,6 +10,7 @@ pub mod device;
 pub mod gallery;
 pub mod history;
 pub mod kernels;
+pub mod mistakes;
 pub mod model;
 pub mod persist;
 pub mod plot;
@@ -23,6 +24,7 @@ pub mod prelude {
     pub use crate::device::describe as describe_device;
     pub use crate::gallery::Gallery;
     pub use crate::history::History;
+    pub use crate::mistakes::{mistakes_gallery, Confusion};
     pub use crate::model::{layers::*, Activation, Layer, Padding, Sequential};
     pub use crate::plot::{confusion_matrix, learning_curves, Figure};
     pub use crate::train::{Adam, Fit, Score};

@@ -79,11 +79,14 @@ pub struct Fit {
     pub shuffle: bool,
     /// Print one line per epoch (Keras's `verbose=2`).
     pub verbose: bool,
+    /// Random crops (zero padding 4) and horizontal flips of each training
+    /// batch. Off by default: the article trains on the images as they are.
+    pub augment: bool,
 }
 
 impl Default for Fit {
     fn default() -> Self {
-        Self { batch_size: 32, epochs: 1, validation_split: 0.0, shuffle: true, verbose: true }
+        Self { batch_size: 32, epochs: 1, validation_split: 0.0, shuffle: true, verbose: true, augment: false }
     }
 }
 
@@ -168,7 +171,10 @@ impl Sequential {
             let mut totals = Totals::default();
             for batch in order.chunks(args.batch_size) {
                 let idx = Tensor::from_slice(batch, batch.len(), &self.device)?;
-                let xb = x_train.index_select(&idx, 0)?;
+                let mut xb = x_train.index_select(&idx, 0)?;
+                if args.augment {
+                    xb = augment(&xb, 4, &mut self.rng)?;
+                }
                 let yb = y_train.index_select(&idx, 0)?;
                 let (loss, correct) = self.train_step(&xb, &yb)?;
                 if !loss.is_finite() {
@@ -284,6 +290,38 @@ impl Sequential {
         }
         Ok(dims[0])
     }
+}
+
+/// The standard CIFAR augmentation: each image shifted by up to `pad`
+/// pixels each way (a random crop of the zero-padded image) and mirrored
+/// left-right with probability 1/2.
+pub fn augment(x: &Tensor, pad: usize, rng: &mut impl rand::Rng) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let src: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut out = vec![0f32; src.len()];
+    let pad = pad as i64;
+    for i in 0..n {
+        let dy = rng.random_range(-pad..=pad);
+        let dx = rng.random_range(-pad..=pad);
+        let flip = rng.random_bool(0.5);
+        for ch in 0..c {
+            let plane = (i * c + ch) * h * w;
+            for y in 0..h {
+                let sy = y as i64 + dy;
+                if sy < 0 || sy >= h as i64 {
+                    continue;
+                }
+                for x_ in 0..w {
+                    let xx = if flip { w - 1 - x_ } else { x_ };
+                    let sx = xx as i64 + dx;
+                    if sx >= 0 && sx < w as i64 {
+                        out[plane + y * w + x_] = src[plane + sy as usize * w + sx as usize];
+                    }
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (n, c, h, w), x.device())?.to_dtype(x.dtype())?)
 }
 
 /// Categorical cross-entropy of softmax(`logits`) against one-hot `y`,
