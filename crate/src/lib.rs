@@ -28,6 +28,6 @@ pub mod prelude {
     pub use crate::model::{layers::*, Activation, Layer, Padding, Sequential};
     pub use crate::plot::{confusion_matrix, learning_curves, Figure};
     pub use crate::train::{Adam, Fit, Score};
-    pub use anyhow::Result;
+    pub use anyhow::{anyhow, bail, ensure, Result};
     pub use candle_core::Tensor;
 }

@@ -64,6 +64,14 @@ pub struct NamedTensor {
 
 /// Serializes f32 tensors to safetensors bytes, in the order given.
 pub fn safetensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
+    safetensors_bytes_with(tensors, None)
+}
+
+/// Like [`safetensors_bytes`], with string metadata in the header.
+fn safetensors_bytes_with(
+    tensors: &[NamedTensor],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     use safetensors::tensor::{Dtype, TensorView};
     let bytes: Vec<Vec<u8>> =
         tensors.iter().map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
@@ -72,7 +80,7 @@ pub fn safetensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
         .zip(&bytes)
         .map(|(t, b)| Ok((t.name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), b)?)))
         .collect::<Result<Vec<_>>>()?;
-    Ok(safetensors::serialize(views, None)?)
+    Ok(safetensors::serialize(views, metadata)?)
 }
 
 /// Reads the f32 tensors `expected` (name, shape) from a safetensors file,
@@ -179,5 +187,104 @@ impl crate::model::Sequential {
             var.set(&candle_core::Tensor::from_vec(t.data, t.shape, device)?)?;
         }
         Ok(model)
+    }
+}
+
+/// A training backup (Keras's `BackupAndRestore`): everything `fit` needs to
+/// carry on after the kernel died, in one safetensors file written atomically
+/// at the end of every epoch: weights, Adam's moments, and in the header the
+/// epoch, the history so far and the generator's next seed.
+pub(crate) const BACKUP_FILE: &str = "backup.safetensors";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct BackupState {
+    pub epoch: usize,
+    pub history: crate::history::History,
+    pub rng_seed: u64,
+    pub adam_step: u64,
+    pub train_samples: usize,
+    pub batch_size: usize,
+    pub architecture: crate::model::Architecture,
+}
+
+impl crate::model::Sequential {
+    fn tensor_of(name: String, t: &candle_core::Tensor) -> Result<NamedTensor> {
+        Ok(NamedTensor {
+            name,
+            shape: t.dims().to_vec(),
+            data: t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+        })
+    }
+
+    pub(crate) fn write_backup(&self, dir: &Path, state: &BackupState) -> Result<()> {
+        let mut tensors = Vec::new();
+        let vars = self.named_vars();
+        let adam = self.optimizer.as_ref().context("compile() the model first")?;
+        for (i, (name, var)) in vars.iter().enumerate() {
+            tensors.push(Self::tensor_of(name.clone(), var.as_tensor())?);
+            if let Some((m, v)) = adam.moments.get(i) {
+                tensors.push(Self::tensor_of(format!("adam.m.{name}"), m)?);
+                tensors.push(Self::tensor_of(format!("adam.v.{name}"), v)?);
+            }
+        }
+        let meta = std::collections::HashMap::from([("state".to_string(), serde_json::to_string(state)?)]);
+        write_atomic(&dir.join(BACKUP_FILE), &safetensors_bytes_with(&tensors, Some(meta))?)
+    }
+
+    /// Restores weights and optimizer from a backup in `dir`, if there is one,
+    /// and returns its state. A backup of another model or run is an error.
+    pub(crate) fn read_backup(&mut self, dir: &Path, train_samples: usize, batch_size: usize) -> Result<Option<BackupState>> {
+        let path = dir.join(BACKUP_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read backup {}", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| anyhow::anyhow!("{} is not a training backup: {e}", path.display()))?;
+        let state: BackupState = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("state"))
+            .map(|s| serde_json::from_str(s))
+            .transpose()?
+            .with_context(|| format!("{} has no training state: delete it to start afresh", path.display()))?;
+        ensure!(
+            state.architecture == self.architecture
+                && state.train_samples == train_samples
+                && state.batch_size == batch_size,
+            "{} is the backup of another model or run ({} samples, batch {}): delete it, or use another backup folder",
+            path.display(),
+            state.train_samples,
+            state.batch_size
+        );
+        let mut expected = self.architecture.weight_specs()?;
+        if state.adam_step > 0 {
+            for (name, shape) in self.architecture.weight_specs()? {
+                expected.push((format!("adam.m.{name}"), shape.clone()));
+                expected.push((format!("adam.v.{name}"), shape));
+            }
+        }
+        let tensors = read_safetensors(&path, &expected)?;
+        let by_name: std::collections::HashMap<String, NamedTensor> =
+            tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let device = self.device.clone();
+        let dtype = self.dtype();
+        let load = |name: &str| -> Result<candle_core::Tensor> {
+            let t = &by_name[name];
+            Ok(candle_core::Tensor::from_slice(&t.data, t.shape.as_slice(), &device)?.to_dtype(dtype)?)
+        };
+        let names: Vec<String> = self.named_vars().into_iter().map(|(n, _)| n).collect();
+        for (name, var) in names.iter().zip(self.named_vars().into_iter().map(|(_, v)| v.clone())) {
+            var.set(&load(name)?)?;
+        }
+        let moments = if state.adam_step > 0 {
+            names.iter().map(|n| Ok((load(&format!("adam.m.{n}"))?, load(&format!("adam.v.{n}"))?))).collect::<Result<Vec<_>>>()?
+        } else {
+            vec![]
+        };
+        let adam = self.optimizer.as_mut().context("compile() the model first")?;
+        adam.moments = moments;
+        adam.step = state.adam_step;
+        Ok(Some(state))
     }
 }

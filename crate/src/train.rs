@@ -7,7 +7,9 @@ use crate::history::{EpochMetrics, History};
 use crate::model::Sequential;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor, Var, D};
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::time::Instant;
 
@@ -20,8 +22,8 @@ pub struct Adam {
     pub beta_1: f64,
     pub beta_2: f64,
     pub epsilon: f64,
-    step: u64,
-    moments: Vec<(Tensor, Tensor)>,
+    pub(crate) step: u64,
+    pub(crate) moments: Vec<(Tensor, Tensor)>,
 }
 
 impl Default for Adam {
@@ -82,11 +84,16 @@ pub struct Fit {
     /// Random crops (zero padding 4) and horizontal flips of each training
     /// batch. Off by default: the article trains on the images as they are.
     pub augment: bool,
+    /// Keras's `BackupAndRestore`: a folder where each epoch ends with an
+    /// atomic backup, from which the next `fit` carries on after the kernel
+    /// died or was interrupted (at most one epoch lost). Removed when `fit`
+    /// completes.
+    pub backup_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Fit {
     fn default() -> Self {
-        Self { batch_size: 32, epochs: 1, validation_split: 0.0, shuffle: true, verbose: true, augment: false }
+        Self { batch_size: 32, epochs: 1, validation_split: 0.0, shuffle: true, verbose: true, augment: false, backup_dir: None }
     }
 }
 
@@ -162,9 +169,19 @@ impl Sequential {
         }
 
         let mut history = History::default();
-        let mut order: Vec<u32> = (0..n_train as u32).collect();
-        for epoch in 1..=args.epochs {
+        if let Some(dir) = &args.backup_dir {
+            if let Some(state) = self.read_backup(dir, n_train, args.batch_size)? {
+                if args.verbose {
+                    println!("Restored the backup in {}: {} epochs done", dir.display(), state.epoch);
+                }
+                history = state.history;
+                self.rng = StdRng::seed_from_u64(state.rng_seed);
+            }
+        }
+        for epoch in history.epochs() + 1..=args.epochs {
             let start = Instant::now();
+            let last_good = self.weight_values()?;
+            let mut order: Vec<u32> = (0..n_train as u32).collect();
             if args.shuffle {
                 order.shuffle(&mut self.rng);
             }
@@ -178,9 +195,12 @@ impl Sequential {
                 let yb = y_train.index_select(&idx, 0)?;
                 let (loss, correct) = self.train_step(&xb, &yb)?;
                 if !loss.is_finite() {
+                    // Keras's TerminateOnNaN, but keeping the last good weights.
+                    self.set_weight_values(&last_good)?;
                     bail!(
-                        "the loss became {loss} in epoch {epoch} after {} batches: training stopped. Try a smaller learning rate, or check the inputs for NaN",
-                        totals.seen / args.batch_size
+                        "the loss became {loss} in epoch {epoch} after {} batches: training stopped, and the weights are back to those of the end of epoch {}. Try a smaller learning rate, or check the inputs for NaN",
+                        totals.seen / args.batch_size,
+                        epoch - 1
                     );
                 }
                 totals.add(loss, correct, batch.len());
@@ -200,6 +220,25 @@ impl Sequential {
                 let _ = std::io::stdout().flush();
             }
             history.push(metrics);
+            // A fresh generator per epoch, seeded from the last, so that a run
+            // resumed from a backup continues exactly as it would have.
+            let rng_seed = self.rng.random();
+            self.rng = StdRng::seed_from_u64(rng_seed);
+            if let Some(dir) = &args.backup_dir {
+                let state = crate::persist::BackupState {
+                    epoch,
+                    history: history.clone(),
+                    rng_seed,
+                    adam_step: self.optimizer_iterations(),
+                    train_samples: n_train,
+                    batch_size: args.batch_size,
+                    architecture: self.architecture.clone(),
+                };
+                self.write_backup(dir, &state)?;
+            }
+        }
+        if let Some(dir) = &args.backup_dir {
+            let _ = std::fs::remove_file(dir.join(crate::persist::BACKUP_FILE));
         }
         Ok(history)
     }
@@ -265,6 +304,18 @@ impl Sequential {
     pub fn predict_classes(&mut self, x: &Tensor) -> Result<Vec<usize>> {
         let classes = self.predict(x)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
         Ok(classes.into_iter().map(|c| c as usize).collect())
+    }
+
+    /// Copies of the current weights, in `named_vars` order.
+    fn weight_values(&self) -> Result<Vec<Tensor>> {
+        self.named_vars().into_iter().map(|(_, v)| Ok(v.as_tensor().copy()?)).collect()
+    }
+
+    fn set_weight_values(&self, values: &[Tensor]) -> Result<()> {
+        for ((_, var), value) in self.named_vars().into_iter().zip(values) {
+            var.set(value)?;
+        }
+        Ok(())
     }
 
     /// Checks `x` (and `y`) against the model and returns the sample count.

@@ -120,3 +120,59 @@ fn one_epoch_on_5000_real_images_beats_chance() {
     println!("one epoch on 5,000 real images: {h:?}");
     assert!(h.val_acc[0] >= 0.25, "val_acc {} is not clearly above chance (0.10)", h.val_acc[0]);
 }
+
+/// Keras's BackupAndRestore: kill a training run after its first epoch's
+/// backup, start it again, and get exactly the history of a run that was
+/// never interrupted.
+#[test]
+fn a_killed_run_resumes_from_its_backup_and_matches_an_uninterrupted_one() {
+    let Some(dir) = common::cifar10_dir() else { return };
+    let bin = env!("CARGO_BIN_EXE_cifar10-cnn");
+    let work = tempfile::tempdir().unwrap();
+    let run = |out: &std::path::Path| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["train", "--epochs", "3", "--train-size", "640", "--test-size", "128", "--seed", "5", "--show", "0"])
+            .arg("--data")
+            .arg(&dir)
+            .arg("--out")
+            .arg(out)
+            .env("DEVICE", "cpu");
+        cmd
+    };
+    let whole = work.path().join("whole");
+    assert!(run(&whole).output().unwrap().status.success());
+
+    let resumed = work.path().join("resumed");
+    let mut child = run(&resumed).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let backup = resumed.join("backup").join("backup.safetensors");
+    let start = std::time::Instant::now();
+    while !backup.exists() {
+        assert!(start.elapsed().as_secs() < 300, "no backup after 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!resumed.join("history.json").exists(), "killed before the end");
+
+    let out = run(&resumed).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Restored the backup"), "{stdout}");
+    assert!(!backup.exists(), "the backup is removed once training completes");
+    let a = cifar10_cnn::history::History::load(whole.join("history.json")).unwrap();
+    let b = cifar10_cnn::history::History::load(resumed.join("history.json")).unwrap();
+    assert_eq!((a.loss, a.acc, a.val_loss, a.val_acc), (b.loss, b.acc, b.val_loss, b.val_acc));
+}
+
+#[test]
+fn nan_keeps_the_last_good_weights() {
+    let data = common::synthetic(64, 4, 8, 7);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    let mut model = small_model(3, 4);
+    model.compile(Adam::new(1e36)).unwrap();
+    let before: Vec<Vec<f32>> = model.named_vars().iter().map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap()).collect();
+    assert!(model.fit(&x, &y, Fit { verbose: false, ..Fit::default() }).is_err());
+    let after: Vec<Vec<f32>> = model.named_vars().iter().map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap()).collect();
+    assert_eq!(before, after, "the weights are those before the epoch that diverged");
+    assert!(model.predict(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|p| p.is_finite()));
+}

@@ -56,6 +56,9 @@ struct TrainArgs {
     /// Where the model, history and curves go.
     #[arg(long, default_value = "results")]
     out: PathBuf,
+    /// Where each epoch's backup goes, to resume after a crash (default: OUT/backup).
+    #[arg(long)]
+    backup_dir: Option<PathBuf>,
     /// How many test predictions to print.
     #[arg(long, default_value_t = 10)]
     show: usize,
@@ -89,6 +92,7 @@ fn train(args: TrainArgs) -> Result<()> {
         batch_size: args.batch_size,
         epochs: args.epochs,
         validation_split: args.validation_split,
+        backup_dir: Some(args.backup_dir.clone().unwrap_or_else(|| args.out.join("backup"))),
         ..Fit::default()
     };
     let history = model.fit(&x_train, &y_train, fit)?;
