@@ -18,7 +18,7 @@ KERNEL := $(VENV)/share/jupyter/kernels/rust/kernel.json
 # The small configuration the notebook tests run in.
 TEST_ENV := EPOCHS=1 TRAIN_SIZE=2000 BATCH_SIZE=128 SEED=0 RESULTS_DIR=$(CURDIR)/target/notebook-results
 
-.PHONY: test test-crate test-notebooks notebook lab bench setup cuda-check clean
+.PHONY: test test-crate test-notebooks notebook lab bench bench-peers setup cuda-check clean
 
 ## test: crate tests, then the notebooks on the real CIFAR-10 (when CIFAR10_DIR is set)
 test: test-crate test-notebooks
@@ -45,6 +45,13 @@ lab: setup
 ## bench: the article's training step and inference, release build, one JSON line
 bench:
 	cargo run --release -q -p cifar10-cnn -- bench
+
+## bench-peers: the same model in PyTorch and Keras/TensorFlow (CPU), same JSON line
+PEERS_VENV ?= .venv-peers
+bench-peers: bench
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q numpy torch tensorflow-cpu
+	$(PEERS_VENV)/bin/python tests/bench_peers.py
 
 ## cuda-check: the CUDA build compiles (no GPU needed)
 cuda-check:

@@ -216,6 +216,17 @@ impl Layer {
     }
 }
 
+/// Largest number of values per image between layers, and of weights in one
+/// kernel: far above any model this crate is for, far below what overflows.
+const MAX_ACTIVATIONS: usize = 1 << 26;
+const MAX_WEIGHTS: usize = 1 << 30;
+
+fn check_size(what: &str, dims: &[usize], max: usize) -> Result<()> {
+    let n = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    ensure!(n.is_some_and(|n| n <= max), "{what} {dims:?} is too large (at most {max} values)");
+    Ok(())
+}
+
 /// Everything needed to rebuild a model: what `cifar10_cnn.json` holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,9 +243,21 @@ impl Architecture {
         let [c, h, w] = self.input_shape;
         ensure!(c > 0 && h > 0 && w > 0, "input_shape must be positive, got {:?}", self.input_shape);
         let mut shape = Shape::Image(c, h, w);
+        check_size("the input", &[c, h, w], MAX_ACTIVATIONS)?;
         let mut shapes = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
-            shape = layer.output_shape(shape).with_context(|| format!("layer {i} ({})", layer.kind()))?;
+            let context = || format!("layer {i} ({})", layer.kind());
+            // Sizes come from files too: bound them before anything is allocated.
+            if let Some((kernel, _)) = layer.weight_shapes(shape) {
+                check_size("its kernel", &kernel, MAX_WEIGHTS).with_context(context)?;
+            }
+            let out = layer.output_shape(shape).with_context(context)?;
+            let dims = match out {
+                Shape::Image(c, h, w) => vec![c, h, w],
+                Shape::Flat(n) => vec![n],
+            };
+            check_size("its output", &dims, MAX_ACTIVATIONS).with_context(context)?;
+            shape = out;
             shapes.push(shape);
         }
         Ok(shapes)
@@ -318,6 +341,7 @@ impl Sequential {
         let input_shape: [usize; 3] = input_shape.try_into().map_err(|_| {
             anyhow::anyhow!("input_shape must be (channels, height, width), got {input_shape:?}")
         })?;
+        kernels::keep_freed_memory();
         let architecture = Architecture { name: "sequential".into(), input_shape, layers: vec![] };
         architecture.shapes()?;
         Ok(Self {
@@ -475,8 +499,7 @@ impl Sequential {
                 Layer::Conv2D { padding, activation, kernel_size, .. } => {
                     let w = self.weights[i].as_ref().expect("conv has weights");
                     let pad = if *padding == Padding::Same { kernel_size / 2 } else { 0 };
-                    let y = x.conv2d(&w.kernel, pad, 1, 1, 1)?;
-                    let y = y.broadcast_add(&w.bias.reshape((1, (), 1, 1))?)?;
+                    let y = kernels::conv2d(&x, &w.kernel, &w.bias, pad)?;
                     activate(y, *activation, last)?
                 }
                 Layer::Dense { activation, .. } => {

@@ -82,8 +82,8 @@ fn read_batches(paths: &[PathBuf], class_names: &[String]) -> Result<Dataset> {
     Dataset::new(images, labels, class_names.to_vec(), SIDE, SIDE)
 }
 
-/// Appends the records of one batch file to `images` and `labels`.
-pub(crate) fn parse_batch(bytes: &[u8], classes: usize, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
+/// Appends the records of one batch file (10,000 records) to `images` and `labels`.
+pub fn parse_batch(bytes: &[u8], classes: usize, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
     let expected = RECORDS_PER_FILE * RECORD;
     if bytes.len() != expected {
         bail!(

@@ -1,0 +1,389 @@
+//! `kernels::conv2d` against candle's own `conv2d` + bias: forward values,
+//! autograd gradients of x, kernel and bias, and finite differences in f64.
+
+use candle_core::{DType, Device, Tensor, Var};
+use cifar10_cnn::kernels::{conv2d, conv2d_reference};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A seeded uniform(-1, 1) tensor.
+fn random(dims: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = dims.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, dims, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+/// `max |a - b| / max(1, max |b|)`.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    let scale = b.iter().map(|y| y.abs()).fold(1.0, f64::max);
+    diff / scale
+}
+
+/// One convolution to check: batch, in and out channels, height, width, padding.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    n: usize,
+    c: usize,
+    o: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+    /// kernel size
+    k: usize,
+}
+
+/// The article's layer shapes (smaller images), odd and even sizes, same and
+/// valid padding, a last batch of 72 and a batch of 1; last, other kernel
+/// sizes and padding wider than the kernel's reach.
+const CASES: [Case; 11] = [
+    Case {
+        n: 2,
+        c: 3,
+        o: 32,
+        h: 32,
+        w: 32,
+        pad: 1,
+        k: 3,
+    },
+    Case {
+        n: 3,
+        c: 32,
+        o: 32,
+        h: 10,
+        w: 10,
+        pad: 0,
+        k: 3,
+    },
+    Case {
+        n: 72,
+        c: 3,
+        o: 32,
+        h: 8,
+        w: 8,
+        pad: 1,
+        k: 3,
+    },
+    Case {
+        n: 72,
+        c: 32,
+        o: 64,
+        h: 7,
+        w: 7,
+        pad: 0,
+        k: 3,
+    },
+    Case {
+        n: 1,
+        c: 32,
+        o: 64,
+        h: 15,
+        w: 15,
+        pad: 1,
+        k: 3,
+    },
+    Case {
+        n: 1,
+        c: 3,
+        o: 32,
+        h: 9,
+        w: 12,
+        pad: 0,
+        k: 3,
+    },
+    Case {
+        n: 5,
+        c: 32,
+        o: 64,
+        h: 13,
+        w: 6,
+        pad: 1,
+        k: 3,
+    },
+    Case {
+        n: 4,
+        c: 2,
+        o: 3,
+        h: 3,
+        w: 3,
+        pad: 0,
+        k: 3,
+    },
+    Case {
+        n: 3,
+        c: 2,
+        o: 3,
+        h: 1,
+        w: 2,
+        pad: 2,
+        k: 3,
+    },
+    Case {
+        n: 2,
+        c: 5,
+        o: 6,
+        h: 7,
+        w: 8,
+        pad: 2,
+        k: 5,
+    },
+    Case {
+        n: 2,
+        c: 5,
+        o: 6,
+        h: 4,
+        w: 3,
+        pad: 0,
+        k: 1,
+    },
+];
+
+/// (x, kernel, bias) for a case.
+fn inputs(case: Case, seed: u64, dtype: DType) -> (Tensor, Tensor, Tensor) {
+    let x = random(&[case.n, case.c, case.h, case.w], seed, dtype);
+    let k = random(&[case.o, case.c, case.k, case.k], seed + 1, dtype);
+    let b = random(&[case.o], seed + 2, dtype);
+    (x, k, b)
+}
+
+#[test]
+fn forward_matches_candle_conv2d_plus_bias() {
+    for (i, &case) in CASES.iter().enumerate() {
+        let (x, k, b) = inputs(case, 10 * i as u64, DType::F32);
+        let ours = conv2d(&x, &k, &b, case.pad).unwrap();
+        let reference = conv2d_reference(&x, &k, &b, case.pad).unwrap();
+        let (ho, wo) = (
+            case.h + 2 * case.pad + 1 - case.k,
+            case.w + 2 * case.pad + 1 - case.k,
+        );
+        assert_eq!(ours.dims(), &[case.n, case.o, ho, wo], "{case:?}");
+        let err = rel_err(&ours, &reference);
+        assert!(err < 1e-5, "{case:?}: relative error {err}");
+    }
+}
+
+#[test]
+fn forward_takes_non_contiguous_inputs() {
+    let case = Case {
+        n: 3,
+        c: 4,
+        o: 5,
+        h: 6,
+        w: 7,
+        pad: 1,
+        k: 3,
+    };
+    let (x, k, b) = inputs(case, 99, DType::F32);
+    // Same values through a transposed view.
+    let xt = x
+        .transpose(2, 3)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap();
+    assert!(!xt.is_contiguous());
+    let err = rel_err(
+        &conv2d(&xt, &k, &b, 1).unwrap(),
+        &conv2d_reference(&x, &k, &b, 1).unwrap(),
+    );
+    assert!(err < 1e-5, "relative error {err}");
+}
+
+/// Gradients of `sum(conv2d(x, k, b) * w)` through `f`, for x, k and b.
+fn grads(
+    f: fn(&Tensor, &Tensor, &Tensor, usize) -> candle_core::Result<Tensor>,
+    case: Case,
+    seed: u64,
+    dtype: DType,
+) -> [Tensor; 3] {
+    let (x, k, b) = inputs(case, seed, dtype);
+    let (x, k, b) = (
+        Var::from_tensor(&x).unwrap(),
+        Var::from_tensor(&k).unwrap(),
+        Var::from_tensor(&b).unwrap(),
+    );
+    let y = f(x.as_tensor(), k.as_tensor(), b.as_tensor(), case.pad).unwrap();
+    let w = random(y.dims(), seed + 3, dtype);
+    let g = (y * w).unwrap().sum_all().unwrap().backward().unwrap();
+    [x, k, b].map(|v| g.get(v.as_tensor()).expect("a gradient").clone())
+}
+
+#[test]
+fn gradients_match_candle_conv2d_plus_bias() {
+    for (i, &case) in CASES.iter().enumerate() {
+        let ours = grads(conv2d, case, 100 + 10 * i as u64, DType::F32);
+        let reference = grads(conv2d_reference, case, 100 + 10 * i as u64, DType::F32);
+        for (name, (a, b)) in ["x", "kernel", "bias"]
+            .iter()
+            .zip(ours.iter().zip(&reference))
+        {
+            let err = rel_err(a, b);
+            assert!(
+                err < 1e-5,
+                "{case:?}: gradient of {name}: relative error {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn f64_matches_candle_and_finite_differences() {
+    let case = Case {
+        n: 2,
+        c: 3,
+        o: 4,
+        h: 5,
+        w: 6,
+        pad: 1,
+        k: 3,
+    };
+    let ours = grads(conv2d, case, 7, DType::F64);
+    let reference = grads(conv2d_reference, case, 7, DType::F64);
+    for (a, b) in ours.iter().zip(&reference) {
+        assert!(rel_err(a, b) < 1e-12);
+    }
+    // Central differences of the same loss on a few entries of each input.
+    let (x, k, b) = inputs(case, 7, DType::F64);
+    let w = random(&[case.n, case.o, case.h, case.w], 7 + 3, DType::F64);
+    let loss = |x: &Tensor, k: &Tensor, b: &Tensor| -> f64 {
+        (conv2d(x, k, b, case.pad).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let eps = 1e-6;
+    for (which, grad) in ours.iter().enumerate() {
+        let base = [&x, &k, &b][which];
+        let values = base.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let g = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for j in (0..values.len()).step_by(values.len() / 7 + 1) {
+            let nudged = |d: f64| {
+                let mut v = values.clone();
+                v[j] += d;
+                let t = Tensor::from_vec(v, base.dims(), &Device::Cpu).unwrap();
+                let mut args = [x.clone(), k.clone(), b.clone()];
+                args[which] = t;
+                loss(&args[0], &args[1], &args[2])
+            };
+            let fd = (nudged(eps) - nudged(-eps)) / (2.0 * eps);
+            assert!(
+                (fd - g[j]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "input {which}, entry {j}: {fd} vs {}",
+                g[j]
+            );
+        }
+    }
+}
+
+/// The first layer's input is plain data: no gradient is asked for it, and
+/// the kernel and bias gradients are still right.
+#[test]
+fn plain_data_input_gets_no_gradient() {
+    let case = Case {
+        n: 4,
+        c: 3,
+        o: 8,
+        h: 9,
+        w: 9,
+        pad: 1,
+        k: 3,
+    };
+    let (x, k, b) = inputs(case, 5, DType::F32);
+    let (kv, bv) = (Var::from_tensor(&k).unwrap(), Var::from_tensor(&b).unwrap());
+    let y = conv2d(&x, kv.as_tensor(), bv.as_tensor(), 1).unwrap();
+    let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&x).is_none());
+    let reference = conv2d_reference(&x, kv.as_tensor(), bv.as_tensor(), 1).unwrap();
+    let gr = reference
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for v in [&kv, &bv] {
+        let err = rel_err(
+            g.get(v.as_tensor()).unwrap(),
+            gr.get(v.as_tensor()).unwrap(),
+        );
+        assert!(err < 1e-5, "relative error {err}");
+    }
+}
+
+#[test]
+fn other_dtypes_fall_back_to_candle() {
+    let case = Case {
+        n: 2,
+        c: 3,
+        o: 4,
+        h: 5,
+        w: 5,
+        pad: 1,
+        k: 3,
+    };
+    let (x, k, b) = inputs(case, 3, DType::F16);
+    let ours = conv2d(&x, &k, &b, 1).unwrap();
+    assert_eq!(ours.dtype(), DType::F16);
+    assert_eq!(
+        rel_err(&ours, &conv2d_reference(&x, &k, &b, 1).unwrap()),
+        0.0
+    );
+}
+
+#[test]
+fn non_square_kernels_fall_back_to_candle() {
+    let x = random(&[2, 3, 6, 7], 1, DType::F32);
+    let k = random(&[4, 3, 3, 2], 2, DType::F32);
+    let b = random(&[4], 3, DType::F32);
+    let ours = conv2d(&x, &k, &b, 1).unwrap();
+    assert_eq!(ours.dims(), &[2, 4, 6, 8]);
+    assert_eq!(
+        rel_err(&ours, &conv2d_reference(&x, &k, &b, 1).unwrap()),
+        0.0
+    );
+}
+
+#[test]
+fn mismatched_shapes_are_errors() {
+    let x = Tensor::zeros((1, 3, 5, 5), DType::F32, &Device::Cpu).unwrap();
+    let k = Tensor::zeros((4, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+    assert!(conv2d(&x, &k, &b, 1).is_err());
+    let k = Tensor::zeros((4, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv2d(
+        &x,
+        &k,
+        &Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap(),
+        1
+    )
+    .is_err());
+    assert!(conv2d(&x.flatten_from(2).unwrap(), &k, &b, 1).is_err());
+    let tiny = Tensor::zeros((1, 3, 2, 2), DType::F32, &Device::Cpu).unwrap();
+    assert!(conv2d(&tiny, &k, &b, 0).is_err());
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""The article's model at batch 128 in PyTorch and in Keras/TensorFlow, on the
+CPU, timed like `cifar10-cnn bench`: the median training step (forward, loss,
+backward, Adam) and the median inference of one batch. One JSON line each.
+
+    python tests/bench_peers.py [--steps 20] [--only torch|keras]
+"""
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+
+def median_ms(fn, steps, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def bench_torch(x, y, steps):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Flatten(), nn.Linear(2304, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.argmax(1))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(xt), yt).backward()
+        opt.step()
+
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            model(xt)
+        model.train()
+
+    return {"framework": f"pytorch {torch.__version__}", "threads": torch.get_num_threads(),
+            "train_step_ms": round(median_ms(step, steps), 1), "infer_ms": round(median_ms(infer, steps), 1)}
+
+
+def bench_keras(x, y, steps):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)),
+        layers.Conv2D(32, 3, padding="same", activation="relu"), layers.Conv2D(32, 3, activation="relu"),
+        layers.MaxPooling2D(2), layers.Dropout(0.25),
+        layers.Conv2D(64, 3, padding="same", activation="relu"), layers.Conv2D(64, 3, activation="relu"),
+        layers.MaxPooling2D(2), layers.Dropout(0.25),
+        layers.Flatten(), layers.Dense(512, activation="relu"), layers.Dropout(0.5), layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    xk = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # Keras is channels-last
+    return {"framework": f"keras {keras.__version__} ({keras.backend.backend()})",
+            "train_step_ms": round(median_ms(lambda: model.train_on_batch(xk, y), steps), 1),
+            "infer_ms": round(median_ms(lambda: model.predict_on_batch(xk), steps), 1)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--only", choices=["torch", "keras"])
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    x = rng.random((128, 3, 32, 32), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[np.arange(128) % 10]
+    for name, bench in [("torch", bench_torch), ("keras", bench_keras)]:
+        if args.only in (None, name):
+            result = bench(x, y, args.steps)
+            result["images_per_s"] = round(128 / result["train_step_ms"] * 1e3)
+            print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
