@@ -61,8 +61,10 @@ impl Adam {
         let t = self.step as i32;
         let alpha = self.learning_rate * (1.0 - self.beta_2.powi(t)).sqrt() / (1.0 - self.beta_1.powi(t));
         for (var, (m, v)) in vars.iter().zip(self.moments.iter_mut()) {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
-            *m = ((&*m * self.beta_1)? + (g * (1.0 - self.beta_1))?)?;
+            // Gradients can carry the op that made them, and with it the whole
+            // forward graph: detached, the moments keep none of it alive.
+            let Some(g) = grads.get(var.as_tensor()).map(|g| g.detach()) else { continue };
+            *m = ((&*m * self.beta_1)? + (&g * (1.0 - self.beta_1))?)?;
             *v = ((&*v * self.beta_2)? + (g.sqr()? * (1.0 - self.beta_2))?)?;
             let update = (m.clone() / (v.sqrt()? + self.epsilon)?)?;
             var.set(&(var.as_tensor() - (update * alpha)?)?)?;

@@ -49,6 +49,27 @@ pub fn load_image_folder(dir: impl AsRef<Path>, height: usize, width: usize) -> 
     Dataset::new(images, labels, class_names, height, width)
 }
 
+/// A training folder and a test folder of the same classes, as
+/// [`load_image_folder`] reads each.
+pub fn load_image_folders(
+    train_dir: impl AsRef<Path>,
+    test_dir: impl AsRef<Path>,
+    height: usize,
+    width: usize,
+) -> Result<(Dataset, Dataset)> {
+    let train = load_image_folder(&train_dir, height, width)?;
+    let test = load_image_folder(&test_dir, height, width)?;
+    ensure!(
+        train.class_names == test.class_names,
+        "the training folder {} has classes {:?} but the test folder {} has {:?}: they need the same subfolders",
+        train_dir.as_ref().display(),
+        train.class_names,
+        test_dir.as_ref().display(),
+        test.class_names
+    );
+    Ok((train, test))
+}
+
 fn is_image(path: &Path) -> bool {
     let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     path.is_file() && matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
