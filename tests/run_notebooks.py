@@ -122,6 +122,35 @@ def run(path, out_dir, timeout):
     return seconds, problems
 
 
+def check_failing_cell(out_dir, timeout):
+    """A cell whose `?` meets an error shows a readable message, and the next
+    cell still runs in the same kernel with the earlier variables."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "rust", "display_name": "Rust", "language": "rust"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(':opt 3\n:build_env CARGO_PROFILE_DEV_DEBUG_ASSERTIONS=false\n'
+                                  ':build_env CARGO_PROFILE_DEV_OVERFLOW_CHECKS=false\n:cache 4000\n'
+                                  ':dep cifar10-cnn = { path = "../crate" }'),
+        nbformat.v4.new_code_cell('use cifar10_cnn::prelude::*;\nlet answer: usize = 42;'),
+        nbformat.v4.new_code_cell('let model: Sequential = Sequential::load("no/such/model")?;'),
+        nbformat.v4.new_code_cell('println!("still here: {answer}");'),
+    ]
+    client = NotebookClient(nb, kernel_name="rust", timeout=timeout, startup_timeout=120,
+                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.execute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out_dir / "failing_cell.ipynb")
+    texts = ["".join(o.get("text", "") for o in c.outputs) for c in nb.cells]
+    problems = []
+    if "cannot read model architecture no/such/model.json" not in texts[2]:
+        problems.append(f"the failing cell did not say what was wrong: {texts[2]!r}")
+    if "panicked" in texts[2] or "stack backtrace" in texts[2].lower():
+        problems.append(f"the failing cell showed a panic or a backtrace: {texts[2]!r}")
+    if "still here: 42" not in texts[3]:
+        problems.append(f"the kernel did not carry on after the failing cell: {texts[3]!r}")
+    return problems
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
@@ -144,6 +173,15 @@ def main():
         else:
             passed += 1
             print(f"ok {path.name} ({seconds:.0f} s), executed copy in {args.out / path.name}", flush=True)
+    if not args.notebooks:
+        print("executing a notebook with a failing cell ...", flush=True)
+        problems = check_failing_cell(args.out, args.timeout)
+        if problems:
+            failed += 1
+            print("FAILED failing-cell check:", *problems, sep="\n  ", flush=True)
+        else:
+            passed += 1
+            print("ok failing-cell check: readable error, the kernel carries on", flush=True)
     print(f"notebooks: {passed} passed, {failed} failed")
     return 1 if failed else 0
 
