@@ -55,7 +55,9 @@ bench-peers: bench
 
 ## cuda-check: the CUDA build compiles, on a machine without a GPU or a CUDA installation.
 # NVIDIA's compiler and headers come from PyPI into .venv-cuda. cudarc 0.19 knows CUDA
-# up to 13.4, so it is told to use the 13.4 API (the driver is loaded at run time).
+# up to 13.4, so it is told to use the 13.4 API. This builds the library (candle's CUDA
+# backend and its PTX kernels); linking the CLI also needs NVIDIA's libraries (cuBLAS,
+# cuRAND, NVRTC, the driver), which a GPU machine has.
 CUDA_VENV ?= .venv-cuda
 CUDA_WHEELS := nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-cuda-runtime==13.5.37 nvidia-cuda-cccl==13.3.5.0.6
 CUDA_COMPUTE_CAP ?= 90
@@ -63,7 +65,7 @@ cuda-check: $(CUDA_VENV)/.installed
 	cu=$$(echo $(CURDIR)/$(CUDA_VENV)/lib/python3*/site-packages/nvidia/cu13); \
 	PATH=$$cu/bin:$$PATH CUDA_ROOT=$$cu CUDA_PATH=$$cu CUDA_HOME=$$cu \
 	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CUDARC_CUDA_VERSION=13040 \
-	cargo build --release -p cifar10-cnn --features cuda --target-dir target/cuda
+	cargo build --release -p cifar10-cnn --lib --features cuda --target-dir target/cuda
 
 $(CUDA_VENV)/.installed:
 	$(PYTHON) -m venv $(CUDA_VENV)
