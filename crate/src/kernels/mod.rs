@@ -17,8 +17,9 @@ pub fn keep_freed_memory() {
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| unsafe {
-            // M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1, M_TOP_PAD = -2
-            libc::mallopt(-3, i32::MAX);
+            // M_MMAP_THRESHOLD = -3 (32 MiB is the most glibc accepts; larger
+            // values are refused), M_TRIM_THRESHOLD = -1, M_TOP_PAD = -2
+            libc::mallopt(-3, 32 << 20);
             libc::mallopt(-1, i32::MAX);
             libc::mallopt(-2, 256 << 20);
         });
