@@ -36,7 +36,7 @@ test-notebooks: setup
 ## notebook: the main job, the article's defaults; the executed copy goes to results/
 notebook: setup
 	mkdir -p $(RESULTS_DIR)
-	RESULTS_DIR=$(RESULTS_DIR) $(VENV)/bin/python tests/run_notebooks.py --out $(RESULTS_DIR) notebooks/cifar10_cnn.ipynb
+	RESULTS_DIR=$(RESULTS_DIR) $(VENV)/bin/python tests/run_notebooks.py --timeout 14400 --out $(RESULTS_DIR) notebooks/cifar10_cnn.ipynb
 
 ## lab: JupyterLab with the Rust kernel
 lab: setup

@@ -62,6 +62,9 @@ struct TrainArgs {
     /// How many test predictions to print.
     #[arg(long, default_value_t = 10)]
     show: usize,
+    /// Random crops (padding 4) and horizontal flips of the training images; the article has none.
+    #[arg(long)]
+    augment: bool,
 }
 
 fn main() -> Result<()> {
@@ -92,6 +95,7 @@ fn train(args: TrainArgs) -> Result<()> {
         batch_size: args.batch_size,
         epochs: args.epochs,
         validation_split: args.validation_split,
+        augment: args.augment,
         backup_dir: Some(args.backup_dir.clone().unwrap_or_else(|| args.out.join("backup"))),
         ..Fit::default()
     };
