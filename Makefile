@@ -18,7 +18,7 @@ KERNEL := $(VENV)/share/jupyter/kernels/rust/kernel.json
 # The small configuration the notebook tests run in.
 TEST_ENV := EPOCHS=1 TRAIN_SIZE=2000 BATCH_SIZE=128 SEED=0 RESULTS_DIR=$(CURDIR)/target/notebook-results
 
-.PHONY: test test-crate test-notebooks notebook lab bench bench-peers setup cuda-check clean
+.PHONY: test test-crate test-notebooks notebook lab bench bench-peers setup cuda-check gpu-pack clean
 
 ## test: crate tests, then the notebooks on the real CIFAR-10 (when CIFAR10_DIR is set)
 test: test-crate test-notebooks
@@ -54,22 +54,47 @@ bench-peers: bench
 	$(PEERS_VENV)/bin/python tests/bench_peers.py
 
 ## cuda-check: the CUDA build compiles, on a machine without a GPU or a CUDA installation.
-# NVIDIA's compiler and headers come from PyPI into .venv-cuda. cudarc 0.19 knows CUDA
-# up to 13.4, so it is told to use the 13.4 API. This builds the library (candle's CUDA
-# backend and its PTX kernels); linking the CLI also needs NVIDIA's libraries (cuBLAS,
-# cuRAND, NVRTC, the driver), which a GPU machine has.
+# NVIDIA's compiler and headers come from PyPI into .venv-cuda. CUDA 13.0 rather than
+# the newest: candle compiles its kernels to PTX, which a driver can only load if it is
+# at least as new as the compiler (13.0 is the 580 driver series).
 CUDA_VENV ?= .venv-cuda
-CUDA_WHEELS := nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-cuda-runtime==13.5.37 nvidia-cuda-cccl==13.3.5.0.6
+CUDA_VERSION := 13.0.88
+CUDA_WHEELS := nvidia-cuda-nvcc==$(CUDA_VERSION) nvidia-cuda-crt==$(CUDA_VERSION) nvidia-nvvm==$(CUDA_VERSION) \
+	nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
 CUDA_COMPUTE_CAP ?= 90
+CUDA_ENV = cu=$$(echo $(CURDIR)/$(CUDA_VENV)/lib/python3*/site-packages/nvidia/cu13); \
+	export PATH=$$cu/bin:$$PATH CUDA_ROOT=$$cu CUDA_PATH=$$cu CUDA_HOME=$$cu CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP);
 cuda-check: $(CUDA_VENV)/.installed
-	cu=$$(echo $(CURDIR)/$(CUDA_VENV)/lib/python3*/site-packages/nvidia/cu13); \
-	PATH=$$cu/bin:$$PATH CUDA_ROOT=$$cu CUDA_PATH=$$cu CUDA_HOME=$$cu \
-	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CUDARC_CUDA_VERSION=13040 \
-	cargo build --release -p cifar10-cnn --lib --features cuda --target-dir target/cuda
+	$(CUDA_ENV) cargo build --release -p cifar10-cnn --lib --features cuda --target-dir target/cuda
 
 $(CUDA_VENV)/.installed:
 	$(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/python -m pip install -q $(CUDA_WHEELS)
+	touch $@
+
+## gpu-pack: what scripts/gpu-check.sh needs on a GPU machine, in gpu-check/ (about 40 MiB):
+# the CLI built with CUDA, and 5,000 training and 2,000 test images of the real CIFAR-10
+# (from CIFAR10_DIR). Linking needs cuBLAS, cuRAND and NVRTC (PyPI wheels, 1 GB) and the
+# driver's libcuda, for which a stub is made from cudarc's declarations; the GPU machine
+# brings the real libraries.
+CUDA_LINK_WHEELS := nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==$(CUDA_VERSION)
+GPU_PACK ?= gpu-check
+gpu-pack: $(CUDA_VENV)/.installed $(CUDA_VENV)/.installed-link
+	@test -n "$${CIFAR10_DIR:-}" || { echo "set CIFAR10_DIR to the CIFAR-10 binary version (for the real sample)"; exit 1; }
+	$(CUDA_ENV) scripts/libcuda-stub.sh target/cuda/stub && \
+	LIBRARY_PATH=$$cu/lib:$(CURDIR)/target/cuda/stub \
+	cargo build --release -p cifar10-cnn --features cuda --target-dir target/cuda
+	mkdir -p $(GPU_PACK)
+	strip -o $(GPU_PACK)/cifar10-cnn target/cuda/release/cifar10-cnn
+	head -c $$((5000 * 3073)) $$CIFAR10_DIR/data_batch_1.bin > $(GPU_PACK)/sample_train.bin
+	head -c $$((2000 * 3073)) $$CIFAR10_DIR/test_batch.bin > $(GPU_PACK)/sample_test.bin
+	cp scripts/gpu-check.sh tests/bench_peers.py $(GPU_PACK)/
+	du -sh $(GPU_PACK)
+
+$(CUDA_VENV)/.installed-link: $(CUDA_VENV)/.installed
+	$(CUDA_VENV)/bin/python -m pip install -q $(CUDA_LINK_WHEELS)
+	cu=$$(echo $(CURDIR)/$(CUDA_VENV)/lib/python3*/site-packages/nvidia/cu13/lib); \
+	for lib in cublas cublasLt curand nvrtc; do ln -sf $$(ls $$cu/lib$$lib.so.* | head -1) $$cu/lib$$lib.so; done
 	touch $@
 
 setup: $(VENV)/.installed $(KERNEL)

@@ -2,8 +2,11 @@
 """The article's model at batch 128 in PyTorch and in Keras/TensorFlow, on the
 CPU, timed like `cifar10-cnn bench`: the median training step (forward, loss,
 backward, Adam) and the median inference of one batch. One JSON line each.
+With --epoch-images, PyTorch instead times whole epochs on --device, like
+`cifar10-cnn check` (scripts/gpu-check.sh runs it on a GPU machine).
 
     python tests/bench_peers.py [--steps 20] [--only torch|keras]
+    python tests/bench_peers.py --epoch-images 45000 --device cuda
 """
 import argparse
 import json
@@ -24,16 +27,23 @@ def median_ms(fn, steps, warmup=3):
     return statistics.median(times) * 1e3
 
 
-def bench_torch(x, y, steps):
+def torch_model(device="cpu"):
     import torch
     from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(
+    return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
         nn.Flatten(), nn.Linear(2304, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10),
-    )
+    ).to(device)
+
+
+def bench_torch(x, y, steps):
+    import torch
+    from torch import nn
+
+    model = torch_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.argmax(1))
     loss_fn = nn.CrossEntropyLoss()
@@ -51,6 +61,34 @@ def bench_torch(x, y, steps):
 
     return {"framework": f"pytorch {torch.__version__}", "threads": torch.get_num_threads(),
             "train_step_ms": round(median_ms(step, steps), 1), "infer_ms": round(median_ms(infer, steps), 1)}
+
+
+def torch_epochs(n, device, epochs=2, batch_size=128):
+    """Whole epochs of n generated images kept on the device, shuffled each
+    epoch, with the loss read every step as a logging loop does."""
+    import torch
+    from torch import nn
+
+    model = torch_model(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    loss_fn = nn.CrossEntropyLoss()
+    x = torch.rand((n, 3, 32, 32), device=device)
+    y = torch.randint(0, 10, (n,), device=device)
+    seconds = []
+    for _ in range(epochs):
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        total = 0.0
+        for idx in torch.randperm(n, device=device).split(batch_size):
+            opt.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        sync()
+        seconds.append(round(time.perf_counter() - start, 3))
+    return {"framework": f"pytorch {torch.__version__}", "device": device, "epoch_images": n, "epoch_seconds": seconds}
 
 
 def bench_keras(x, y, steps):
@@ -77,7 +115,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--only", choices=["torch", "keras"])
+    parser.add_argument("--epoch-images", type=int, help="PyTorch only: time epochs of this many generated images")
+    parser.add_argument("--device", default="cpu", help="for --epoch-images: cpu or cuda")
     args = parser.parse_args()
+    if args.epoch_images:
+        print(json.dumps(torch_epochs(args.epoch_images, args.device)), flush=True)
+        return
     rng = np.random.default_rng(0)
     x = rng.random((128, 3, 32, 32), dtype=np.float32)
     y = np.eye(10, dtype=np.float32)[np.arange(128) % 10]

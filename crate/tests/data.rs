@@ -2,7 +2,7 @@
 
 mod common;
 
-use cifar10_cnn::data::{load_dir, split_sizes, to_categorical, Dataset, CLASS_NAMES};
+use cifar10_cnn::data::{load_dir, load_records, split_sizes, to_categorical, Dataset, CLASS_NAMES};
 use std::path::Path;
 
 const RECORD: usize = 3073;
@@ -143,4 +143,29 @@ fn datasets_check_their_buffers() {
     assert!(e.contains("pixel bytes"), "{e}");
     let e = err_text(Dataset::new(vec![0; 12], vec![3], vec!["a".into()], 2, 2));
     assert!(e.contains("label 3"), "{e}");
+}
+
+/// A sample cut from a batch at a record boundary (`head -c`) reads as that
+/// many images; a cut inside a record is refused.
+#[test]
+fn record_files_of_any_whole_length_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cifar_dir(dir.path());
+    let batch = std::fs::read(dir.path().join("test_batch.bin")).unwrap();
+    let sample = dir.path().join("sample.bin");
+    std::fs::write(&sample, &batch[..7 * RECORD]).unwrap();
+    let d = load_records(&sample).unwrap();
+    assert_eq!((d.len(), d.class_names.len()), (7, 10));
+    let (_, test) = load_dir(dir.path()).unwrap();
+    assert_eq!(d.labels, test.labels[..7]);
+    assert_eq!(d.images, test.images[..7 * 3072]);
+
+    std::fs::write(&sample, &batch[..7 * RECORD + 10]).unwrap();
+    let e = err_text(load_records(&sample));
+    assert!(e.contains("sample.bin") && e.contains("whole number of CIFAR-10 records"), "{e}");
+    std::fs::write(&sample, b"").unwrap();
+    let e = err_text(load_records(&sample));
+    assert!(e.contains("whole number"), "{e}");
+    let e = err_text(load_records(dir.path().join("missing.bin")));
+    assert!(e.contains("missing.bin"), "{e}");
 }

@@ -92,6 +92,27 @@ pub fn parse_batch(bytes: &[u8], classes: usize, images: &mut Vec<u8>, labels: &
             if bytes.len() < expected { "truncated" } else { "too long" }
         );
     }
+    parse_records(bytes, classes, images, labels)
+}
+
+/// Loads a file of whole CIFAR-10 records with the ten CIFAR-10 classes: a
+/// batch file, or its first N records (`head -c $((N * 3073))`), which is how
+/// a small real sample travels to a machine without the dataset.
+pub fn load_records(path: impl AsRef<Path>) -> Result<Dataset> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read CIFAR-10 records {}", path.display()))?;
+    ensure!(
+        !bytes.is_empty() && bytes.len() % RECORD == 0,
+        "{} holds {} bytes, not a whole number of CIFAR-10 records ({RECORD} bytes each)",
+        path.display(),
+        bytes.len()
+    );
+    let (mut images, mut labels) = (Vec::with_capacity(bytes.len()), Vec::with_capacity(bytes.len() / RECORD));
+    parse_records(&bytes, CLASS_NAMES.len(), &mut images, &mut labels).with_context(|| format!("in {}", path.display()))?;
+    Dataset::new(images, labels, CLASS_NAMES.map(String::from).to_vec(), SIDE, SIDE)
+}
+
+fn parse_records(bytes: &[u8], classes: usize, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
     for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
         let label = record[0];
         ensure!((label as usize) < classes, "record {i} has label {label}, but labels go from 0 to {}", classes - 1);

@@ -7,7 +7,7 @@ mod folder;
 #[cfg(feature = "hub")]
 mod hub;
 
-pub use cifar10::{load_data, load_dir, parse_batch, CLASS_NAMES};
+pub use cifar10::{load_data, load_dir, load_records, parse_batch, CLASS_NAMES};
 pub use folder::{load_image_folder, load_image_folders};
 #[cfg(feature = "hub")]
 pub use hub::{load_hub, load_hub_from, read_parquet, HUB_DATASET, HUB_TEST_FILE, HUB_TRAIN_FILE};

@@ -3,6 +3,9 @@
 //!
 //!     cargo run --release -p cifar10-cnn -- train --epochs 25 --out results
 //!     cargo run --release -p cifar10-cnn -- bench
+//!     cifar10-cnn check --train sample_train.bin --test sample_test.bin   (on a GPU machine)
+
+mod check;
 
 use anyhow::Result;
 use cifar10_cnn::data::{self, Dataset};
@@ -21,6 +24,9 @@ enum Command {
     Train(TrainArgs),
     /// Time the article's training step and inference at one batch size; prints one JSON line.
     Bench(BenchArgs),
+    /// Time an epoch of 45,000 images on this machine's device, check that training there
+    /// learns on a real sample, and compare its predictions with the CPU's; one JSON line.
+    Check(check::CheckArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -71,6 +77,7 @@ fn main() -> Result<()> {
     match Command::parse() {
         Command::Train(args) => train(args),
         Command::Bench(args) => bench(args),
+        Command::Check(args) => check::check(args),
     }
 }
 
