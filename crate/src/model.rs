@@ -499,8 +499,10 @@ impl Sequential {
                 Layer::Conv2D { padding, activation, kernel_size, .. } => {
                     let w = self.weights[i].as_ref().expect("conv has weights");
                     let pad = if *padding == Padding::Same { kernel_size / 2 } else { 0 };
-                    let y = kernels::conv2d(&x, &w.kernel, &w.bias, pad)?;
-                    activate(y, *activation, last)?
+                    match activation {
+                        Activation::Relu => kernels::conv2d_relu(&x, &w.kernel, &w.bias, pad)?,
+                        _ => activate(kernels::conv2d(&x, &w.kernel, &w.bias, pad)?, *activation, last)?,
+                    }
                 }
                 Layer::Dense { activation, .. } => {
                     let w = self.weights[i].as_ref().expect("dense has weights");

@@ -2,7 +2,7 @@
 //! autograd gradients of x, kernel and bias, and finite differences in f64.
 
 use candle_core::{DType, Device, Tensor, Var};
-use cifar10_cnn::kernels::{conv2d, conv2d_reference};
+use cifar10_cnn::kernels::{conv2d, conv2d_reference, conv2d_relu};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -386,4 +386,31 @@ fn mismatched_shapes_are_errors() {
     assert!(conv2d(&x.flatten_from(2).unwrap(), &k, &b, 1).is_err());
     let tiny = Tensor::zeros((1, 3, 2, 2), DType::F32, &Device::Cpu).unwrap();
     assert!(conv2d(&tiny, &k, &b, 0).is_err());
+}
+
+fn conv2d_relu_reference(x: &Tensor, k: &Tensor, b: &Tensor, pad: usize) -> candle_core::Result<Tensor> {
+    conv2d_reference(x, k, b, pad)?.relu()
+}
+
+/// The fused conv + bias + ReLU against candle's conv2d, bias and relu:
+/// values and all three gradients, on every case (odd and even sizes, same
+/// and valid padding, 1x1 to 5x5 kernels).
+#[test]
+fn fused_relu_matches_candle_conv2d_bias_relu() {
+    for (i, &case) in CASES.iter().enumerate() {
+        let (x, k, b) = inputs(case, 300 + 10 * i as u64, DType::F32);
+        let ours = conv2d_relu(&x, &k, &b, case.pad).unwrap();
+        let reference = conv2d_relu_reference(&x, &k, &b, case.pad).unwrap();
+        let err = rel_err(&ours, &reference);
+        assert!(err < 1e-5, "{case:?}: relative error {err}");
+        let zeros = ours.eq(0f32).unwrap().to_dtype(DType::F32).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(zeros > 0.1 && zeros < 0.9, "{case:?}: the ReLU should cut some but not all values ({zeros})");
+
+        let ours = grads(conv2d_relu, case, 400 + 10 * i as u64, DType::F32);
+        let reference = grads(conv2d_relu_reference, case, 400 + 10 * i as u64, DType::F32);
+        for (name, (a, b)) in ["x", "kernel", "bias"].iter().zip(ours.iter().zip(&reference)) {
+            let err = rel_err(a, b);
+            assert!(err < 1e-5, "{case:?}: gradient of {name}: relative error {err}");
+        }
+    }
 }

@@ -44,14 +44,28 @@ use std::cell::RefCell;
 /// Runs the custom ops for f32 and f64 on the CPU with a square kernel;
 /// anything else goes to [`conv2d_reference`].
 pub fn conv2d(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize) -> Result<Tensor> {
+    conv2d_op(x, kernel, bias, padding, false)
+}
+
+/// `relu(conv2d(x, kernel, bias, padding))` as one op: the ReLU is applied to
+/// each image's output while it is still in cache, and its gradient mask is
+/// applied once to `dy` before the convolution's gradients. This saves the
+/// separate ReLU's passes over the layer's largest tensors (forward, its
+/// gradient mask, candle's gradient bookkeeping).
+pub fn conv2d_relu(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize) -> Result<Tensor> {
+    conv2d_op(x, kernel, bias, padding, true)
+}
+
+fn conv2d_op(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize, relu: bool) -> Result<Tensor> {
     let square = matches!(kernel.dims(), &[_, _, kh, kw] if kh == kw);
     let fast = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
     if !fast || !square {
-        return conv2d_reference(x, kernel, bias, padding);
+        let y = conv2d_reference(x, kernel, bias, padding)?;
+        return if relu { y.relu() } else { Ok(y) };
     }
     let geom = Geom::new(x.dims(), kernel.dims(), bias.dims(), padding)?;
     x.contiguous()?
-        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, Conv2d { geom })
+        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, Conv2d { geom, relu })
 }
 
 /// candle's own convolution plus bias: the fallback and the tests' reference.
@@ -270,8 +284,9 @@ fn gemm_grad_cols<T: WithDType>(g: &Geom, kernel: &[T], dy: &[T], dcols: &mut [T
     }
 }
 
-/// Forward over contiguous data: per image, im2col then one gemm onto the bias.
-fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T]) -> Vec<T> {
+/// Forward over contiguous data: per image, im2col then one gemm onto the
+/// bias, then the ReLU if asked for.
+fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T], relu: bool) -> Vec<T> {
     let hw = g.hw_out();
     // The bias is written here, on one thread: first touches of fresh pages
     // from several threads at once were 2x slower on this VM.
@@ -288,7 +303,15 @@ fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T]) -> Vec<T> {
             T::with_scratch(g.ckk() * hw, |cols| {
                 im2col(g, x_n, cols);
                 gemm_forward(g, kernel, cols, y_n, par);
-            })
+            });
+            if relu {
+                let zero = T::zero();
+                y_n.iter_mut().for_each(|v| {
+                    if *v < zero {
+                        *v = zero
+                    }
+                });
+            }
         });
     y
 }
@@ -410,9 +433,16 @@ macro_rules! on_float {
     };
 }
 
-/// The forward op over (x, kernel, bias).
+/// `dy` where the ReLU's output `y` is positive, zero elsewhere.
+fn relu_mask<T: WithDType>(dy: &[T], y: &[T]) -> Vec<T> {
+    let zero = T::zero();
+    dy.par_iter().zip(y).map(|(&d, &y)| if y > zero { d } else { zero }).collect()
+}
+
+/// The forward op over (x, kernel, bias), with or without the ReLU.
 struct Conv2d {
     geom: Geom,
+    relu: bool,
 }
 
 impl CustomOp3 for Conv2d {
@@ -434,7 +464,8 @@ impl CustomOp3 for Conv2d {
             g,
             data(s1, l1)?,
             data(s2, l2)?,
-            data(s3, l3)?
+            data(s3, l3)?,
+            self.relu
         )));
         Ok((y, Shape::from((g.n, g.o, g.ho, g.wo))))
     }
@@ -444,11 +475,14 @@ impl CustomOp3 for Conv2d {
         x: &Tensor,
         kernel: &Tensor,
         bias: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let geom = self.geom;
-        let dy = dy.contiguous()?;
+        let mut dy = dy.contiguous()?;
+        if self.relu {
+            dy = dy.apply_op2_no_bwd(&y.contiguous()?, &ReluMask)?;
+        }
         // Raw data (no variable upstream) needs no gradient: this skips a
         // whole convolution for the first layer.
         let dx = match x.track_op() {
@@ -464,6 +498,29 @@ impl CustomOp3 for Conv2d {
             false => None,
         };
         Ok((dx, dk, db))
+    }
+}
+
+/// The ReLU's gradient: `dy` masked by its output `y`.
+struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let masked = on_float!(self.name(), s1, |T| T::to_cpu_storage_owned(relu_mask::<T>(
+            data(s1, l1)?,
+            data(s2, l2)?
+        )));
+        Ok((masked, l1.shape().clone()))
     }
 }
 

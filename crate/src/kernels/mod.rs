@@ -4,7 +4,7 @@
 mod conv;
 mod max_pool;
 
-pub use conv::{conv2d, conv2d_reference};
+pub use conv::{conv2d, conv2d_reference, conv2d_relu};
 pub use max_pool::{max_pool2d, max_pool2d_portable};
 
 /// Asks glibc's allocator to keep freed memory instead of handing every large
