@@ -493,14 +493,25 @@ impl Sequential {
     pub fn logits(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         let n = self.architecture.layers.len();
         let mut x = x.clone();
-        for i in 0..n {
+        let mut i = 0;
+        while i < n {
             let last = i + 1 == n;
+            // The article's Conv2D + Activation('relu') pairs run as one op.
+            let relu_follows = matches!(
+                self.architecture.layers.get(i + 1),
+                Some(Layer::Activation { activation: Activation::Relu })
+            );
+            let mut skip_next = false;
             x = match &self.architecture.layers[i] {
                 Layer::Conv2D { padding, activation, kernel_size, .. } => {
                     let w = self.weights[i].as_ref().expect("conv has weights");
                     let pad = if *padding == Padding::Same { kernel_size / 2 } else { 0 };
                     match activation {
                         Activation::Relu => kernels::conv2d_relu(&x, &w.kernel, &w.bias, pad)?,
+                        Activation::Linear if relu_follows => {
+                            skip_next = true;
+                            kernels::conv2d_relu(&x, &w.kernel, &w.bias, pad)?
+                        }
                         _ => activate(kernels::conv2d(&x, &w.kernel, &w.bias, pad)?, *activation, last)?,
                     }
                 }
@@ -515,6 +526,7 @@ impl Sequential {
                 Layer::Dropout { .. } => x,
                 Layer::Flatten => x.flatten_from(1)?,
             };
+            i += if skip_next { 2 } else { 1 };
         }
         Ok(x)
     }
