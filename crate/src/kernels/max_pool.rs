@@ -24,6 +24,7 @@
 //! candle fixes its own op.
 
 use candle_core::backend::BackendStorage;
+use rayon::prelude::*;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType,
 };
@@ -123,37 +124,45 @@ fn run_max<T: WithDType>(run: &[T]) -> T {
     run[1..].iter().fold(run[0], |m, &v| pick(m, v))
 }
 
-/// Forward over contiguous `[planes, h, w]` data.
+/// Forward over contiguous `[planes, h, w]` data, planes in parallel.
 fn pool_fwd<T: WithDType>(x: &[T], h: usize, w: usize, p: usize) -> CpuStorage {
     let (ho, wo) = (h / p, w / p);
     let planes = x.len() / (h * w);
-    let mut out: Vec<T> = Vec::with_capacity(planes * ho * wo);
-    for plane in x.chunks_exact(h * w) {
-        for oh in 0..ho {
-            let rows = &plane[oh * p * w..(oh * p + p) * w];
-            if p == 2 {
-                // The model's case, unrolled: windows are pairs of pairs.
-                let (r0, r1) = rows.split_at(w);
-                out.extend(
-                    r0.chunks_exact(2)
-                        .zip(r1.chunks_exact(2))
-                        .map(|(a, b)| pick(pick(pick(a[0], a[1]), b[0]), b[1])),
-                );
-                continue;
+    let mut out = vec![T::from_f64(0.0); planes * ho * wo];
+    out.par_chunks_exact_mut(ho * wo)
+        .zip(x.par_chunks_exact(h * w))
+        .with_min_len(PLANES_PER_TASK)
+        .for_each(|(out, plane)| pool_fwd_plane(plane, out, w, p));
+    T::to_cpu_storage_owned(out)
+}
+
+/// Planes a rayon task takes at least: a plane is only a few hundred values.
+const PLANES_PER_TASK: usize = 64;
+
+fn pool_fwd_plane<T: WithDType>(plane: &[T], out: &mut [T], w: usize, p: usize) {
+    let wo = w / p;
+    for (oh, orow) in out.chunks_exact_mut(wo).enumerate() {
+        let rows = &plane[oh * p * w..(oh * p + p) * w];
+        if p == 2 {
+            // The model's case, unrolled: windows are pairs of pairs.
+            let (r0, r1) = rows.split_at(w);
+            let windows = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+            for (o, (a, b)) in orow.iter_mut().zip(windows) {
+                *o = pick(pick(pick(a[0], a[1]), b[0]), b[1]);
             }
-            let start = out.len();
-            // First row of the windows initialises the outputs, the others
-            // update them: every pass reads one input row front to back.
-            out.extend(rows[..w].chunks_exact(p).map(run_max));
-            let orow = &mut out[start..start + wo];
-            for row in rows.chunks_exact(w).skip(1) {
-                for (o, win) in orow.iter_mut().zip(row.chunks_exact(p)) {
-                    *o = pick(*o, run_max(win));
-                }
+            continue;
+        }
+        // First row of the windows initialises the outputs, the others
+        // update them: every pass reads one input row front to back.
+        for (o, win) in orow.iter_mut().zip(rows[..w].chunks_exact(p)) {
+            *o = run_max(win);
+        }
+        for row in rows.chunks_exact(w).skip(1) {
+            for (o, win) in orow.iter_mut().zip(row.chunks_exact(p)) {
+                *o = pick(*o, run_max(win));
             }
         }
     }
-    T::to_cpu_storage_owned(out)
 }
 
 /// Backward over contiguous `x: [planes, h, w]` and `g: [planes, h/p, w/p]`:
@@ -162,11 +171,12 @@ fn pool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, p: usize) -> Cpu
     let (ho, wo) = (h / p, w / p);
     let mut dx = vec![T::from_f64(0.0); x.len()];
     let planes = x
-        .chunks_exact(h * w)
-        .zip(g.chunks_exact(ho * wo))
-        .zip(dx.chunks_exact_mut(h * w));
+        .par_chunks_exact(h * w)
+        .zip(g.par_chunks_exact(ho * wo))
+        .zip(dx.par_chunks_exact_mut(h * w))
+        .with_min_len(PLANES_PER_TASK);
     let zero = T::from_f64(0.0);
-    for ((xp, gp), dp) in planes {
+    planes.for_each(|((xp, gp), dp)| {
         if p == 2 {
             // The model's case: walk two input rows at once and write every
             // pixel of each window (g on its argmax, 0 elsewhere) in order.
@@ -193,7 +203,7 @@ fn pool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, p: usize) -> Cpu
                     db[1] = if k == 3 { g } else { zero };
                 }
             }
-            continue;
+            return;
         }
         for oh in 0..ho {
             for ow in 0..wo {
@@ -212,7 +222,7 @@ fn pool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, p: usize) -> Cpu
                 dp[best_i] = gp[oh * wo + ow];
             }
         }
-    }
+    });
     T::to_cpu_storage_owned(dx)
 }
 
