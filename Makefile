@@ -94,7 +94,7 @@ gpu-pack: $(CUDA_VENV)/.installed $(CUDA_VENV)/.installed-link
 $(CUDA_VENV)/.installed-link: $(CUDA_VENV)/.installed
 	$(CUDA_VENV)/bin/python -m pip install -q $(CUDA_LINK_WHEELS)
 	cu=$$(echo $(CURDIR)/$(CUDA_VENV)/lib/python3*/site-packages/nvidia/cu13/lib); \
-	for lib in cublas cublasLt curand nvrtc; do ln -sf $$(ls $$cu/lib$$lib.so.* | head -1) $$cu/lib$$lib.so; done
+	for lib in cudart cublas cublasLt curand nvrtc; do ln -sf $$(ls $$cu/lib$$lib.so.* | head -1) $$cu/lib$$lib.so; done
 	touch $@
 
 setup: $(VENV)/.installed $(KERNEL)

@@ -522,7 +522,7 @@ impl Sequential {
                 }
                 Layer::Activation { activation } => activate(x, *activation, last)?,
                 Layer::MaxPooling2D { pool_size } => kernels::max_pool2d(&x, *pool_size)?,
-                Layer::Dropout { rate } if train && *rate > 0.0 => dropout(&x, *rate, &mut self.rng)?,
+                Layer::Dropout { rate } if train && *rate > 0.0 => kernels::dropout(&x, *rate, &mut self.rng)?,
                 Layer::Dropout { .. } => x,
                 Layer::Flatten => x.flatten_from(1)?,
             };
@@ -550,17 +550,6 @@ fn activate(x: Tensor, activation: Activation, last: bool) -> Result<Tensor> {
         Activation::Softmax if last => x,
         Activation::Softmax => candle_nn::ops::softmax(&x, D::Minus1)?,
     })
-}
-
-/// Keras's inverted dropout: zero each value with probability `rate` and
-/// scale the rest by 1 / (1 - rate). The mask comes from the model's seeded
-/// generator (candle's own generator cannot be seeded on the CPU).
-fn dropout(x: &Tensor, rate: f64, rng: &mut StdRng) -> Result<Tensor> {
-    let keep = 1.0 / (1.0 - rate) as f32;
-    let uniform = Uniform::new(0.0f64, 1.0)?;
-    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if uniform.sample(rng) >= rate { keep } else { 0.0 }).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok((x * mask)?)
 }
 
 /// Glorot (Xavier) uniform: U(-l, l) with l = sqrt(6 / (fan_in + fan_out)),

@@ -2,9 +2,11 @@
 //! wrong or slow on the CPU, with portable fallbacks for other devices.
 
 mod conv;
+mod dropout;
 mod max_pool;
 
 pub use conv::{conv2d, conv2d_reference, conv2d_relu};
+pub use dropout::dropout;
 pub use max_pool::{max_pool2d, max_pool2d_portable};
 
 /// Asks glibc's allocator to keep freed memory instead of handing every large
