@@ -72,8 +72,8 @@ $(CUDA_VENV)/.installed:
 	$(CUDA_VENV)/bin/python -m pip install -q $(CUDA_WHEELS)
 	touch $@
 
-## gpu-pack: what scripts/gpu-check.sh needs on a GPU machine, in gpu-check/ (about 40 MiB):
-# the CLI built with CUDA, and 5,000 training and 2,000 test images of the real CIFAR-10
+## gpu-pack: what scripts/gpu-check.sh needs on a GPU machine, in gpu-check/ (about 30 MiB):
+# the CLI built with CUDA (xz-compressed: 57 MiB of it is mostly GPU code), and 5,000 training and 2,000 test images of the real CIFAR-10
 # (from CIFAR10_DIR). Linking needs cuBLAS, cuRAND and NVRTC (PyPI wheels, 1 GB) and the
 # driver's libcuda, for which a stub is made from cudarc's declarations; the GPU machine
 # brings the real libraries.
@@ -85,7 +85,8 @@ gpu-pack: $(CUDA_VENV)/.installed $(CUDA_VENV)/.installed-link
 	LIBRARY_PATH=$$cu/lib:$(CURDIR)/target/cuda/stub \
 	cargo build --release -p cifar10-cnn --features cuda --target-dir target/cuda
 	mkdir -p $(GPU_PACK)
-	strip -o $(GPU_PACK)/cifar10-cnn target/cuda/release/cifar10-cnn
+	strip -o target/cuda/cifar10-cnn-stripped target/cuda/release/cifar10-cnn
+	xz -6 -T2 -c target/cuda/cifar10-cnn-stripped > $(GPU_PACK)/cifar10-cnn.xz
 	head -c $$((5000 * 3073)) $$CIFAR10_DIR/data_batch_1.bin > $(GPU_PACK)/sample_train.bin
 	head -c $$((2000 * 3073)) $$CIFAR10_DIR/test_batch.bin > $(GPU_PACK)/sample_test.bin
 	cp scripts/gpu-check.sh tests/bench_peers.py $(GPU_PACK)/
