@@ -64,6 +64,11 @@ impl Adam {
             // Gradients can carry the op that made them, and with it the whole
             // forward graph: detached, the moments keep none of it alive.
             let Some(g) = grads.get(var.as_tensor()).map(|g| g.detach()) else { continue };
+            if crate::kernels::adam_runs_on(var.as_tensor()) {
+                let (b1, b2, eps) = (self.beta_1, self.beta_2, self.epsilon);
+                crate::kernels::adam_update(var.as_tensor(), m, v, &g, b1, b2, alpha, eps)?;
+                continue;
+            }
             *m = ((&*m * self.beta_1)? + (&g * (1.0 - self.beta_1))?)?;
             *v = ((&*v * self.beta_2)? + (g.sqr()? * (1.0 - self.beta_2))?)?;
             let update = (m.clone() / (v.sqrt()? + self.epsilon)?)?;

@@ -1,10 +1,12 @@
 //! The crate's own compute kernels, as candle custom ops where candle's are
 //! wrong or slow on the CPU, with portable fallbacks for other devices.
 
+mod adam;
 mod conv;
 mod dropout;
 mod max_pool;
 
+pub use adam::{adam_runs_on, adam_update};
 pub use conv::{conv2d, conv2d_reference, conv2d_relu};
 pub use dropout::dropout;
 pub use max_pool::{max_pool2d, max_pool2d_portable};
