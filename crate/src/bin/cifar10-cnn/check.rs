@@ -101,8 +101,8 @@ pub fn check(args: CheckArgs) -> Result<()> {
 }
 
 /// `n` uniform random images and random one-hot labels, made on `device`.
-fn generated(n: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-    ensure!(n > 0, "--epoch-images must be at least 1");
+pub fn generated(n: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    ensure!(n > 0, "the number of images must be at least 1");
     let mut rng = StdRng::seed_from_u64(0);
     let labels: Vec<u8> = (0..n).map(|_| rng.random_range(0..10)).collect();
     let x = Tensor::rand(0f32, 1f32, (n, 3, 32, 32), device)?;

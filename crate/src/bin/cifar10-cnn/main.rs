@@ -13,7 +13,6 @@ use cifar10_cnn::device::{describe, pick_device};
 use cifar10_cnn::model::Sequential;
 use cifar10_cnn::train::{Adam, Fit};
 use clap::Parser;
-use candle_core::Tensor;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -150,9 +149,7 @@ fn median_secs(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 fn bench(args: BenchArgs) -> Result<()> {
     let device = pick_device()?;
     let b = args.batch_size;
-    let x = Tensor::rand(0f32, 1f32, (b, 3, 32, 32), &device)?;
-    let labels: Vec<u8> = (0..b).map(|i| (i % 10) as u8).collect();
-    let y = data::to_categorical(&labels, 10)?.to_device(&device)?;
+    let (x, y) = check::generated(b, &device)?;
     let mut model = Sequential::article(&[3, 32, 32], 10, 0, &device)?;
     model.compile(Adam::default())?;
     for _ in 0..3 {
