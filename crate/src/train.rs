@@ -4,6 +4,7 @@
 
 use crate::data::split_sizes;
 use crate::history::{EpochMetrics, History};
+use crate::kernels::AdamStep;
 use crate::model::Sequential;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor, Var, D};
@@ -65,8 +66,8 @@ impl Adam {
             // forward graph: detached, the moments keep none of it alive.
             let Some(g) = grads.get(var.as_tensor()).map(|g| g.detach()) else { continue };
             if crate::kernels::adam_runs_on(var.as_tensor()) {
-                let (b1, b2, eps) = (self.beta_1, self.beta_2, self.epsilon);
-                crate::kernels::adam_update(var.as_tensor(), m, v, &g, b1, b2, alpha, eps)?;
+                let c = AdamStep { beta_1: self.beta_1, beta_2: self.beta_2, alpha, epsilon: self.epsilon };
+                crate::kernels::adam_update(var.as_tensor(), m, v, &g, c)?;
                 continue;
             }
             *m = ((&*m * self.beta_1)? + (&g * (1.0 - self.beta_1))?)?;

@@ -14,13 +14,23 @@ pub fn adam_runs_on(w: &Tensor) -> bool {
     w.device().is_cpu() && w.dtype() == DType::F32
 }
 
+/// The coefficients of one Adam update.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub beta_1: f64,
+    pub beta_2: f64,
+    /// The learning rate with both bias corrections.
+    pub alpha: f64,
+    pub epsilon: f64,
+}
+
 /// Updates the moments `m` and `v` and the weights `w` in place from the
-/// gradient `g`, with `alpha` the bias-corrected learning rate.
-pub fn adam_update(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, beta_1: f64, beta_2: f64, alpha: f64, epsilon: f64) -> Result<()> {
+/// gradient `g`.
+pub fn adam_update(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, c: AdamStep) -> Result<()> {
     let g = g.contiguous()?;
-    m.inplace_op2(&g, &MovingAverage { beta: beta_1 as f32, square: false })?;
-    v.inplace_op2(&g, &MovingAverage { beta: beta_2 as f32, square: true })?;
-    w.inplace_op3(m, v, &Step { alpha: alpha as f32, epsilon: epsilon as f32 })
+    m.inplace_op2(&g, &MovingAverage { beta: c.beta_1 as f32, square: false })?;
+    v.inplace_op2(&g, &MovingAverage { beta: c.beta_2 as f32, square: true })?;
+    w.inplace_op3(m, v, &Step { alpha: c.alpha as f32, epsilon: c.epsilon as f32 })
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
@@ -113,7 +123,7 @@ mod tests {
         for t in 1..=3 {
             let g = Tensor::randn(0f32, 1.0, (300, 70), &dev).unwrap().t().unwrap();
             let alpha = 1e-3 * (1.0 - f64::powi(b2, t)).sqrt() / (1.0 - f64::powi(b1, t));
-            adam_update(&w, &m, &v, &g, b1, b2, alpha, eps).unwrap();
+            adam_update(&w, &m, &v, &g, AdamStep { beta_1: b1, beta_2: b2, alpha, epsilon: eps }).unwrap();
             mr = ((&mr * b1).unwrap() + (&g * (1.0 - b1)).unwrap()).unwrap();
             vr = ((&vr * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
             let update = (&mr / (vr.sqrt().unwrap() + eps).unwrap()).unwrap();

@@ -6,7 +6,7 @@ mod conv;
 mod dropout;
 mod max_pool;
 
-pub use adam::{adam_runs_on, adam_update};
+pub use adam::{adam_runs_on, adam_update, AdamStep};
 pub use conv::{conv2d, conv2d_reference, conv2d_relu};
 pub use dropout::dropout;
 pub use max_pool::{max_pool2d, max_pool2d_portable};

@@ -32,7 +32,7 @@ pub fn synthetic(n: usize, classes: usize, side: usize, seed: u64) -> Dataset {
             for y in 0..side {
                 for x in 0..side {
                     let base = if c == k % 3 { 150 } else { 40 };
-                    let square = (y < side / 2) == (k % 2 == 0) && (x < side / 2) == (k / 2 % 2 == 0);
+                    let square = (y < side / 2) == k.is_multiple_of(2) && (x < side / 2) == (k / 2).is_multiple_of(2);
                     let v = base + if square { 80 } else { 0 } + (next() % 25) as i32;
                     images.push(v.min(255) as u8);
                 }

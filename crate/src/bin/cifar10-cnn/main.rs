@@ -119,8 +119,8 @@ fn train(args: TrainArgs) -> Result<()> {
     println!("Test Data accuracy: {:.4}", score.accuracy);
 
     let predicted = model.predict_classes(&x_test)?;
-    for i in 0..args.show.min(test.len()) {
-        println!("test image {i}: predict: {}, answer: {}", test.class_names[predicted[i]], test.class_name(i));
+    for (i, &p) in predicted.iter().enumerate().take(args.show) {
+        println!("test image {i}: predict: {}, answer: {}", test.class_names[p], test.class_name(i));
     }
     Ok(())
 }
