@@ -18,7 +18,7 @@ KERNEL := $(VENV)/share/jupyter/kernels/rust/kernel.json
 # The small configuration the notebook tests run in.
 TEST_ENV := EPOCHS=1 TRAIN_SIZE=2000 BATCH_SIZE=128 SEED=0 RESULTS_DIR=$(CURDIR)/target/notebook-results
 
-.PHONY: test test-crate test-notebooks notebook lab bench bench-peers setup cuda-check gpu-pack clean
+.PHONY: test test-crate test-notebooks notebook lab bench bench-peers keras-reference setup cuda-check gpu-pack clean
 
 ## test: crate tests, then the notebooks on the real CIFAR-10 (when CIFAR10_DIR is set)
 test: test-crate test-notebooks
@@ -48,10 +48,19 @@ bench:
 
 ## bench-peers: the same model in PyTorch and Keras/TensorFlow (CPU), same JSON line
 PEERS_VENV ?= .venv-peers
-bench-peers: bench
-	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
-	$(PEERS_VENV)/bin/python -m pip install -q numpy torch tensorflow-cpu
+bench-peers: bench $(PEERS_VENV)/.installed
 	$(PEERS_VENV)/bin/python tests/bench_peers.py
+
+## keras-reference: the article's own Keras program on the same CIFAR-10 (CPU, 25 epochs)
+SEED ?= 0
+keras-reference: $(PEERS_VENV)/.installed
+	@test -n "$${CIFAR10_DIR:-}" || { echo "set CIFAR10_DIR to the CIFAR-10 binary version"; exit 1; }
+	$(PEERS_VENV)/bin/python tests/keras_reference.py --data $$CIFAR10_DIR --seed $(SEED) --out $(RESULTS_DIR)/keras-seed$(SEED)
+
+$(PEERS_VENV)/.installed:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q numpy torch tensorflow-cpu
+	touch $@
 
 ## cuda-check: the CUDA build compiles, on a machine without a GPU or a CUDA installation.
 # NVIDIA's compiler and headers come from PyPI into .venv-cuda. CUDA 13.0 rather than
