@@ -74,9 +74,9 @@ def torch_epochs(n, device, epochs=2, batch_size=128):
     loss_fn = nn.CrossEntropyLoss()
     x = torch.rand((n, 3, 32, 32), device=device)
     y = torch.randint(0, 10, (n,), device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     seconds = []
     for _ in range(epochs):
-        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         sync()
         start = time.perf_counter()
         total = 0.0
@@ -91,20 +91,31 @@ def torch_epochs(n, device, epochs=2, batch_size=128):
     return {"framework": f"pytorch {torch.__version__}", "device": device, "epoch_images": n, "epoch_seconds": seconds}
 
 
-def bench_keras(x, y, steps):
+def keras_model():
+    """The article's model in Keras, compiled as the article does."""
     import keras
     from keras import layers
 
-    keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((32, 32, 3)),
-        layers.Conv2D(32, 3, padding="same", activation="relu"), layers.Conv2D(32, 3, activation="relu"),
+        layers.Conv2D(32, 3, padding="same"), layers.Activation("relu"),
+        layers.Conv2D(32, 3), layers.Activation("relu"),
         layers.MaxPooling2D(2), layers.Dropout(0.25),
-        layers.Conv2D(64, 3, padding="same", activation="relu"), layers.Conv2D(64, 3, activation="relu"),
+        layers.Conv2D(64, 3, padding="same"), layers.Activation("relu"),
+        layers.Conv2D(64, 3), layers.Activation("relu"),
         layers.MaxPooling2D(2), layers.Dropout(0.25),
-        layers.Flatten(), layers.Dense(512, activation="relu"), layers.Dropout(0.5), layers.Dense(10, activation="softmax"),
+        layers.Flatten(), layers.Dense(512), layers.Activation("relu"), layers.Dropout(0.5),
+        layers.Dense(10), layers.Activation("softmax"),
     ])
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def bench_keras(x, y, steps):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras_model()
     xk = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # Keras is channels-last
     return {"framework": f"keras {keras.__version__} ({keras.backend.backend()})",
             "train_step_ms": round(median_ms(lambda: model.train_on_batch(xk, y), steps), 1),

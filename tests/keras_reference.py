@@ -31,7 +31,8 @@ def main():
     args = parser.parse_args()
 
     import keras
-    from keras import layers
+
+    from bench_peers import keras_model  # the same model as the benchmark's
 
     keras.utils.set_random_seed(args.seed)
     parts = [load(args.data / f"data_batch_{i}.bin") for i in range(1, 6)]
@@ -41,18 +42,7 @@ def main():
     x_test, y_test = load(args.data / "test_batch.bin")
     y_test = keras.utils.to_categorical(y_test, 10)
 
-    model = keras.Sequential([
-        keras.Input((32, 32, 3)),
-        layers.Conv2D(32, 3, padding="same"), layers.Activation("relu"),
-        layers.Conv2D(32, 3), layers.Activation("relu"),
-        layers.MaxPooling2D(2), layers.Dropout(0.25),
-        layers.Conv2D(64, 3, padding="same"), layers.Activation("relu"),
-        layers.Conv2D(64, 3), layers.Activation("relu"),
-        layers.MaxPooling2D(2), layers.Dropout(0.25),
-        layers.Flatten(), layers.Dense(512), layers.Activation("relu"), layers.Dropout(0.5),
-        layers.Dense(10), layers.Activation("softmax"),
-    ])
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model = keras_model()
 
     class EpochTimes(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):

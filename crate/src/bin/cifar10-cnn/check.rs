@@ -67,14 +67,15 @@ pub fn check(args: CheckArgs) -> Result<()> {
             model.compile(Adam::default())?;
             let fit = Fit { batch_size: args.batch_size, epochs: args.epochs, ..Fit::default() };
             let history = model.fit(&train.images_f32()?, &train.labels_one_hot()?, fit)?;
-            let score = model.evaluate(&test.images_f32()?, &test.labels_one_hot()?)?;
+            let test_x = test.images_f32()?;
+            let score = model.evaluate(&test_x, &test.labels_one_hot()?)?;
             println!("test loss {:.4}, test accuracy {:.4}", score.loss, score.accuracy);
             report.insert("train_images".into(), train.len().into());
             report.insert("test_images".into(), test.len().into());
             report.insert("train_epoch_seconds".into(), history.epoch_seconds.into());
             report.insert("test_loss".into(), score.loss.into());
             report.insert("test_accuracy".into(), score.accuracy.into());
-            test.images_f32()?
+            test_x
         }
         _ => generated(1000, &Device::Cpu)?.0,
     };
