@@ -124,6 +124,12 @@ impl Geom {
     fn hw_out(&self) -> usize {
         self.ho * self.wo
     }
+    /// [`Self::hw_out`] rounded up to a multiple of 16 (a whole AVX-512
+    /// register of f32s): the forward gemm's `m`. gemm copies its whole left
+    /// operand first when `m` is not such a multiple (here 900, 225, 169).
+    fn hw_padded(&self) -> usize {
+        self.hw_out().next_multiple_of(16)
+    }
     fn x_image(&self) -> usize {
         self.c * self.h * self.w
     }
@@ -204,12 +210,15 @@ macro_rules! float_with_scratch {
 }
 float_with_scratch!(f32, f64);
 
-/// im2col of one image `[C, H, W]` into `cols` `[C·k·k, Ho·Wo]`: row
+/// im2col of one image `[C, H, W]` into `cols` `[C·k·k, stride]`: row
 /// `(c, ki, kj)` holds the input pixel each output pixel sees through that
-/// kernel tap, zero where it falls in the padding. Copies whole row runs.
-fn im2col<T: WithDType>(g: &Geom, x: &[T], cols: &mut [T]) {
+/// kernel tap, zero where it falls in the padding (and past `Ho·Wo`). Copies
+/// whole row runs.
+fn im2col<T: WithDType>(g: &Geom, x: &[T], cols: &mut [T], stride: usize) {
     let (hw_out, zero) = (g.hw_out(), T::zero());
-    for (row, dst) in cols.chunks_exact_mut(hw_out).enumerate() {
+    for (row, dst) in cols.chunks_exact_mut(stride).enumerate() {
+        let (dst, tail) = dst.split_at_mut(hw_out);
+        tail.fill(zero);
         let (c, ki, kj) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (lo, hi, iw0) = g.valid_cols(kj);
@@ -246,18 +255,21 @@ fn col2im<T: WithDType>(g: &Geom, cols: &[T], dx: &mut [T]) {
     }
 }
 
-/// `y [O, HW] = K [O, CKK] · cols [CKK, HW]`, added onto `y` (which holds the bias).
+/// `y [O, HWp] = K [O, CKK] · cols [CKK, HWp]`, `HWp` = [`Geom::hw_padded`].
+/// Written as `yᵀ = colsᵀ · Kᵀ` (pixels on gemm's `m` side), the form gemm
+/// reads in place: `cols` and `y` are then column-major.
 #[rustfmt::skip]
 fn gemm_forward<T: WithDType>(g: &Geom, kernel: &[T], cols: &[T], y: &mut [T], par: Parallelism) {
-    let (m, n, k) = (g.o, g.hw_out(), g.ckk());
-    // SAFETY: all three slices are row-major with exactly these sizes.
+    let (m, n, k) = (g.hw_padded(), g.o, g.ckk());
+    // SAFETY: cols [k, m], kernel [n, k] and y [n, m] are row-major with
+    // exactly these sizes; each is read as its column-major transpose.
     unsafe {
         gemm::gemm(
             m, n, k,
-            y.as_mut_ptr(), 1, n as isize, true,
-            kernel.as_ptr(), 1, k as isize,
-            cols.as_ptr(), 1, n as isize,
-            T::one(), T::one(), false, false, false, par,
+            y.as_mut_ptr(), m as isize, 1, false,
+            cols.as_ptr(), m as isize, 1,
+            kernel.as_ptr(), k as isize, 1,
+            T::zero(), T::one(), false, false, false, par,
         )
     }
 }
@@ -297,30 +309,29 @@ fn gemm_grad_cols<T: WithDType>(g: &Geom, kernel: &[T], dy: &[T], dcols: &mut [T
     }
 }
 
-/// Forward over contiguous data: per image, im2col then one gemm onto the
-/// bias, then the ReLU if asked for.
+/// Forward over contiguous data: per image, im2col then one gemm into
+/// scratch, then bias (and the ReLU if asked for) on the way out.
 fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T], relu: bool) -> Vec<T> {
-    let hw = g.hw_out();
-    // The bias is written here, on one thread: first touches of fresh pages
-    // from several threads at once were 2x slower on this VM.
+    let (hw, hwp) = (g.hw_out(), g.hw_padded());
     let mut y = Vec::with_capacity(g.n * g.y_image());
-    for _ in 0..g.n {
-        for &b in bias {
-            y.extend(std::iter::repeat_n(b, hw));
-        }
-    }
     let par = gemm_parallelism(g.n);
-    y.par_chunks_mut(g.y_image())
+    y.spare_capacity_mut()[..g.n * g.y_image()]
+        .par_chunks_mut(g.y_image())
         .zip(x.par_chunks(g.x_image()))
         .for_each(|(y_n, x_n)| {
-            T::with_scratch(g.ckk() * hw, |cols| {
-                im2col(g, x_n, cols);
-                gemm_forward(g, kernel, cols, y_n, par);
+            T::with_scratch((g.ckk() + g.o) * hwp, |scratch| {
+                let (cols, out) = scratch.split_at_mut(g.ckk() * hwp);
+                im2col(g, x_n, cols, hwp);
+                gemm_forward(g, kernel, cols, out, par);
+                for ((y_o, out_o), &b) in y_n.chunks_exact_mut(hw).zip(out.chunks_exact(hwp)).zip(bias) {
+                    for (y, &v) in y_o.iter_mut().zip(out_o) {
+                        y.write(if relu { T::relu(v + b) } else { v + b });
+                    }
+                }
             });
-            if relu {
-                y_n.iter_mut().for_each(|v| *v = T::relu(*v));
-            }
         });
+    // SAFETY: the loop above wrote every element of every image.
+    unsafe { y.set_len(g.n * g.y_image()) };
     y
 }
 
@@ -343,7 +354,7 @@ fn grad_kernel<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
             let mut dk_t = vec![T::zero(); size];
             T::with_scratch(g.ckk() * g.hw_out(), |cols| {
                 for i in r * per_run..((r + 1) * per_run).min(g.n) {
-                    im2col(g, &x[i * g.x_image()..(i + 1) * g.x_image()], cols);
+                    im2col(g, &x[i * g.x_image()..(i + 1) * g.x_image()], cols, g.hw_out());
                     gemm_grad_kernel(
                         g,
                         &dy[i * g.y_image()..(i + 1) * g.y_image()],
