@@ -25,6 +25,7 @@ struct Conv {
 
 const BATCH: usize = 128;
 
+#[rustfmt::skip]
 const CONVS: [Conv; 4] = [
     Conv { name: "conv1", c: 3, o: 32, side: 32, pad: 1, input_grad: false },
     Conv { name: "conv2", c: 32, o: 32, side: 32, pad: 0, input_grad: true },
@@ -49,6 +50,7 @@ impl Product {
     }
 
     /// Seconds per call, the best of several rounds of `calls` calls.
+    #[rustfmt::skip]
     fn seconds(&self, calls: usize) -> f64 {
         let lhs = vec![0.5f32; self.m * self.k];
         let rhs = vec![0.5f32; self.k * self.n];
@@ -76,6 +78,7 @@ impl Product {
 }
 
 /// The three products `kernels::conv` makes per image (see its gemm_* functions).
+#[rustfmt::skip]
 fn products(conv: &Conv) -> Vec<(&'static str, Product)> {
     let out = conv.side + 2 * conv.pad - 2;
     let (hw, ckk, o) = (out * out, conv.c * 9, conv.o);
@@ -96,7 +99,14 @@ fn products(conv: &Conv) -> Vec<(&'static str, Product)> {
 
 fn main() {
     let threads = rayon::current_num_threads();
-    let square = Product { m: 512, n: 512, k: 512, dst: (512, 1), lhs: (512, 1), rhs: (512, 1) };
+    let square = Product {
+        m: 512,
+        n: 512,
+        k: 512,
+        dst: (512, 1),
+        lhs: (512, 1),
+        rhs: (512, 1),
+    };
     let peak = square.flop() / square.seconds(20) / 1e9;
     println!("one core, 512x512x512 gemm: {peak:.0} GFLOP/s");
 

@@ -336,6 +336,32 @@ fn plain_data_input_gets_no_gradient() {
     }
 }
 
+/// A frozen layer (kernel and bias plain tensors) still passes the right
+/// gradient back to its input, through the fused ReLU, and gets none itself.
+#[test]
+fn frozen_kernel_passes_input_gradient_only() {
+    let case = Case {
+        n: 5,
+        c: 4,
+        o: 6,
+        h: 8,
+        w: 7,
+        pad: 0,
+        k: 3,
+    };
+    let (x, k, b) = inputs(case, 6, DType::F32);
+    let xv = Var::from_tensor(&x).unwrap();
+    let loss = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let g = loss(conv2d_relu(xv.as_tensor(), &k, &b, 0).unwrap());
+    assert!(g.get(&k).is_none() && g.get(&b).is_none());
+    let gr = loss(conv2d_relu_reference(xv.as_tensor(), &k, &b, 0).unwrap());
+    let err = rel_err(
+        g.get(xv.as_tensor()).unwrap(),
+        gr.get(xv.as_tensor()).unwrap(),
+    );
+    assert!(err < 1e-5, "relative error {err}");
+}
+
 #[test]
 fn other_dtypes_fall_back_to_candle() {
     let case = Case {
@@ -388,7 +414,12 @@ fn mismatched_shapes_are_errors() {
     assert!(conv2d(&tiny, &k, &b, 0).is_err());
 }
 
-fn conv2d_relu_reference(x: &Tensor, k: &Tensor, b: &Tensor, pad: usize) -> candle_core::Result<Tensor> {
+fn conv2d_relu_reference(
+    x: &Tensor,
+    k: &Tensor,
+    b: &Tensor,
+    pad: usize,
+) -> candle_core::Result<Tensor> {
     conv2d_reference(x, k, b, pad)?.relu()
 }
 
@@ -403,14 +434,31 @@ fn fused_relu_matches_candle_conv2d_bias_relu() {
         let reference = conv2d_relu_reference(&x, &k, &b, case.pad).unwrap();
         let err = rel_err(&ours, &reference);
         assert!(err < 1e-5, "{case:?}: relative error {err}");
-        let zeros = ours.eq(0f32).unwrap().to_dtype(DType::F32).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(zeros > 0.1 && zeros < 0.9, "{case:?}: the ReLU should cut some but not all values ({zeros})");
+        let zeros = ours
+            .eq(0f32)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            zeros > 0.1 && zeros < 0.9,
+            "{case:?}: the ReLU should cut some but not all values ({zeros})"
+        );
 
         let ours = grads(conv2d_relu, case, 400 + 10 * i as u64, DType::F32);
         let reference = grads(conv2d_relu_reference, case, 400 + 10 * i as u64, DType::F32);
-        for (name, (a, b)) in ["x", "kernel", "bias"].iter().zip(ours.iter().zip(&reference)) {
+        for (name, (a, b)) in ["x", "kernel", "bias"]
+            .iter()
+            .zip(ours.iter().zip(&reference))
+        {
             let err = rel_err(a, b);
-            assert!(err < 1e-5, "{case:?}: gradient of {name}: relative error {err}");
+            assert!(
+                err < 1e-5,
+                "{case:?}: gradient of {name}: relative error {err}"
+            );
         }
     }
 }

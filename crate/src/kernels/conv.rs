@@ -10,28 +10,26 @@
 //! Here every step is im2col (row copies) + one `gemm` per image, images in
 //! parallel with rayon:
 //!
-//! * forward: `y_n = K · cols(x_n) + b`, `K` the kernel as `[out, in·k·k]`;
-//! * kernel gradient: `dK = Σ_n dy_n · cols(x_n)ᵀ`;
-//! * input gradient: `dx_n = col2im(Kᵀ · dy_n)`, skipped when `x` needs none;
-//! * bias gradient: `db = Σ_{n,h,w} dy`.
+//! * forward: `y_n = K · cols(x_n) + b` (then the ReLU, when fused);
+//! * backward, one op and one pass over `dy` for all three gradients, per
+//!   image: the ReLU's mask, `db += Σ_{h,w} dy_n`, `dK += dy_n · cols(x_n)ᵀ`,
+//!   and `dx_n = col2im(Kᵀ · dy_n)`, skipped when `x` needs no gradient.
 //!
 //! f32 and f64 CPU tensors take this path; every other device or dtype falls
 //! back to candle's own `conv2d` + `broadcast_add`.
 //!
-//! On the 2-core AVX-512 Xeon this was written on (with gemm's `x86-v4`
-//! kernels), the article's training step went from about 1050 ms to
-//! 300-360 ms at batch 128, its inference from about 210 ms to 60-70 ms; the
-//! four convolutions now take about 135 ms of the step, a third of it page
-//! faults on fresh output tensors.
+//! The per-image gemms run at about one core's peak (see the
+//! `conv_gemm_floor` example and BENCHMARKS.md); what remains to gain is in
+//! the passes around them.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
-    WithDType,
+    bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// `x.conv2d(kernel, padding, 1, 1, 1) + bias`: stride 1, dilation 1, one
 /// group, `padding` zeros on every side.
@@ -56,7 +54,13 @@ pub fn conv2d_relu(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize) -
     conv2d_op(x, kernel, bias, padding, true)
 }
 
-fn conv2d_op(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize, relu: bool) -> Result<Tensor> {
+fn conv2d_op(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+    relu: bool,
+) -> Result<Tensor> {
     let square = matches!(kernel.dims(), &[_, _, kh, kw] if kh == kw);
     let fast = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
     if !fast || !square {
@@ -64,8 +68,11 @@ fn conv2d_op(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize, relu: b
         return if relu { y.relu() } else { Ok(y) };
     }
     let geom = Geom::new(x.dims(), kernel.dims(), bias.dims(), padding)?;
-    x.contiguous()?
-        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, Conv2d { geom, relu })
+    x.contiguous()?.apply_op3(
+        &kernel.contiguous()?,
+        &bias.contiguous()?,
+        Conv2d { geom, relu },
+    )
 }
 
 /// candle's own convolution plus bias: the fallback and the tests' reference.
@@ -129,6 +136,11 @@ impl Geom {
     /// operand first when `m` is not such a multiple (here 900, 225, 169).
     fn hw_padded(&self) -> usize {
         self.hw_out().next_multiple_of(16)
+    }
+    /// Lengths of `dx`, `dK` and `db` in [`backward`]'s flat result.
+    fn grad_lens(&self, want: Wanted) -> [usize; 3] {
+        let dx = if want.dx { self.n * self.x_image() } else { 0 };
+        [dx, self.o * self.ckk(), self.o]
     }
     fn x_image(&self) -> usize {
         self.c * self.h * self.w
@@ -323,7 +335,11 @@ fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T], relu: bool) ->
                 let (cols, out) = scratch.split_at_mut(g.ckk() * hwp);
                 im2col(g, x_n, cols, hwp);
                 gemm_forward(g, kernel, cols, out, par);
-                for ((y_o, out_o), &b) in y_n.chunks_exact_mut(hw).zip(out.chunks_exact(hwp)).zip(bias) {
+                for ((y_o, out_o), &b) in y_n
+                    .chunks_exact_mut(hw)
+                    .zip(out.chunks_exact(hwp))
+                    .zip(bias)
+                {
                     for (y, &v) in y_o.iter_mut().zip(out_o) {
                         y.write(if relu { T::relu(v + b) } else { v + b });
                     }
@@ -335,88 +351,112 @@ fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T], relu: bool) ->
     y
 }
 
-/// Runs of images that [`grad_kernel`] sums separately: enough for rayon to
-/// balance them over the threads, fixed so that the result does not depend
-/// on the thread count.
-const KERNEL_GRAD_RUNS: usize = 16;
+/// Runs of images that [`backward`] handles as one task each: enough for
+/// rayon to balance them over the threads, fixed so that the sums over the
+/// batch do not depend on the thread count.
+const BACKWARD_RUNS: usize = 16;
 
-/// `dK = Σ_n dy_n · cols(x_n)ᵀ`: each run of images is summed into its own
-/// buffer (as `dKᵀ`), then the buffers are added in order (the result does
-/// not depend on scheduling) and transposed.
-fn grad_kernel<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
-    let size = g.o * g.ckk();
-    let runs = KERNEL_GRAD_RUNS.min(g.n).max(1);
-    let per_run = g.n.div_ceil(runs);
-    let par = gemm_parallelism(g.n);
-    let partials: Vec<Vec<T>> = (0..runs)
-        .into_par_iter()
-        .map(|r| {
-            let mut dk_t = vec![T::zero(); size];
-            T::with_scratch(g.ckk() * g.hw_out(), |cols| {
-                for i in r * per_run..((r + 1) * per_run).min(g.n) {
-                    im2col(g, &x[i * g.x_image()..(i + 1) * g.x_image()], cols, g.hw_out());
-                    gemm_grad_kernel(
-                        g,
-                        &dy[i * g.y_image()..(i + 1) * g.y_image()],
-                        cols,
-                        &mut dk_t,
-                        par,
-                    );
+/// Which gradients [`backward`] computes: only those of tracked inputs (the
+/// first layer's images need none, which skips a whole convolution).
+#[derive(Clone, Copy, Debug)]
+struct Wanted {
+    dx: bool,
+    dk: bool,
+    db: bool,
+}
+
+/// Every gradient of the convolution in one pass over the batch, so that each
+/// image's `dy` comes from memory once and is then used from cache. Per
+/// image: `dy` masked by the ReLU's output `y` (when fused), the bias sums,
+/// `dKᵀ += (dy · cols(x)ᵀ)ᵀ`, and `dx = col2im(Kᵀ · dy)`. Each run of images
+/// sums `dK` and `db` on its own; the runs are then added in order.
+///
+/// Returns `[dx, dK, db]` flat: `dx` `[N, C, H, W]` (empty when not wanted),
+/// `dK` `[O, C, k, k]`, `db` `[O]`.
+fn backward<T: Float>(
+    g: &Geom,
+    x: &[T],
+    kernel: &[T],
+    y: Option<&[T]>,
+    dy: &[T],
+    want: Wanted,
+) -> Vec<T> {
+    let (hw, ckk, [dx_len, dk_len, db_len]) = (g.hw_out(), g.ckk(), g.grad_lens(want));
+    let per_run = g.n.div_ceil(BACKWARD_RUNS).max(1);
+    let runs = g.n.div_ceil(per_run);
+    let par = gemm_parallelism(runs);
+    let mut out = Vec::with_capacity(dx_len + dk_len + db_len);
+    let mut dx_runs: Vec<Option<&mut [MaybeUninit<T>]>> = match want.dx {
+        true => out.spare_capacity_mut()[..dx_len]
+            .chunks_mut(per_run * g.x_image())
+            .map(Some)
+            .collect(),
+        false => (0..runs).map(|_| None).collect(),
+    };
+    let partials: Vec<(Vec<T>, Vec<f64>)> = dx_runs
+        .par_iter_mut()
+        .enumerate()
+        .map(|(r, dx_run)| {
+            // Zeroed here, by the thread that fills it, rather than all at
+            // once on one thread beforehand.
+            let mut dx_run = dx_run.as_deref_mut().map(zeroed);
+            let mut dk_t = vec![T::zero(); if want.dk { dk_len } else { 0 }];
+            let mut db = vec![0f64; g.o];
+            T::with_scratch(ckk * hw + g.y_image(), |scratch| {
+                let (cols, masked) = scratch.split_at_mut(ckk * hw);
+                for (j, i) in (r * per_run..((r + 1) * per_run).min(g.n)).enumerate() {
+                    let dy_n = &dy[i * g.y_image()..(i + 1) * g.y_image()];
+                    let dy_n: &[T] = match y {
+                        Some(y) => {
+                            let y_n = &y[i * g.y_image()..(i + 1) * g.y_image()];
+                            for ((m, &d), &v) in masked.iter_mut().zip(dy_n).zip(y_n) {
+                                *m = T::relu_grad(d, v);
+                            }
+                            masked
+                        }
+                        None => dy_n,
+                    };
+                    if want.db {
+                        for (s, plane) in db.iter_mut().zip(dy_n.chunks_exact(hw)) {
+                            *s += plane_sum(plane);
+                        }
+                    }
+                    if want.dk {
+                        im2col(g, &x[i * g.x_image()..(i + 1) * g.x_image()], cols, hw);
+                        gemm_grad_kernel(g, dy_n, cols, &mut dk_t, par);
+                    }
+                    if let Some(dx_run) = dx_run.as_deref_mut() {
+                        gemm_grad_cols(g, kernel, dy_n, cols, par);
+                        col2im(g, cols, &mut dx_run[j * g.x_image()..(j + 1) * g.x_image()]);
+                    }
                 }
             });
-            dk_t
+            (dk_t, db)
         })
         .collect();
-    let mut partials = partials.into_iter();
-    let mut dk_t = partials.next().unwrap_or_else(|| vec![T::zero(); size]);
-    for p in partials {
-        dk_t.iter_mut().zip(&p).for_each(|(a, &b)| *a += b);
-    }
-    // [CKK, O] -> [O, CKK]
-    let mut dk = vec![T::zero(); size];
-    for (j, row) in dk_t.chunks_exact(g.o).enumerate() {
-        for (o, &v) in row.iter().enumerate() {
-            dk[o * g.ckk() + j] = v;
-        }
-    }
-    dk
-}
+    drop(dx_runs);
+    // SAFETY: the runs' chunks cover `dx` exactly, and each was zeroed and
+    // then accumulated into above.
+    unsafe { out.set_len(dx_len) };
 
-/// `dx_n = col2im(Kᵀ · dy_n)`, images in parallel.
-fn grad_input<T: Float>(g: &Geom, kernel: &[T], dy: &[T]) -> Vec<T> {
-    // Zeroed with a memset on this thread rather than `vec![0; n]`, whose
-    // lazily mapped pages the workers would then fault in concurrently
-    // (40-50 ms instead of 28 ms on the 32→32 layer).
-    let mut dx = Vec::with_capacity(g.n * g.x_image());
-    dx.resize(g.n * g.x_image(), T::zero());
-    let par = gemm_parallelism(g.n);
-    dx.par_chunks_mut(g.x_image())
-        .zip(dy.par_chunks(g.y_image()))
-        .for_each(|(dx_n, dy_n)| {
-            T::with_scratch(g.ckk() * g.hw_out(), |dcols| {
-                gemm_grad_cols(g, kernel, dy_n, dcols, par);
-                col2im(g, dcols, dx_n);
-            })
-        });
-    dx
-}
-
-/// `db[o] = Σ_{n, h, w} dy[n, o, h, w]`: per-image sums in parallel, then
-/// added in order in f64.
-fn grad_bias<T: WithDType>(g: &Geom, dy: &[T]) -> Vec<T> {
-    let mut sums = vec![0f64; g.n * g.o];
-    sums.par_chunks_mut(g.o)
-        .zip(dy.par_chunks(g.y_image()))
-        .for_each(|(s, dy_n)| {
-            for (s, plane) in s.iter_mut().zip(dy_n.chunks_exact(g.hw_out())) {
-                *s = plane_sum(plane);
-            }
-        });
+    let mut dk_t = vec![T::zero(); dk_len];
     let mut db = vec![0f64; g.o];
-    for s in sums.chunks_exact(g.o) {
-        db.iter_mut().zip(s).for_each(|(a, &b)| *a += b);
+    for (dk_run, db_run) in &partials {
+        dk_t.iter_mut().zip(dk_run).for_each(|(a, &b)| *a += b);
+        db.iter_mut().zip(db_run).for_each(|(a, &b)| *a += b);
     }
-    db.into_iter().map(T::from_f64).collect()
+    // dKᵀ [CKK, O] -> dK [O, CKK]
+    out.extend((0..dk_len).map(|i| dk_t[(i % ckk) * g.o + i / ckk]));
+    out.extend(db.into_iter().map(T::from_f64));
+    out
+}
+
+/// `buf` filled with zeros, as initialized values.
+fn zeroed<T: WithDType>(buf: &mut [MaybeUninit<T>]) -> &mut [T] {
+    buf.fill(MaybeUninit::new(T::zero()));
+    // SAFETY: every element was written just above, and MaybeUninit<T> has
+    // T's layout.
+    unsafe { &mut *(buf as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// Sum of one plane, in 16 lanes so that it vectorizes.
@@ -450,11 +490,6 @@ macro_rules! on_float {
             ),
         }
     };
-}
-
-/// `dy` where the ReLU's output `y` is positive, zero elsewhere.
-fn relu_mask<T: Float>(dy: &[T], y: &[T]) -> Vec<T> {
-    dy.par_iter().zip(y).map(|(&d, &y)| T::relu_grad(d, y)).collect()
 }
 
 /// The forward op over (x, kernel, bias), with or without the ReLU.
@@ -496,35 +531,46 @@ impl CustomOp3 for Conv2d {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let geom = self.geom;
-        let mut dy = dy.contiguous()?;
-        if self.relu {
-            dy = dy.apply_op2_no_bwd(&y.contiguous()?, &ReluMask)?;
+        let g = self.geom;
+        let want = Wanted {
+            dx: x.track_op(),
+            dk: kernel.track_op(),
+            db: bias.track_op(),
+        };
+        if !(want.dx || want.dk || want.db) {
+            return Ok((None, None, None));
         }
-        // Raw data (no variable upstream) needs no gradient: this skips a
-        // whole convolution for the first layer.
-        let dx = match x.track_op() {
-            true => Some(kernel.apply_op2_no_bwd(&dy, &GradInput { geom })?),
-            false => None,
+        let op = Conv2dBackward {
+            geom: g,
+            want,
+            relu_output: self.relu.then(|| y.contiguous()).transpose()?,
         };
-        let dk = match kernel.track_op() {
-            true => Some(x.apply_op2_no_bwd(&dy, &GradKernel { geom })?),
-            false => None,
-        };
-        let db = match bias.track_op() {
-            true => Some(dy.apply_op1_no_bwd(&GradBias { geom })?),
-            false => None,
-        };
-        Ok((dx, dk, db))
+        let grads =
+            x.contiguous()?
+                .apply_op3_no_bwd(&kernel.contiguous()?, &dy.contiguous()?, &op)?;
+        let [dx_len, dk_len, db_len] = g.grad_lens(want);
+        let dx = want
+            .dx
+            .then(|| grads.narrow(0, 0, dx_len)?.reshape(x.shape()));
+        let dk = want
+            .dk
+            .then(|| grads.narrow(0, dx_len, dk_len)?.reshape(kernel.shape()));
+        let db = want.db.then(|| grads.narrow(0, dx_len + dk_len, db_len));
+        Ok((dx.transpose()?, dk.transpose()?, db.transpose()?))
     }
 }
 
-/// The ReLU's gradient: `dy` masked by its output `y`.
-struct ReluMask;
+/// The backward op over (x, kernel, dy): [`backward`], its result flat.
+struct Conv2dBackward {
+    geom: Geom,
+    want: Wanted,
+    /// The forward's output when it applied the ReLU: its gradient mask.
+    relu_output: Option<Tensor>,
+}
 
-impl CustomOp2 for ReluMask {
+impl CustomOp3 for Conv2dBackward {
     fn name(&self) -> &'static str {
-        "conv2d-gemm-relu-mask"
+        "conv2d-gemm-backward"
     }
 
     fn cpu_fwd(
@@ -533,81 +579,32 @@ impl CustomOp2 for ReluMask {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let masked = on_float!(self.name(), s1, |T| T::to_cpu_storage_owned(relu_mask::<T>(
-            data(s1, l1)?,
-            data(s2, l2)?
-        )));
-        Ok((masked, l1.shape().clone()))
-    }
-}
-
-/// `dx` from (kernel, dy).
-struct GradInput {
-    geom: Geom,
-}
-
-impl CustomOp2 for GradInput {
-    fn name(&self) -> &'static str {
-        "conv2d-gemm-grad-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
-        let dx = on_float!(self.name(), s1, |T| T::to_cpu_storage_owned(
-            grad_input::<T>(g, data(s1, l1)?, data(s2, l2)?)
-        ));
-        Ok((dx, Shape::from((g.n, g.c, g.h, g.w))))
-    }
-}
-
-/// `dK` from (x, dy).
-struct GradKernel {
-    geom: Geom,
-}
-
-impl CustomOp2 for GradKernel {
-    fn name(&self) -> &'static str {
-        "conv2d-gemm-grad-kernel"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geom;
-        let dk = on_float!(self.name(), s1, |T| T::to_cpu_storage_owned(
-            grad_kernel::<T>(g, data(s1, l1)?, data(s2, l2)?)
-        ));
-        Ok((dk, Shape::from((g.o, g.c, g.k, g.k))))
-    }
-}
-
-/// `db` from dy.
-struct GradBias {
-    geom: Geom,
-}
-
-impl CustomOp1 for GradBias {
-    fn name(&self) -> &'static str {
-        "conv2d-gemm-grad-bias"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geom;
-        let db = on_float!(self.name(), s, |T| T::to_cpu_storage_owned(grad_bias::<T>(
-            g,
-            data(s, l)?
-        )));
-        Ok((db, Shape::from(g.o)))
+        let relu_output = self.relu_output.as_ref().map(|y| y.storage_and_layout());
+        let relu_output = match &relu_output {
+            Some((storage, layout)) => match &**storage {
+                Storage::Cpu(cpu) => Some((cpu, *layout)),
+                _ => bail!("{}: the ReLU's output is not on the CPU", self.name()),
+            },
+            None => None,
+        };
+        let grads = on_float!(self.name(), s1, |T| {
+            let y = relu_output.map(|(s, l)| data::<T>(s, l)).transpose()?;
+            T::to_cpu_storage_owned(backward::<T>(
+                g,
+                data(s1, l1)?,
+                data(s2, l2)?,
+                y,
+                data(s3, l3)?,
+                self.want,
+            ))
+        });
+        Ok((
+            grads,
+            Shape::from(g.grad_lens(self.want).iter().sum::<usize>()),
+        ))
     }
 }
