@@ -21,7 +21,13 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { epochs: 25, batch_size: 128, train_size: 50_000, seed: 0, results_dir: PathBuf::from("results") }
+        Self {
+            epochs: 25,
+            batch_size: 128,
+            train_size: 50_000,
+            seed: 0,
+            results_dir: PathBuf::from("results"),
+        }
     }
 }
 
@@ -35,7 +41,9 @@ impl Settings {
             batch_size: var("BATCH_SIZE")?.unwrap_or(d.batch_size),
             train_size: var("TRAIN_SIZE")?.unwrap_or(d.train_size),
             seed: var("SEED")?.unwrap_or(d.seed),
-            results_dir: std::env::var_os("RESULTS_DIR").filter(|v| !v.is_empty()).map_or(d.results_dir, PathBuf::from),
+            results_dir: std::env::var_os("RESULTS_DIR")
+                .filter(|v| !v.is_empty())
+                .map_or(d.results_dir, PathBuf::from),
         })
     }
 }
@@ -45,9 +53,11 @@ where
     T::Err: std::error::Error + Send + Sync + 'static,
 {
     match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => {
-            v.trim().parse().map(Some).with_context(|| format!("{name}={v:?} is not a valid number"))
-        }
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{name}={v:?} is not a valid number")),
         _ => Ok(None),
     }
 }

@@ -27,7 +27,8 @@ fn cuda() -> Result<Device> {
     if !candle_core::utils::cuda_is_available() {
         bail!("DEVICE=cuda, but this build has no CUDA support: rebuild with `--features cuda`");
     }
-    Device::new_cuda(0).map_err(|e| anyhow::anyhow!("DEVICE=cuda, but no CUDA GPU could be opened: {e}"))
+    Device::new_cuda(0)
+        .map_err(|e| anyhow::anyhow!("DEVICE=cuda, but no CUDA GPU could be opened: {e}"))
 }
 
 /// A short description for logs: `cpu (2 threads)` or `cuda:0`.

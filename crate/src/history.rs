@@ -46,7 +46,8 @@ impl History {
     }
 
     pub fn from_json(json: &str) -> Result<Self> {
-        serde_json::from_str(json).context("not a training history (JSON with loss, acc, val_loss, val_acc)")
+        serde_json::from_str(json)
+            .context("not a training history (JSON with loss, acc, val_loss, val_acc)")
     }
 
     /// Writes the history as JSON, atomically.
@@ -56,7 +57,8 @@ impl History {
 
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let json = std::fs::read_to_string(path).with_context(|| format!("cannot read history {}", path.display()))?;
+        let json = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read history {}", path.display()))?;
         Self::from_json(&json).with_context(|| format!("in {}", path.display()))
     }
 }

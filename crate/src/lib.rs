@@ -19,9 +19,11 @@ pub mod train;
 /// Everything a notebook needs, in one `use`.
 pub mod prelude {
     pub use crate::config::Settings;
-    pub use crate::data::{self as cifar10, tensor_row, load_data, to_categorical, Dataset, CLASS_NAMES};
-    pub use crate::device::{pick_device, Device};
+    pub use crate::data::{
+        self as cifar10, load_data, tensor_row, to_categorical, Dataset, CLASS_NAMES,
+    };
     pub use crate::device::describe as describe_device;
+    pub use crate::device::{pick_device, Device};
     pub use crate::gallery::Gallery;
     pub use crate::history::History;
     pub use crate::mistakes::{mistakes_gallery, Confusion};

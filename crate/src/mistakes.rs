@@ -18,13 +18,21 @@ impl Confusion {
     /// Tallies `predicted` against the labels of `test`.
     pub fn new(test: &Dataset, predicted: &[usize]) -> Result<Self> {
         let k = test.num_classes();
-        ensure!(predicted.len() == test.len(), "{} predictions for {} test images", predicted.len(), test.len());
+        ensure!(
+            predicted.len() == test.len(),
+            "{} predictions for {} test images",
+            predicted.len(),
+            test.len()
+        );
         let mut matrix = vec![vec![0; k]; k];
         for (&truth, &p) in test.labels.iter().zip(predicted) {
             ensure!(p < k, "prediction {p} is not one of the {k} classes");
             matrix[truth as usize][p] += 1;
         }
-        Ok(Self { matrix, class_names: test.class_names.clone() })
+        Ok(Self {
+            matrix,
+            class_names: test.class_names.clone(),
+        })
     }
 
     /// Share of each class's images classified correctly (NaN for an absent class).
@@ -46,7 +54,10 @@ impl Confusion {
             .collect();
         pairs.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
         pairs.truncate(n);
-        pairs.into_iter().map(|(t, p, c)| (self.class_names[t].clone(), self.class_names[p].clone(), c)).collect()
+        pairs
+            .into_iter()
+            .map(|(t, p, c)| (self.class_names[t].clone(), self.class_names[p].clone(), c))
+            .collect()
     }
 
     /// The heat map, true classes down, predicted across.
@@ -71,9 +82,18 @@ impl Confusion {
 /// Up to `n` misclassified test images, most confident mistakes first,
 /// captioned with the prediction, its probability and the answer.
 /// `probabilities` is `predict`'s output, `[N, classes]`.
-pub fn mistakes_gallery(test: &Dataset, probabilities: &candle_core::Tensor, n: usize) -> Result<Gallery> {
+pub fn mistakes_gallery(
+    test: &Dataset,
+    probabilities: &candle_core::Tensor,
+    n: usize,
+) -> Result<Gallery> {
     let probs: Vec<Vec<f32>> = probabilities.to_dtype(candle_core::DType::F32)?.to_vec2()?;
-    ensure!(probs.len() == test.len(), "{} rows of probabilities for {} test images", probs.len(), test.len());
+    ensure!(
+        probs.len() == test.len(),
+        "{} rows of probabilities for {} test images",
+        probs.len(),
+        test.len()
+    );
     let mut wrong: Vec<(usize, usize, f32)> = probs
         .iter()
         .enumerate()
@@ -82,13 +102,24 @@ pub fn mistakes_gallery(test: &Dataset, probabilities: &candle_core::Tensor, n: 
             (p != test.labels[i] as usize).then_some((i, p, conf))
         })
         .collect();
-    ensure!(!wrong.is_empty(), "the model makes no mistakes on these {} images", test.len());
+    ensure!(
+        !wrong.is_empty(),
+        "the model makes no mistakes on these {} images",
+        test.len()
+    );
     wrong.sort_by(|a, b| b.2.total_cmp(&a.2));
     wrong.truncate(n);
     let images = wrong.iter().map(|&(i, _, _)| test.image(i)).collect();
     let captions = wrong
         .iter()
-        .map(|&(i, p, conf)| format!("predict: {} ({:.0}%), answer: {}", test.class_names[p], conf * 100.0, test.class_name(i)))
+        .map(|&(i, p, conf)| {
+            format!(
+                "predict: {} ({:.0}%), answer: {}",
+                test.class_names[p],
+                conf * 100.0,
+                test.class_name(i)
+            )
+        })
         .collect();
     Gallery::new(images, captions)
 }

@@ -64,13 +64,22 @@ pub mod layers {
 
     /// `Conv2D(filters, (k, k))`, valid padding; `.same()` for `padding='same'`.
     pub fn conv2d(filters: usize, kernel_size: usize) -> Layer {
-        Layer::Conv2D { filters, kernel_size, padding: Padding::Valid, activation: Activation::Linear }
+        Layer::Conv2D {
+            filters,
+            kernel_size,
+            padding: Padding::Valid,
+            activation: Activation::Linear,
+        }
     }
     pub fn relu() -> Layer {
-        Layer::Activation { activation: Activation::Relu }
+        Layer::Activation {
+            activation: Activation::Relu,
+        }
     }
     pub fn softmax() -> Layer {
-        Layer::Activation { activation: Activation::Softmax }
+        Layer::Activation {
+            activation: Activation::Softmax,
+        }
     }
     pub fn max_pooling2d(pool_size: usize) -> Layer {
         Layer::MaxPooling2D { pool_size }
@@ -82,16 +91,27 @@ pub mod layers {
         Layer::Flatten
     }
     pub fn dense(units: usize) -> Layer {
-        Layer::Dense { units, activation: Activation::Linear }
+        Layer::Dense {
+            units,
+            activation: Activation::Linear,
+        }
     }
 
     impl Layer {
         /// `padding='same'` for a convolution.
         pub fn same(self) -> Layer {
             match self {
-                Layer::Conv2D { filters, kernel_size, activation, .. } => {
-                    Layer::Conv2D { filters, kernel_size, padding: Padding::Same, activation }
-                }
+                Layer::Conv2D {
+                    filters,
+                    kernel_size,
+                    activation,
+                    ..
+                } => Layer::Conv2D {
+                    filters,
+                    kernel_size,
+                    padding: Padding::Same,
+                    activation,
+                },
                 other => other,
             }
         }
@@ -165,36 +185,64 @@ impl Layer {
     /// The shape this layer outputs for `input`, or why it cannot take it.
     pub fn output_shape(&self, input: Shape) -> Result<Shape> {
         match (self, input) {
-            (Layer::Conv2D { filters, kernel_size: k, padding, .. }, Shape::Image(_, h, w)) => {
-                ensure!(*filters > 0 && *k > 0, "Conv2D needs filters and kernel_size above 0");
+            (
+                Layer::Conv2D {
+                    filters,
+                    kernel_size: k,
+                    padding,
+                    ..
+                },
+                Shape::Image(_, h, w),
+            ) => {
+                ensure!(
+                    *filters > 0 && *k > 0,
+                    "Conv2D needs filters and kernel_size above 0"
+                );
                 match padding {
                     Padding::Same => {
-                        ensure!(k % 2 == 1, "Conv2D with padding 'same' needs an odd kernel_size, got {k}");
+                        ensure!(
+                            k % 2 == 1,
+                            "Conv2D with padding 'same' needs an odd kernel_size, got {k}"
+                        );
                         Ok(Shape::Image(*filters, h, w))
                     }
                     Padding::Valid => {
-                        ensure!(*k <= h && *k <= w, "Conv2D kernel {k}x{k} is larger than its {h}x{w} input");
+                        ensure!(
+                            *k <= h && *k <= w,
+                            "Conv2D kernel {k}x{k} is larger than its {h}x{w} input"
+                        );
                         Ok(Shape::Image(*filters, h - k + 1, w - k + 1))
                     }
                 }
             }
             (Layer::MaxPooling2D { pool_size: p }, Shape::Image(c, h, w)) => {
                 ensure!(*p > 0, "MaxPooling2D needs a pool_size above 0");
-                ensure!(*p <= h && *p <= w, "MaxPooling2D pool {p}x{p} is larger than its {h}x{w} input");
+                ensure!(
+                    *p <= h && *p <= w,
+                    "MaxPooling2D pool {p}x{p} is larger than its {h}x{w} input"
+                );
                 Ok(Shape::Image(c, h / p, w / p))
             }
             (Layer::Conv2D { .. } | Layer::MaxPooling2D { .. }, Shape::Flat(n)) => {
-                bail!("{} needs an image input (channels, height, width), got a flat vector of {n}", self.kind())
+                bail!(
+                    "{} needs an image input (channels, height, width), got a flat vector of {n}",
+                    self.kind()
+                )
             }
             (Layer::Dense { units, .. }, Shape::Flat(_)) => {
                 ensure!(*units > 0, "Dense needs units above 0");
                 Ok(Shape::Flat(*units))
             }
             (Layer::Dense { .. }, Shape::Image(..)) => {
-                bail!("Dense needs a flat input, got an image {input}: add a Flatten layer before it")
+                bail!(
+                    "Dense needs a flat input, got an image {input}: add a Flatten layer before it"
+                )
             }
             (Layer::Dropout { rate }, s) => {
-                ensure!((0.0..1.0).contains(rate), "Dropout rate must be in [0, 1), got {rate}");
+                ensure!(
+                    (0.0..1.0).contains(rate),
+                    "Dropout rate must be in [0, 1), got {rate}"
+                );
                 Ok(s)
             }
             (Layer::Activation { .. }, s) => Ok(s),
@@ -207,9 +255,14 @@ impl Layer {
     /// for dense layers (Keras keeps `[k, k, in, out]` and `[in, out]`).
     fn weight_shapes(&self, input: Shape) -> Option<(Vec<usize>, Vec<usize>)> {
         match (self, input) {
-            (Layer::Conv2D { filters, kernel_size: k, .. }, Shape::Image(c, _, _)) => {
-                Some((vec![*filters, c, *k, *k], vec![*filters]))
-            }
+            (
+                Layer::Conv2D {
+                    filters,
+                    kernel_size: k,
+                    ..
+                },
+                Shape::Image(c, _, _),
+            ) => Some((vec![*filters, c, *k, *k], vec![*filters])),
             (Layer::Dense { units, .. }, s) => Some((vec![s.size(), *units], vec![*units])),
             _ => None,
         }
@@ -223,7 +276,10 @@ const MAX_WEIGHTS: usize = 1 << 30;
 
 fn check_size(what: &str, dims: &[usize], max: usize) -> Result<()> {
     let n = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    ensure!(n.is_some_and(|n| n <= max), "{what} {dims:?} is too large (at most {max} values)");
+    ensure!(
+        n.is_some_and(|n| n <= max),
+        "{what} {dims:?} is too large (at most {max} values)"
+    );
     Ok(())
 }
 
@@ -241,7 +297,11 @@ impl Architecture {
     /// The output shape of every layer, checking that each fits the next.
     pub fn shapes(&self) -> Result<Vec<Shape>> {
         let [c, h, w] = self.input_shape;
-        ensure!(c > 0 && h > 0 && w > 0, "input_shape must be positive, got {:?}", self.input_shape);
+        ensure!(
+            c > 0 && h > 0 && w > 0,
+            "input_shape must be positive, got {:?}",
+            self.input_shape
+        );
         let mut shape = Shape::Image(c, h, w);
         check_size("the input", &[c, h, w], MAX_ACTIVATIONS)?;
         let mut shapes = Vec::with_capacity(self.layers.len());
@@ -278,7 +338,11 @@ impl Architecture {
                     Layer::Dense { .. } => "dense",
                 };
                 let n = counts.entry(base).or_default();
-                let name = if *n == 0 { base.to_string() } else { format!("{base}_{n}") };
+                let name = if *n == 0 {
+                    base.to_string()
+                } else {
+                    format!("{base}_{n}")
+                };
                 *n += 1;
                 name
             })
@@ -305,8 +369,12 @@ impl Architecture {
     pub fn ends_in_softmax(&self) -> bool {
         matches!(
             self.layers.last(),
-            Some(Layer::Activation { activation: Activation::Softmax })
-                | Some(Layer::Dense { activation: Activation::Softmax, .. })
+            Some(Layer::Activation {
+                activation: Activation::Softmax
+            }) | Some(Layer::Dense {
+                activation: Activation::Softmax,
+                ..
+            })
         )
     }
 }
@@ -342,7 +410,11 @@ impl Sequential {
             anyhow::anyhow!("input_shape must be (channels, height, width), got {input_shape:?}")
         })?;
         kernels::keep_freed_memory();
-        let architecture = Architecture { name: "sequential".into(), input_shape, layers: vec![] };
+        let architecture = Architecture {
+            name: "sequential".into(),
+            input_shape,
+            layers: vec![],
+        };
         architecture.shapes()?;
         Ok(Self {
             architecture,
@@ -354,7 +426,12 @@ impl Sequential {
     }
 
     /// The article's CNN for `num_classes` classes, built and initialized.
-    pub fn article(input_shape: &[usize], num_classes: usize, seed: u64, device: &Device) -> Result<Self> {
+    pub fn article(
+        input_shape: &[usize],
+        num_classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let mut model = Self::on(input_shape, seed, device)?;
         for layer in article_layers(num_classes) {
             model.add(layer)?;
@@ -385,11 +462,17 @@ impl Sequential {
     }
 
     /// Builds a model from an architecture with fresh weights.
-    pub fn from_architecture(architecture: Architecture, seed: u64, device: &Device) -> Result<Self> {
+    pub fn from_architecture(
+        architecture: Architecture,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let mut model = Self::on(&architecture.input_shape, seed, device)?;
         model.architecture.name = architecture.name.clone();
         for (i, layer) in architecture.layers.into_iter().enumerate() {
-            model.add(layer).with_context(|| format!("layer {i} of the architecture"))?;
+            model
+                .add(layer)
+                .with_context(|| format!("layer {i} of the architecture"))?;
         }
         Ok(model)
     }
@@ -405,7 +488,12 @@ impl Sequential {
     /// The shape of what the last layer outputs (the input's shape when empty).
     pub fn output_shape(&self) -> Result<Shape> {
         let [c, h, w] = self.architecture.input_shape;
-        Ok(self.architecture.shapes()?.last().copied().unwrap_or(Shape::Image(c, h, w)))
+        Ok(self
+            .architecture
+            .shapes()?
+            .last()
+            .copied()
+            .unwrap_or(Shape::Image(c, h, w)))
     }
 
     /// Every trainable variable with its tensor name, in layer order.
@@ -423,7 +511,9 @@ impl Sequential {
 
     /// The float type of the weights (f32 unless changed with `to_dtype`).
     pub fn dtype(&self) -> DType {
-        self.named_vars().first().map_or(DType::F32, |(_, v)| v.dtype())
+        self.named_vars()
+            .first()
+            .map_or(DType::F32, |(_, v)| v.dtype())
     }
 
     /// Converts the weights, e.g. to f64 for a precise gradient check.
@@ -465,11 +555,17 @@ impl Sequential {
         let mut s = String::new();
         writeln!(s, "Model: \"{}\"", self.architecture.name)?;
         writeln!(s, "{rule}")?;
-        writeln!(s, "{:<32}{:<26}{:>12}", "Layer (type)", "Output Shape (N, C, H, W)", "Param #")?;
+        writeln!(
+            s,
+            "{:<32}{:<26}{:>12}",
+            "Layer (type)", "Output Shape (N, C, H, W)", "Param #"
+        )?;
         writeln!(s, "{}", "=".repeat(72))?;
         let names = self.architecture.layer_names();
         for (i, (layer, shape)) in self.architecture.layers.iter().zip(&shapes).enumerate() {
-            let params = self.weights[i].as_ref().map_or(0, |w| w.kernel.elem_count() + w.bias.elem_count());
+            let params = self.weights[i]
+                .as_ref()
+                .map_or(0, |w| w.kernel.elem_count() + w.bias.elem_count());
             let label = format!("{} ({})", names[i], layer.kind());
             writeln!(s, "{label:<32}{:<26}{params:>12}", shape.to_string())?;
         }
@@ -499,20 +595,35 @@ impl Sequential {
             // The article's Conv2D + Activation('relu') pairs run as one op.
             let relu_follows = matches!(
                 self.architecture.layers.get(i + 1),
-                Some(Layer::Activation { activation: Activation::Relu })
+                Some(Layer::Activation {
+                    activation: Activation::Relu
+                })
             );
             let mut skip_next = false;
             x = match &self.architecture.layers[i] {
-                Layer::Conv2D { padding, activation, kernel_size, .. } => {
+                Layer::Conv2D {
+                    padding,
+                    activation,
+                    kernel_size,
+                    ..
+                } => {
                     let w = self.weights[i].as_ref().expect("conv has weights");
-                    let pad = if *padding == Padding::Same { kernel_size / 2 } else { 0 };
+                    let pad = if *padding == Padding::Same {
+                        kernel_size / 2
+                    } else {
+                        0
+                    };
                     match activation {
                         Activation::Relu => kernels::conv2d_relu(&x, &w.kernel, &w.bias, pad)?,
                         Activation::Linear if relu_follows => {
                             skip_next = true;
                             kernels::conv2d_relu(&x, &w.kernel, &w.bias, pad)?
                         }
-                        _ => activate(kernels::conv2d(&x, &w.kernel, &w.bias, pad)?, *activation, last)?,
+                        _ => activate(
+                            kernels::conv2d(&x, &w.kernel, &w.bias, pad)?,
+                            *activation,
+                            last,
+                        )?,
                     }
                 }
                 Layer::Dense { activation, .. } => {
@@ -522,7 +633,9 @@ impl Sequential {
                 }
                 Layer::Activation { activation } => activate(x, *activation, last)?,
                 Layer::MaxPooling2D { pool_size } => kernels::max_pool2d(&x, *pool_size)?,
-                Layer::Dropout { rate } if train && *rate > 0.0 => kernels::dropout(&x, *rate, &mut self.rng)?,
+                Layer::Dropout { rate } if train && *rate > 0.0 => {
+                    kernels::dropout(&x, *rate, &mut self.rng)?
+                }
                 Layer::Dropout { .. } => x,
                 Layer::Flatten => x.flatten_from(1)?,
             };
@@ -562,7 +675,9 @@ fn glorot_uniform(shape: &[usize], rng: &mut StdRng, device: &Device) -> Result<
     };
     let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
     let uniform = Uniform::new_inclusive(-limit, limit)?;
-    let values: Vec<f32> = (0..shape.iter().product()).map(|_| uniform.sample(rng)).collect();
+    let values: Vec<f32> = (0..shape.iter().product())
+        .map(|_| uniform.sample(rng))
+        .collect();
     Ok(Var::from_tensor(&Tensor::from_vec(values, shape, device)?)?)
 }
 

@@ -19,7 +19,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?
         .to_string_lossy();
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create folder {}", dir.display()))?;
     let tmp = dir.join(format!(
         ".{name}.{}.{}.tmp",
         std::process::id(),
@@ -73,12 +74,19 @@ fn safetensors_bytes_with(
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<Vec<u8>> {
     use safetensors::tensor::{Dtype, TensorView};
-    let bytes: Vec<Vec<u8>> =
-        tensors.iter().map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
     let views = tensors
         .iter()
         .zip(&bytes)
-        .map(|(t, b)| Ok((t.name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), b)?)))
+        .map(|(t, b)| {
+            Ok((
+                t.name.clone(),
+                TensorView::new(Dtype::F32, t.shape.clone(), b)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(safetensors::serialize(views, metadata)?)
 }
@@ -87,8 +95,12 @@ fn safetensors_bytes_with(
 /// checking that each is present with that shape and dtype. The file's own
 /// header is only trusted after safetensors has checked it against the
 /// file's length, so a lying header cannot make us allocate without bound.
-pub fn read_safetensors(path: &Path, expected: &[(String, Vec<usize>)]) -> Result<Vec<NamedTensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
+pub fn read_safetensors(
+    path: &Path,
+    expected: &[(String, Vec<usize>)],
+) -> Result<Vec<NamedTensor>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow::anyhow!("{} is not a safetensors file: {e}", path.display()))?;
     let mut out = Vec::with_capacity(expected.len());
@@ -100,7 +112,11 @@ pub fn read_safetensors(path: &Path, expected: &[(String, Vec<usize>)]) -> Resul
             )
         })?;
         if view.dtype() != safetensors::Dtype::F32 {
-            bail!("{}: tensor {name:?} is {:?}, expected F32", path.display(), view.dtype());
+            bail!(
+                "{}: tensor {name:?} is {:?}, expected F32",
+                path.display(),
+                view.dtype()
+            );
         }
         ensure!(
             view.shape() == shape.as_slice(),
@@ -109,11 +125,23 @@ pub fn read_safetensors(path: &Path, expected: &[(String, Vec<usize>)]) -> Resul
             view.shape(),
             shape
         );
-        let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        out.push(NamedTensor { name: name.clone(), shape: shape.clone(), data });
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.push(NamedTensor {
+            name: name.clone(),
+            shape: shape.clone(),
+            data,
+        });
     }
-    let extra: Vec<String> =
-        file.names().into_iter().filter(|n| !expected.iter().any(|(e, _)| e == *n)).map(String::from).collect();
+    let extra: Vec<String> = file
+        .names()
+        .into_iter()
+        .filter(|n| !expected.iter().any(|(e, _)| e == *n))
+        .map(String::from)
+        .collect();
     ensure!(
         extra.is_empty(),
         "{} holds tensors the architecture does not have: {extra:?}",
@@ -133,7 +161,10 @@ struct ModelJson {
 impl crate::model::Sequential {
     /// The architecture as JSON (Keras's `model.to_json()`).
     pub fn to_json(&self) -> Result<String> {
-        let file = ModelJson { class_name: "Sequential".into(), config: self.architecture.clone() };
+        let file = ModelJson {
+            class_name: "Sequential".into(),
+            config: self.architecture.clone(),
+        };
         Ok(serde_json::to_string_pretty(&file)?)
     }
 
@@ -162,7 +193,11 @@ impl crate::model::Sequential {
         let file: ModelJson = serde_json::from_str(json).context(
             "not a model architecture: expected {\"class_name\": \"Sequential\", \"config\": {name, input_shape, layers}}",
         )?;
-        ensure!(file.class_name == "Sequential", "only Sequential models can be loaded, got {:?}", file.class_name);
+        ensure!(
+            file.class_name == "Sequential",
+            "only Sequential models can be loaded, got {:?}",
+            file.class_name
+        );
         file.config.shapes()?;
         Ok(file.config)
     }
@@ -178,8 +213,8 @@ impl crate::model::Sequential {
         let (json_path, weights_path) = model_paths(stem);
         let json = std::fs::read_to_string(&json_path)
             .with_context(|| format!("cannot read model architecture {}", json_path.display()))?;
-        let architecture =
-            Self::architecture_from_json(&json).with_context(|| format!("in {}", json_path.display()))?;
+        let architecture = Self::architecture_from_json(&json)
+            .with_context(|| format!("in {}", json_path.display()))?;
         let expected = architecture.weight_specs()?;
         let tensors = read_safetensors(&weights_path, &expected)?;
         let model = Self::from_architecture(architecture, 0, device)?;
@@ -212,14 +247,20 @@ impl crate::model::Sequential {
         Ok(NamedTensor {
             name,
             shape: t.dims().to_vec(),
-            data: t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+            data: t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?,
         })
     }
 
     pub(crate) fn write_backup(&self, dir: &Path, state: &BackupState) -> Result<()> {
         let mut tensors = Vec::new();
         let vars = self.named_vars();
-        let adam = self.optimizer.as_ref().context("compile() the model first")?;
+        let adam = self
+            .optimizer
+            .as_ref()
+            .context("compile() the model first")?;
         for (i, (name, var)) in vars.iter().enumerate() {
             tensors.push(Self::tensor_of(name.clone(), var.as_tensor())?);
             if let Some((m, v)) = adam.moments.get(i) {
@@ -227,18 +268,28 @@ impl crate::model::Sequential {
                 tensors.push(Self::tensor_of(format!("adam.v.{name}"), v)?);
             }
         }
-        let meta = std::collections::HashMap::from([("state".to_string(), serde_json::to_string(state)?)]);
-        write_atomic(&dir.join(BACKUP_FILE), &safetensors_bytes_with(&tensors, Some(meta))?)
+        let meta =
+            std::collections::HashMap::from([("state".to_string(), serde_json::to_string(state)?)]);
+        write_atomic(
+            &dir.join(BACKUP_FILE),
+            &safetensors_bytes_with(&tensors, Some(meta))?,
+        )
     }
 
     /// Restores weights and optimizer from a backup in `dir`, if there is one,
     /// and returns its state. A backup of another model or run is an error.
-    pub(crate) fn read_backup(&mut self, dir: &Path, train_samples: usize, batch_size: usize) -> Result<Option<BackupState>> {
+    pub(crate) fn read_backup(
+        &mut self,
+        dir: &Path,
+        train_samples: usize,
+        batch_size: usize,
+    ) -> Result<Option<BackupState>> {
         let path = dir.join(BACKUP_FILE);
         if !path.exists() {
             return Ok(None);
         }
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read backup {}", path.display()))?;
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read backup {}", path.display()))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| anyhow::anyhow!("{} is not a training backup: {e}", path.display()))?;
         let state: BackupState = header
@@ -247,7 +298,12 @@ impl crate::model::Sequential {
             .and_then(|m| m.get("state"))
             .map(|s| serde_json::from_str(s))
             .transpose()?
-            .with_context(|| format!("{} has no training state: delete it to start afresh", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{} has no training state: delete it to start afresh",
+                    path.display()
+                )
+            })?;
         ensure!(
             state.architecture == self.architecture
                 && state.train_samples == train_samples
@@ -271,18 +327,30 @@ impl crate::model::Sequential {
         let dtype = self.dtype();
         let load = |name: &str| -> Result<candle_core::Tensor> {
             let t = &by_name[name];
-            Ok(candle_core::Tensor::from_slice(&t.data, t.shape.as_slice(), &device)?.to_dtype(dtype)?)
+            Ok(
+                candle_core::Tensor::from_slice(&t.data, t.shape.as_slice(), &device)?
+                    .to_dtype(dtype)?,
+            )
         };
         let names: Vec<String> = self.named_vars().into_iter().map(|(n, _)| n).collect();
-        for (name, var) in names.iter().zip(self.named_vars().into_iter().map(|(_, v)| v.clone())) {
+        for (name, var) in names
+            .iter()
+            .zip(self.named_vars().into_iter().map(|(_, v)| v.clone()))
+        {
             var.set(&load(name)?)?;
         }
         let moments = if state.adam_step > 0 {
-            names.iter().map(|n| Ok((load(&format!("adam.m.{n}"))?, load(&format!("adam.v.{n}"))?))).collect::<Result<Vec<_>>>()?
+            names
+                .iter()
+                .map(|n| Ok((load(&format!("adam.m.{n}"))?, load(&format!("adam.v.{n}"))?)))
+                .collect::<Result<Vec<_>>>()?
         } else {
             vec![]
         };
-        let adam = self.optimizer.as_mut().context("compile() the model first")?;
+        let adam = self
+            .optimizer
+            .as_mut()
+            .context("compile() the model first")?;
         adam.moments = moments;
         adam.step = state.adam_step;
         Ok(Some(state))

@@ -36,7 +36,14 @@ impl Default for Adam {
 impl Adam {
     /// Adam with Keras's defaults (betas 0.9 / 0.999, epsilon 1e-7).
     pub fn new(learning_rate: f64) -> Self {
-        Self { learning_rate, beta_1: 0.9, beta_2: 0.999, epsilon: 1e-7, step: 0, moments: vec![] }
+        Self {
+            learning_rate,
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+            step: 0,
+            moments: vec![],
+        }
     }
 
     /// Forgets the moments and the step count, keeping the settings.
@@ -60,13 +67,21 @@ impl Adam {
         }
         self.step += 1;
         let t = self.step as i32;
-        let alpha = self.learning_rate * (1.0 - self.beta_2.powi(t)).sqrt() / (1.0 - self.beta_1.powi(t));
+        let alpha =
+            self.learning_rate * (1.0 - self.beta_2.powi(t)).sqrt() / (1.0 - self.beta_1.powi(t));
         for (var, (m, v)) in vars.iter().zip(self.moments.iter_mut()) {
             // Gradients can carry the op that made them, and with it the whole
             // forward graph: detached, the moments keep none of it alive.
-            let Some(g) = grads.get(var.as_tensor()).map(|g| g.detach()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()).map(|g| g.detach()) else {
+                continue;
+            };
             if crate::kernels::adam_runs_on(var.as_tensor()) {
-                let c = AdamStep { beta_1: self.beta_1, beta_2: self.beta_2, alpha, epsilon: self.epsilon };
+                let c = AdamStep {
+                    beta_1: self.beta_1,
+                    beta_2: self.beta_2,
+                    alpha,
+                    epsilon: self.epsilon,
+                };
                 crate::kernels::adam_update(var.as_tensor(), m, v, &g, c)?;
                 continue;
             }
@@ -101,7 +116,15 @@ pub struct Fit {
 
 impl Default for Fit {
     fn default() -> Self {
-        Self { batch_size: 32, epochs: 1, validation_split: 0.0, shuffle: true, verbose: true, augment: false, backup_dir: None }
+        Self {
+            batch_size: 32,
+            epochs: 1,
+            validation_split: 0.0,
+            shuffle: true,
+            verbose: true,
+            augment: false,
+            backup_dir: None,
+        }
     }
 }
 
@@ -161,7 +184,11 @@ impl Sequential {
         ensure!(args.batch_size > 0, "batch_size must be at least 1");
         let n = self.check_inputs(x, Some(y))?;
         let (n_train, n_val) = split_sizes(n, args.validation_split)?;
-        ensure!(n_train > 0, "validation_split {} leaves no training samples out of {n}", args.validation_split);
+        ensure!(
+            n_train > 0,
+            "validation_split {} leaves no training samples out of {n}",
+            args.validation_split
+        );
         // Keep the data on the model's device so that a batch is a gather there.
         let x = x.to_device(&self.device)?;
         let y = y.to_device(&self.device)?;
@@ -180,7 +207,11 @@ impl Sequential {
         if let Some(dir) = &args.backup_dir {
             if let Some(state) = self.read_backup(dir, n_train, args.batch_size)? {
                 if args.verbose {
-                    println!("Restored the backup in {}: {} epochs done", dir.display(), state.epoch);
+                    println!(
+                        "Restored the backup in {}: {} epochs done",
+                        dir.display(),
+                        state.epoch
+                    );
                 }
                 history = state.history;
                 self.rng = StdRng::seed_from_u64(state.rng_seed);
@@ -220,8 +251,12 @@ impl Sequential {
                 }
                 None => None,
             };
-            let metrics =
-                EpochMetrics { loss: totals.loss(), acc: totals.accuracy(), val, seconds: start.elapsed().as_secs_f64() };
+            let metrics = EpochMetrics {
+                loss: totals.loss(),
+                acc: totals.accuracy(),
+                val,
+                seconds: start.elapsed().as_secs_f64(),
+            };
             if args.verbose {
                 println!("Epoch {epoch}/{}", args.epochs);
                 println!("{}", epoch_line(steps, &metrics));
@@ -270,9 +305,16 @@ impl Sequential {
             return Ok((loss_value, correct));
         }
         let grads = loss.backward()?;
-        let vars: Vec<Var> = self.named_vars().into_iter().map(|(_, v)| v.clone()).collect();
+        let vars: Vec<Var> = self
+            .named_vars()
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect();
         let vars: Vec<&Var> = vars.iter().collect();
-        self.optimizer.as_mut().context("compile() the model first")?.step(&vars, &grads)?;
+        self.optimizer
+            .as_mut()
+            .context("compile() the model first")?
+            .step(&vars, &grads)?;
         Ok((loss_value, correct))
     }
 
@@ -293,7 +335,10 @@ impl Sequential {
             let loss = scalar(&cross_entropy(&logits, &yb)?)?;
             totals.add(loss, count_correct(&logits, &yb)?, len);
         }
-        Ok(Score { loss: totals.loss(), accuracy: totals.accuracy() })
+        Ok(Score {
+            loss: totals.loss(),
+            accuracy: totals.accuracy(),
+        })
     }
 
     /// Keras's `predict`: class probabilities `[N, classes]`, on the CPU.
@@ -302,8 +347,13 @@ impl Sequential {
         let n = x.dim(0)?;
         let mut out = Vec::new();
         for start in (0..n).step_by(128) {
-            let xb = x.narrow(0, start, 128.min(n - start))?.to_device(&self.device)?;
-            out.push(self.probabilities(&xb)?.to_device(&candle_core::Device::Cpu)?);
+            let xb = x
+                .narrow(0, start, 128.min(n - start))?
+                .to_device(&self.device)?;
+            out.push(
+                self.probabilities(&xb)?
+                    .to_device(&candle_core::Device::Cpu)?,
+            );
         }
         Ok(Tensor::cat(&out, 0)?)
     }
@@ -316,7 +366,10 @@ impl Sequential {
 
     /// Copies of the current weights, in `named_vars` order.
     fn weight_values(&self) -> Result<Vec<Tensor>> {
-        self.named_vars().into_iter().map(|(_, v)| Ok(v.as_tensor().copy()?)).collect()
+        self.named_vars()
+            .into_iter()
+            .map(|(_, v)| Ok(v.as_tensor().copy()?))
+            .collect()
     }
 
     fn set_weight_values(&self, values: &[Tensor]) -> Result<()> {
@@ -335,7 +388,11 @@ impl Sequential {
             "x has shape {dims:?}, the model takes [N, {c}, {h}, {w}] (images as channels, height, width)"
         );
         let dtype = self.dtype();
-        ensure!(x.dtype() == dtype, "x must be {dtype:?} like the model (use Dataset::images_f32), got {:?}", x.dtype());
+        ensure!(
+            x.dtype() == dtype,
+            "x must be {dtype:?} like the model (use Dataset::images_f32), got {:?}",
+            x.dtype()
+        );
         ensure!(dims[0] > 0, "x holds no images");
         if let Some(y) = y {
             let classes = self.output_shape()?.size();
@@ -345,7 +402,11 @@ impl Sequential {
                 y.dims(),
                 dims[0]
             );
-            ensure!(y.dtype() == dtype, "y must be {dtype:?} one-hot labels like the model, got {:?}", y.dtype());
+            ensure!(
+                y.dtype() == dtype,
+                "y must be {dtype:?} one-hot labels like the model, got {:?}",
+                y.dtype()
+            );
         }
         Ok(dims[0])
     }
@@ -399,12 +460,19 @@ fn scalar(t: &Tensor) -> Result<f64> {
 fn count_correct(logits: &Tensor, y: &Tensor) -> Result<usize> {
     let predicted = logits.argmax(D::Minus1)?;
     let truth = y.argmax(D::Minus1)?;
-    Ok(predicted.eq(&truth)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+    Ok(predicted
+        .eq(&truth)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize)
 }
 
 /// Keras's `verbose=2` line: `352/352 - 41s - loss: 0.9208 - acc: 0.6753 - val_loss: 0.8062 - val_acc: 0.7172`.
 pub fn epoch_line(steps: usize, m: &EpochMetrics) -> String {
-    let mut line = format!("{steps}/{steps} - {:.0}s - loss: {:.4} - acc: {:.4}", m.seconds, m.loss, m.acc);
+    let mut line = format!(
+        "{steps}/{steps} - {:.0}s - loss: {:.4} - acc: {:.4}",
+        m.seconds, m.loss, m.acc
+    );
     if let Some((loss, acc)) = m.val {
         line += &format!(" - val_loss: {loss:.4} - val_acc: {acc:.4}");
     }

@@ -21,7 +21,17 @@ fn check_times_epochs_trains_on_a_sample_and_compares_with_the_cpu() {
     write_records(&train, 200);
     write_records(&test, 50);
     let out = Command::new(env!("CARGO_BIN_EXE_cifar10-cnn"))
-        .args(["check", "--epoch-images", "64", "--timed-epochs", "1", "--epochs", "2", "--batch-size", "32"])
+        .args([
+            "check",
+            "--epoch-images",
+            "64",
+            "--timed-epochs",
+            "1",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+        ])
         .arg("--train")
         .arg(&train)
         .arg("--test")
@@ -30,12 +40,25 @@ fn check_times_epochs_trains_on_a_sample_and_compares_with_the_cpu() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert!(report["device"].as_str().unwrap().starts_with("cpu"), "{report}");
+    assert!(
+        report["device"].as_str().unwrap().starts_with("cpu"),
+        "{report}"
+    );
     assert_eq!(report["epoch_images"], 64);
     assert_eq!(report["epoch_seconds"].as_array().unwrap().len(), 1);
-    assert_eq!((report["train_images"].clone(), report["test_images"].clone()), (200.into(), 50.into()));
+    assert_eq!(
+        (
+            report["train_images"].clone(),
+            report["test_images"].clone()
+        ),
+        (200.into(), 50.into())
+    );
     let accuracy = report["test_accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&accuracy), "{report}");
     // On the CPU the comparison is the save/load round trip: identical.
@@ -59,5 +82,8 @@ fn check_refuses_a_broken_sample_with_a_clear_message() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("bad.bin") && stderr.contains("whole number of CIFAR-10 records"), "{stderr}");
+    assert!(
+        stderr.contains("bad.bin") && stderr.contains("whole number of CIFAR-10 records"),
+        "{stderr}"
+    );
 }

@@ -2,12 +2,20 @@
 
 mod common;
 
-use cifar10_cnn::data::{load_dir, load_records, split_sizes, to_categorical, Dataset, CLASS_NAMES};
+use cifar10_cnn::data::{
+    load_dir, load_records, split_sizes, to_categorical, Dataset, CLASS_NAMES,
+};
 use std::path::Path;
 
 const RECORD: usize = 3073;
-const FILES: [&str; 6] =
-    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"];
+const FILES: [&str; 6] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+    "test_batch.bin",
+];
 
 /// Writes a folder in the official binary format: record r of file f has
 /// label (f + r) % 10 and pixel p equal to (r + p + f) % 256.
@@ -20,7 +28,11 @@ fn write_cifar_dir(dir: &Path) {
         }
         std::fs::write(dir.join(name), bytes).unwrap();
     }
-    std::fs::write(dir.join("batches.meta.txt"), CLASS_NAMES.join("\n") + "\n\n").unwrap();
+    std::fs::write(
+        dir.join("batches.meta.txt"),
+        CLASS_NAMES.join("\n") + "\n\n",
+    )
+    .unwrap();
 }
 
 fn err_text<T>(r: anyhow::Result<T>) -> String {
@@ -44,20 +56,32 @@ fn reads_the_binary_format_exactly() {
     let row = train.image_row(10_003, 0);
     assert_eq!(row.0[1], [5, (3 + 1025 + 1) as u8, (3 + 2049 + 1) as u8]);
     let img = test.image(7);
-    assert_eq!(img.get_pixel(2, 1).0, [((7 + 34 + 5) % 256) as u8, ((7 + 1024 + 34 + 5) % 256) as u8, ((7 + 2048 + 34 + 5) % 256) as u8]);
+    assert_eq!(
+        img.get_pixel(2, 1).0,
+        [
+            ((7 + 34 + 5) % 256) as u8,
+            ((7 + 1024 + 34 + 5) % 256) as u8,
+            ((7 + 2048 + 34 + 5) % 256) as u8
+        ]
+    );
     assert_eq!(test.labels[7], (5 + 7) % 10);
 }
 
 #[test]
 fn real_cifar10_pixels_come_out_exactly() {
-    let Some(dir) = common::cifar10_dir() else { return };
+    let Some(dir) = common::cifar10_dir() else {
+        return;
+    };
     let (train, test) = load_dir(&dir).unwrap();
     assert_eq!((train.len(), test.len()), (50_000, 10_000));
     assert_eq!(train.class_name(0), "frog");
     assert_eq!(train.labels[0], 6);
     let row = train.image_row(0, 0);
     assert_eq!(row.0[0], [59, 62, 63]);
-    assert_eq!(row.0[..5].iter().map(|p| p[0]).collect::<Vec<_>>(), [59, 43, 50, 68, 98]);
+    assert_eq!(
+        row.0[..5].iter().map(|p| p[0]).collect::<Vec<_>>(),
+        [59, 43, 50, 68, 98]
+    );
     assert_eq!(test.labels[0], 3);
     assert_eq!(test.class_name(0), "cat");
     // every class appears 5,000 times in training and 1,000 in test
@@ -67,8 +91,23 @@ fn real_cifar10_pixels_come_out_exactly() {
     }
     // normalization is /255 of exactly those bytes
     let x = train.take(1).images_f32().unwrap();
-    let first: Vec<f32> = x.flatten_all().unwrap().narrow(0, 0, 5).unwrap().to_vec1().unwrap();
-    assert_eq!(first, [59.0 / 255.0, 43.0 / 255.0, 50.0 / 255.0, 68.0 / 255.0, 98.0 / 255.0]);
+    let first: Vec<f32> = x
+        .flatten_all()
+        .unwrap()
+        .narrow(0, 0, 5)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(
+        first,
+        [
+            59.0 / 255.0,
+            43.0 / 255.0,
+            50.0 / 255.0,
+            68.0 / 255.0,
+            98.0 / 255.0
+        ]
+    );
     println!("{}", row.normalized());
 }
 
@@ -79,7 +118,12 @@ fn one_hot_and_split_follow_keras() {
     assert_eq!(rows[0], [0., 0., 0., 0., 0., 0., 1., 0., 0., 0.]);
     assert_eq!(rows[1][9], 1.0);
     assert_eq!(rows[2][0], 1.0);
-    assert_eq!(rows.iter().map(|r| r.iter().sum::<f32>()).collect::<Vec<_>>(), [1.0, 1.0, 1.0]);
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.iter().sum::<f32>())
+            .collect::<Vec<_>>(),
+        [1.0, 1.0, 1.0]
+    );
     assert!(to_categorical(&[10], 10).is_err());
 
     assert_eq!(split_sizes(50_000, 0.1).unwrap(), (45_000, 5_000));
@@ -93,13 +137,19 @@ fn printed_rows_look_like_numpy() {
     let d = Dataset::new(vec![59; 3 * 2 * 2], vec![0], vec!["a".into()], 2, 2).unwrap();
     let row = d.image_row(0, 0);
     assert_eq!(row.to_string(), "[[ 59  59  59]\n [ 59  59  59]]");
-    assert_eq!(row.normalized().to_string(), "[[0.23137255 0.23137255 0.23137255]\n [0.23137255 0.23137255 0.23137255]]");
+    assert_eq!(
+        row.normalized().to_string(),
+        "[[0.23137255 0.23137255 0.23137255]\n [0.23137255 0.23137255 0.23137255]]"
+    );
 }
 
 #[test]
 fn bad_folders_and_files_give_clear_errors() {
     let missing = err_text(load_dir("/nonexistent/cifar"));
-    assert!(missing.contains("does not exist") && missing.contains("CIFAR10_DIR"), "{missing}");
+    assert!(
+        missing.contains("does not exist") && missing.contains("CIFAR10_DIR"),
+        "{missing}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     write_cifar_dir(dir.path());
@@ -110,19 +160,28 @@ fn bad_folders_and_files_give_clear_errors() {
     // truncated
     std::fs::write(&batch, &good[..good.len() - 100]).unwrap();
     let e = err_text(load_dir(dir.path()));
-    assert!(e.contains("data_batch_3.bin") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("data_batch_3.bin") && e.contains("truncated"),
+        "{e}"
+    );
     // too long
     let mut long = good.clone();
     long.extend_from_slice(&[0; RECORD]);
     std::fs::write(&batch, &long).unwrap();
     let e = err_text(load_dir(dir.path()));
-    assert!(e.contains("data_batch_3.bin") && e.contains("too long"), "{e}");
+    assert!(
+        e.contains("data_batch_3.bin") && e.contains("too long"),
+        "{e}"
+    );
     // a label above 9
     let mut bad_label = good.clone();
     bad_label[5 * RECORD] = 12;
     std::fs::write(&batch, &bad_label).unwrap();
     let e = err_text(load_dir(dir.path()));
-    assert!(e.contains("data_batch_3.bin") && e.contains("record 5 has label 12"), "{e}");
+    assert!(
+        e.contains("data_batch_3.bin") && e.contains("record 5 has label 12"),
+        "{e}"
+    );
     // missing file
     std::fs::remove_file(&batch).unwrap();
     let e = err_text(load_dir(dir.path()));
@@ -131,7 +190,10 @@ fn bad_folders_and_files_give_clear_errors() {
     // bad meta
     std::fs::write(&meta, "airplane\nautomobile\n").unwrap();
     let e = err_text(load_dir(dir.path()));
-    assert!(e.contains("batches.meta.txt") && e.contains("10 classes"), "{e}");
+    assert!(
+        e.contains("batches.meta.txt") && e.contains("10 classes"),
+        "{e}"
+    );
     std::fs::remove_file(&meta).unwrap();
     let e = err_text(load_dir(dir.path()));
     assert!(e.contains("batches.meta.txt"), "{e}");
@@ -162,7 +224,10 @@ fn record_files_of_any_whole_length_read_back() {
 
     std::fs::write(&sample, &batch[..7 * RECORD + 10]).unwrap();
     let e = err_text(load_records(&sample));
-    assert!(e.contains("sample.bin") && e.contains("whole number of CIFAR-10 records"), "{e}");
+    assert!(
+        e.contains("sample.bin") && e.contains("whole number of CIFAR-10 records"),
+        "{e}"
+    );
     std::fs::write(&sample, b"").unwrap();
     let e = err_text(load_records(&sample));
     assert!(e.contains("whole number"), "{e}");

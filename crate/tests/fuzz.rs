@@ -9,7 +9,10 @@ use cifar10_cnn::persist::read_safetensors;
 use proptest::prelude::*;
 
 fn cases() -> u32 {
-    std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(500)
+    std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
 }
 
 const RECORD: usize = 3073;
@@ -21,7 +24,15 @@ fn mutated_batch() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![Just(0i64), -5000i64..5000],
     )
         .prop_map(|(edits, resize)| {
-            let mut bytes: Vec<u8> = (0..10_000 * RECORD).map(|i| if i % RECORD == 0 { (i / RECORD % 10) as u8 } else { i as u8 }).collect();
+            let mut bytes: Vec<u8> = (0..10_000 * RECORD)
+                .map(|i| {
+                    if i % RECORD == 0 {
+                        (i / RECORD % 10) as u8
+                    } else {
+                        i as u8
+                    }
+                })
+                .collect();
             for (at, value) in edits {
                 bytes[at] = value;
             }
@@ -41,9 +52,24 @@ fn article_json() -> String {
 fn mutated_json() -> impl Strategy<Value = String> {
     let base = article_json();
     let n = base.len();
-    (
-        prop::collection::vec((0..n, prop::sample::select(vec!["", "0", "99999999999999999999", "-1", "\"", "{", "]", "null", "1e308", "Dense"])), 1..4),
-    )
+    (prop::collection::vec(
+        (
+            0..n,
+            prop::sample::select(vec![
+                "",
+                "0",
+                "99999999999999999999",
+                "-1",
+                "\"",
+                "{",
+                "]",
+                "null",
+                "1e308",
+                "Dense",
+            ]),
+        ),
+        1..4,
+    ),)
         .prop_map(move |(edits,)| {
             let mut s = base.clone();
             for (at, text) in edits {
@@ -117,16 +143,28 @@ fn a_header_that_promises_a_huge_tensor_is_refused_without_allocating_it() {
     bytes.extend_from_slice(&[0; 16]);
     let path = dir.path().join("w.safetensors");
     std::fs::write(&path, bytes).unwrap();
-    let e = read_safetensors(&path, &[("conv2d.kernel".into(), vec![1000000, 1000000])]).err().unwrap();
+    let e = read_safetensors(&path, &[("conv2d.kernel".into(), vec![1000000, 1000000])])
+        .err()
+        .unwrap();
     assert!(format!("{e:#}").contains("not a safetensors file"), "{e:#}");
 }
 
 #[test]
 fn an_architecture_with_absurd_sizes_is_refused_before_allocating() {
     let json = article_json().replacen("\"units\": 512", "\"units\": 99999999999", 1);
-    let e = format!("{:#}", Sequential::architecture_from_json(&json).err().unwrap());
+    let e = format!(
+        "{:#}",
+        Sequential::architecture_from_json(&json).err().unwrap()
+    );
     assert!(e.contains("too large"), "{e}");
-    let json = article_json().replacen("\"class_name\": \"Dense\"", "\"class_name\": \"Lambda\"", 1);
-    let e = format!("{:#}", Sequential::architecture_from_json(&json).err().unwrap());
-    assert!(e.contains("not a model architecture") && e.contains("Lambda"), "{e}");
+    let json =
+        article_json().replacen("\"class_name\": \"Dense\"", "\"class_name\": \"Lambda\"", 1);
+    let e = format!(
+        "{:#}",
+        Sequential::architecture_from_json(&json).err().unwrap()
+    );
+    assert!(
+        e.contains("not a model architecture") && e.contains("Lambda"),
+        "{e}"
+    );
 }

@@ -18,8 +18,15 @@ fn article_model_has_1_250_858_parameters() {
     let shapes = model.architecture().shapes().unwrap();
     assert_eq!(shapes[2], Shape::Image(32, 30, 30));
     assert_eq!(*shapes.last().unwrap(), Shape::Flat(10));
-    let per_layer: Vec<usize> = model.named_vars().iter().map(|(_, v)| v.elem_count()).collect();
-    assert_eq!(per_layer, [864, 32, 9216, 32, 18432, 64, 36864, 64, 1179648, 512, 5120, 10]);
+    let per_layer: Vec<usize> = model
+        .named_vars()
+        .iter()
+        .map(|(_, v)| v.elem_count())
+        .collect();
+    assert_eq!(
+        per_layer,
+        [864, 32, 9216, 32, 18432, 64, 36864, 64, 1179648, 512, 5120, 10]
+    );
 }
 
 #[test]
@@ -27,7 +34,12 @@ fn initialization_is_glorot_uniform_seeded() {
     let a = Sequential::article(&[3, 32, 32], 10, 7, &Device::Cpu).unwrap();
     let b = Sequential::article(&[3, 32, 32], 10, 7, &Device::Cpu).unwrap();
     let c = Sequential::article(&[3, 32, 32], 10, 8, &Device::Cpu).unwrap();
-    for (((name, va), (_, vb)), (_, vc)) in a.named_vars().into_iter().zip(b.named_vars()).zip(c.named_vars()) {
+    for (((name, va), (_, vb)), (_, vc)) in a
+        .named_vars()
+        .into_iter()
+        .zip(b.named_vars())
+        .zip(c.named_vars())
+    {
         let (xa, xb, xc): (Vec<f32>, Vec<f32>, Vec<f32>) = (
             va.flatten_all().unwrap().to_vec1().unwrap(),
             vb.flatten_all().unwrap().to_vec1().unwrap(),
@@ -47,12 +59,18 @@ fn initialization_is_glorot_uniform_seeded() {
         };
         let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
         let max = xa.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(max <= limit && max > 0.95 * limit, "{name}: max {max} vs limit {limit}");
+        assert!(
+            max <= limit && max > 0.95 * limit,
+            "{name}: max {max} vs limit {limit}"
+        );
         let mean = xa.iter().map(|&v| v as f64).sum::<f64>() / xa.len() as f64;
         let var = xa.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / xa.len() as f64;
         let expected_var = (limit as f64).powi(2) / 3.0; // variance of U(-l, l)
         assert!(mean.abs() < 0.1 * limit as f64, "{name}: mean {mean}");
-        assert!((var / expected_var - 1.0).abs() < 0.15, "{name}: variance {var} vs {expected_var}");
+        assert!(
+            (var / expected_var - 1.0).abs() < 0.15,
+            "{name}: variance {var} vs {expected_var}"
+        );
     }
 }
 
@@ -92,27 +110,40 @@ fn gradients_of_every_layer_match_finite_differences() {
     let grads = loss.backward().unwrap();
 
     let eps = 1e-6;
-    let vars: Vec<(String, candle_core::Var)> =
-        model.named_vars().into_iter().map(|(n, v)| (n, v.clone())).collect();
+    let vars: Vec<(String, candle_core::Var)> = model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.clone()))
+        .collect();
     let mut checked = 0;
     for (name, var) in &vars {
-        let g: Vec<f64> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let w0: Vec<f64> = var.flatten_all().unwrap().to_vec1().unwrap();
         let n = w0.len();
         // a spread of positions, plus the largest gradient of the tensor
-        let argmax = (0..n).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
+        let argmax = (0..n)
+            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+            .unwrap();
         let mut positions: Vec<usize> = (0..6).map(|k| (k * 7919 + 13) % n).collect();
         positions.push(argmax);
         for &p in &positions {
             let at = |delta: f64, m: &mut Sequential| {
                 let mut w = w0.clone();
                 w[p] += delta;
-                var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(w, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 let l: f64 = loss_of(m).to_scalar().unwrap();
                 l
             };
             let numeric = (at(eps, &mut model) - at(-eps, &mut model)) / (2.0 * eps);
-            var.set(&Tensor::from_vec(w0.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(w0.clone(), var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
             let err = (numeric - g[p]).abs();
             assert!(
                 err <= 1e-6 + 1e-4 * g[p].abs().max(numeric.abs()),
@@ -121,7 +152,10 @@ fn gradients_of_every_layer_match_finite_differences() {
             );
             checked += 1;
         }
-        assert!(g.iter().any(|v| *v != 0.0), "{name} gets no gradient at all");
+        assert!(
+            g.iter().any(|v| *v != 0.0),
+            "{name} gets no gradient at all"
+        );
     }
     assert_eq!(checked, 12 * 7);
 }
@@ -136,5 +170,8 @@ fn predictions_are_probabilities() {
     assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
     let classes = model.predict_classes(&data.images_f32().unwrap()).unwrap();
     let argmax: Vec<u32> = p.argmax(D::Minus1).unwrap().to_vec1().unwrap();
-    assert_eq!(classes, argmax.iter().map(|&c| c as usize).collect::<Vec<_>>());
+    assert_eq!(
+        classes,
+        argmax.iter().map(|&c| c as usize).collect::<Vec<_>>()
+    );
 }

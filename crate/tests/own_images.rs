@@ -12,13 +12,18 @@ use rand::SeedableRng;
 
 /// Writes `dir/<class>/<i>.png|jpg` images of different sizes and colours.
 fn write_folder(dir: &std::path::Path) {
-    let colours = [("apples", [200u8, 30, 30]), ("leaves", [30, 180, 40]), ("sky", [40, 90, 220])];
+    let colours = [
+        ("apples", [200u8, 30, 30]),
+        ("leaves", [30, 180, 40]),
+        ("sky", [40, 90, 220]),
+    ];
     for (class, colour) in colours {
         std::fs::create_dir_all(dir.join(class)).unwrap();
         for i in 0..6u32 {
             let img = RgbImage::from_pixel(40 + i * 7, 30 + i * 5, Rgb(colour));
             let ext = if i % 2 == 0 { "png" } else { "jpg" };
-            img.save(dir.join(class).join(format!("{i}.{ext}"))).unwrap();
+            img.save(dir.join(class).join(format!("{i}.{ext}")))
+                .unwrap();
         }
         std::fs::write(dir.join(class).join("notes.txt"), "not an image").unwrap();
     }
@@ -35,19 +40,33 @@ fn image_folders_load_resized_with_class_names_from_subfolders() {
     // a uniform image stays that colour after resizing (JPEG within a few levels)
     let px = data.image(7).get_pixel(16, 16).0; // leaves, 1.jpg
     assert_eq!(data.labels[7], 1);
-    assert!(px.iter().zip([30, 180, 40]).all(|(&a, b)| (a as i32 - b).abs() <= 6), "{px:?}");
+    assert!(
+        px.iter()
+            .zip([30, 180, 40])
+            .all(|(&a, b)| (a as i32 - b).abs() <= 6),
+        "{px:?}"
+    );
 
     let (train, test) = data.split_stratified(1.0 / 3.0, 0).unwrap();
     assert_eq!((train.len(), test.len()), (12, 6));
     for k in 0..3u8 {
-        assert_eq!(test.labels.iter().filter(|&&l| l == k).count(), 2, "every class in the test set");
+        assert_eq!(
+            test.labels.iter().filter(|&&l| l == k).count(),
+            2,
+            "every class in the test set"
+        );
     }
 }
 
 #[test]
 fn bad_image_folders_say_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let e = format!("{:#}", load_image_folder(dir.path().join("missing"), 32, 32).err().unwrap());
+    let e = format!(
+        "{:#}",
+        load_image_folder(dir.path().join("missing"), 32, 32)
+            .err()
+            .unwrap()
+    );
     assert!(e.contains("does not exist"), "{e}");
     std::fs::create_dir_all(dir.path().join("only")).unwrap();
     let e = format!("{:#}", load_image_folder(dir.path(), 32, 32).err().unwrap());
@@ -82,10 +101,18 @@ fn confusion_matrix_counts_and_ranks_mistakes() {
 #[test]
 fn mistakes_gallery_shows_the_most_confident_errors_first() {
     let data = common::synthetic(3, 3, 8, 0); // labels 0 1 2
-    let probs = Tensor::new(&[[0.9f32, 0.05, 0.05], [0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], &Device::Cpu).unwrap();
+    let probs = Tensor::new(
+        &[[0.9f32, 0.05, 0.05], [0.7, 0.2, 0.1], [0.1, 0.3, 0.6]],
+        &Device::Cpu,
+    )
+    .unwrap();
     let g = mistakes_gallery(&data, &probs, 10).unwrap();
     assert_eq!(g.captions(), ["predict: class0 (70%), answer: class1"]);
-    let right = Tensor::new(&[[0.9f32, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.3, 0.6]], &Device::Cpu).unwrap();
+    let right = Tensor::new(
+        &[[0.9f32, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.3, 0.6]],
+        &Device::Cpu,
+    )
+    .unwrap();
     assert!(mistakes_gallery(&data, &right, 10).is_err());
 }
 
@@ -98,7 +125,12 @@ fn augmentation_shifts_and_flips_without_changing_content() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut moved = 0;
     for _ in 0..50 {
-        let y: Vec<f32> = augment(&x, 1, &mut rng).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = augment(&x, 1, &mut rng)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let ones = y.iter().filter(|&&p| p == 1.0).count();
         assert!(ones == 1, "the pixel stays inside with pad 1");
         assert_eq!(y.iter().filter(|&&p| p != 0.0 && p != 1.0).count(), 0);

@@ -10,7 +10,17 @@ use cifar10_cnn::train::{Adam, Fit};
 /// A small CNN for 8x8 images, quick enough to train many times in tests.
 fn small_model(seed: u64, classes: usize) -> Sequential {
     let mut m = Sequential::on(&[3, 8, 8], seed, &Device::Cpu).unwrap();
-    for l in [conv2d(8, 3).same(), relu(), max_pooling2d(2), dropout(0.25), flatten(), dense(32), relu(), dense(classes), softmax()] {
+    for l in [
+        conv2d(8, 3).same(),
+        relu(),
+        max_pooling2d(2),
+        dropout(0.25),
+        flatten(),
+        dense(32),
+        relu(),
+        dense(classes),
+        softmax(),
+    ] {
         m.add(l).unwrap();
     }
     m
@@ -23,11 +33,31 @@ fn fit_learns_and_records_every_epoch() {
     let mut model = small_model(0, 4);
     model.compile(Adam::default()).unwrap();
     let history = model
-        .fit(&x, &y, Fit { batch_size: 32, epochs: 8, validation_split: 0.25, ..Fit::default() })
+        .fit(
+            &x,
+            &y,
+            Fit {
+                batch_size: 32,
+                epochs: 8,
+                validation_split: 0.25,
+                ..Fit::default()
+            },
+        )
         .unwrap();
     assert_eq!(history.epochs(), 8);
-    assert_eq!((history.val_loss.len(), history.val_acc.len(), history.epoch_seconds.len()), (8, 8, 8));
-    assert!(history.loss[7] < history.loss[0] * 0.5, "loss {:?}", history.loss);
+    assert_eq!(
+        (
+            history.val_loss.len(),
+            history.val_acc.len(),
+            history.epoch_seconds.len()
+        ),
+        (8, 8, 8)
+    );
+    assert!(
+        history.loss[7] < history.loss[0] * 0.5,
+        "loss {:?}",
+        history.loss
+    );
     assert!(history.val_acc[7] > 0.9, "val_acc {:?}", history.val_acc);
     let score = model.evaluate(&x, &y).unwrap();
     assert!(score.accuracy > 0.9, "{score:?}");
@@ -41,13 +71,30 @@ fn validation_is_the_last_fraction_of_the_data() {
     let data = common::synthetic(200, 4, 8, 4);
     let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
     let mut model = small_model(1, 4);
-    let history = model.fit(&x, &y, Fit { batch_size: 16, epochs: 2, validation_split: 0.1, verbose: false, ..Fit::default() }).unwrap();
+    let history = model
+        .fit(
+            &x,
+            &y,
+            Fit {
+                batch_size: 16,
+                epochs: 2,
+                validation_split: 0.1,
+                verbose: false,
+                ..Fit::default()
+            },
+        )
+        .unwrap();
     let (xv, yv) = (x.narrow(0, 180, 20).unwrap(), y.narrow(0, 180, 20).unwrap());
     let score = model.evaluate(&xv, &yv).unwrap();
-    assert!((score.loss - history.val_loss[1]).abs() < 1e-6, "{score:?} vs {history:?}");
+    assert!(
+        (score.loss - history.val_loss[1]).abs() < 1e-6,
+        "{score:?} vs {history:?}"
+    );
     assert_eq!(score.accuracy, history.val_acc[1]);
     // and not the first 10%
-    let first = model.evaluate(&x.narrow(0, 0, 20).unwrap(), &y.narrow(0, 0, 20).unwrap()).unwrap();
+    let first = model
+        .evaluate(&x.narrow(0, 0, 20).unwrap(), &y.narrow(0, 0, 20).unwrap())
+        .unwrap();
     assert_ne!(first.loss, history.val_loss[1]);
 }
 
@@ -57,7 +104,18 @@ fn the_same_seed_gives_the_same_run() {
     let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
     let run = |seed| {
         let mut m = small_model(seed, 4);
-        m.fit(&x, &y, Fit { batch_size: 32, epochs: 2, validation_split: 0.2, verbose: false, ..Fit::default() }).unwrap()
+        m.fit(
+            &x,
+            &y,
+            Fit {
+                batch_size: 32,
+                epochs: 2,
+                validation_split: 0.2,
+                verbose: false,
+                ..Fit::default()
+            },
+        )
+        .unwrap()
     };
     let (a, b, c) = (run(9), run(9), run(10));
     assert_eq!((&a.loss, &a.val_loss), (&b.loss, &b.val_loss));
@@ -71,7 +129,19 @@ fn the_last_partial_batch_is_trained_on() {
     let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
     let mut model = small_model(2, 4);
     model.compile(Adam::default()).unwrap();
-    model.fit(&x, &y, Fit { batch_size: 32, epochs: 3, validation_split: 0.1, verbose: false, ..Fit::default() }).unwrap();
+    model
+        .fit(
+            &x,
+            &y,
+            Fit {
+                batch_size: 32,
+                epochs: 3,
+                validation_split: 0.1,
+                verbose: false,
+                ..Fit::default()
+            },
+        )
+        .unwrap();
     assert_eq!(model.optimizer_iterations(), 6);
 }
 
@@ -83,8 +153,25 @@ fn nan_loss_stops_training_with_a_clear_message() {
     let mut model = small_model(3, 4);
     // steps this large overflow the weights within a few updates
     model.compile(Adam::new(1e36)).unwrap();
-    let e = format!("{:#}", model.fit(&x, &y, Fit { verbose: false, ..Fit::default() }).err().unwrap());
-    assert!((e.contains("loss became NaN") || e.contains("loss became inf")) && e.contains("training stopped"), "{e}");
+    let e = format!(
+        "{:#}",
+        model
+            .fit(
+                &x,
+                &y,
+                Fit {
+                    verbose: false,
+                    ..Fit::default()
+                }
+            )
+            .err()
+            .unwrap()
+    );
+    assert!(
+        (e.contains("loss became NaN") || e.contains("loss became inf"))
+            && e.contains("training stopped"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -98,11 +185,26 @@ fn wrong_inputs_are_refused_with_the_expected_shapes() {
     let y10 = Tensor::zeros((4, 10), candle_core::DType::F32, &Device::Cpu).unwrap();
     let e = format!("{:#}", model.evaluate(&x, &y10).err().unwrap());
     assert!(e.contains("to_categorical"), "{e}");
-    let e = format!("{:#}", model.fit(&x, &y, Fit { batch_size: 0, ..Fit::default() }).err().unwrap());
+    let e = format!(
+        "{:#}",
+        model
+            .fit(
+                &x,
+                &y,
+                Fit {
+                    batch_size: 0,
+                    ..Fit::default()
+                }
+            )
+            .err()
+            .unwrap()
+    );
     assert!(e.contains("batch_size"), "{e}");
     let mut no_softmax = Sequential::on(&[3, 8, 8], 0, &Device::Cpu).unwrap();
     no_softmax.add(flatten()).unwrap().add(dense(4)).unwrap();
-    assert!(format!("{:#}", no_softmax.compile(Adam::default()).err().unwrap()).contains("softmax"));
+    assert!(
+        format!("{:#}", no_softmax.compile(Adam::default()).err().unwrap()).contains("softmax")
+    );
 }
 
 /// One epoch on 5,000 real training images (4,500 train, 500 validation)
@@ -110,15 +212,32 @@ fn wrong_inputs_are_refused_with_the_expected_shapes() {
 /// val_acc 0.266, 0.310, 0.334 (36 steps of 128), so the bar is 0.25.
 #[test]
 fn one_epoch_on_5000_real_images_beats_chance() {
-    let Some(dir) = common::cifar10_dir() else { return };
+    let Some(dir) = common::cifar10_dir() else {
+        return;
+    };
     let (train, _) = cifar10_cnn::data::load_dir(dir).unwrap();
     let train = train.take(5_000);
     let (x, y) = (train.images_f32().unwrap(), train.labels_one_hot().unwrap());
     let mut model = Sequential::article(&[3, 32, 32], 10, 0, &Device::Cpu).unwrap();
     model.compile(Adam::default()).unwrap();
-    let h = model.fit(&x, &y, Fit { batch_size: 128, epochs: 1, validation_split: 0.1, ..Fit::default() }).unwrap();
+    let h = model
+        .fit(
+            &x,
+            &y,
+            Fit {
+                batch_size: 128,
+                epochs: 1,
+                validation_split: 0.1,
+                ..Fit::default()
+            },
+        )
+        .unwrap();
     println!("one epoch on 5,000 real images: {h:?}");
-    assert!(h.val_acc[0] >= 0.25, "val_acc {} is not clearly above chance (0.10)", h.val_acc[0]);
+    assert!(
+        h.val_acc[0] >= 0.25,
+        "val_acc {} is not clearly above chance (0.10)",
+        h.val_acc[0]
+    );
 }
 
 /// Keras's BackupAndRestore: kill a training run after its first epoch's
@@ -126,24 +245,41 @@ fn one_epoch_on_5000_real_images_beats_chance() {
 /// never interrupted.
 #[test]
 fn a_killed_run_resumes_from_its_backup_and_matches_an_uninterrupted_one() {
-    let Some(dir) = common::cifar10_dir() else { return };
+    let Some(dir) = common::cifar10_dir() else {
+        return;
+    };
     let bin = env!("CARGO_BIN_EXE_cifar10-cnn");
     let work = tempfile::tempdir().unwrap();
     let run = |out: &std::path::Path| {
         let mut cmd = std::process::Command::new(bin);
-        cmd.args(["train", "--epochs", "3", "--train-size", "640", "--test-size", "128", "--seed", "5", "--show", "0"])
-            .arg("--data")
-            .arg(&dir)
-            .arg("--out")
-            .arg(out)
-            .env("DEVICE", "cpu");
+        cmd.args([
+            "train",
+            "--epochs",
+            "3",
+            "--train-size",
+            "640",
+            "--test-size",
+            "128",
+            "--seed",
+            "5",
+            "--show",
+            "0",
+        ])
+        .arg("--data")
+        .arg(&dir)
+        .arg("--out")
+        .arg(out)
+        .env("DEVICE", "cpu");
         cmd
     };
     let whole = work.path().join("whole");
     assert!(run(&whole).output().unwrap().status.success());
 
     let resumed = work.path().join("resumed");
-    let mut child = run(&resumed).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = run(&resumed)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let backup = resumed.join("backup").join("backup.safetensors");
     let start = std::time::Instant::now();
     while !backup.exists() {
@@ -152,16 +288,29 @@ fn a_killed_run_resumes_from_its_backup_and_matches_an_uninterrupted_one() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!resumed.join("history.json").exists(), "killed before the end");
+    assert!(
+        !resumed.join("history.json").exists(),
+        "killed before the end"
+    );
 
     let out = run(&resumed).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("Restored the backup"), "{stdout}");
-    assert!(!backup.exists(), "the backup is removed once training completes");
+    assert!(
+        !backup.exists(),
+        "the backup is removed once training completes"
+    );
     let a = cifar10_cnn::history::History::load(whole.join("history.json")).unwrap();
     let b = cifar10_cnn::history::History::load(resumed.join("history.json")).unwrap();
-    assert_eq!((a.loss, a.acc, a.val_loss, a.val_acc), (b.loss, b.acc, b.val_loss, b.val_acc));
+    assert_eq!(
+        (a.loss, a.acc, a.val_loss, a.val_acc),
+        (b.loss, b.acc, b.val_loss, b.val_acc)
+    );
 }
 
 #[test]
@@ -170,17 +319,51 @@ fn nan_keeps_the_last_good_weights() {
     let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
     let mut model = small_model(3, 4);
     model.compile(Adam::new(1e36)).unwrap();
-    let before: Vec<Vec<f32>> = model.named_vars().iter().map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap()).collect();
-    assert!(model.fit(&x, &y, Fit { verbose: false, ..Fit::default() }).is_err());
-    let after: Vec<Vec<f32>> = model.named_vars().iter().map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap()).collect();
-    assert_eq!(before, after, "the weights are those before the epoch that diverged");
-    assert!(model.predict(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|p| p.is_finite()));
+    let before: Vec<Vec<f32>> = model
+        .named_vars()
+        .iter()
+        .map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    assert!(model
+        .fit(
+            &x,
+            &y,
+            Fit {
+                verbose: false,
+                ..Fit::default()
+            }
+        )
+        .is_err());
+    let after: Vec<Vec<f32>> = model
+        .named_vars()
+        .iter()
+        .map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    assert_eq!(
+        before, after,
+        "the weights are those before the epoch that diverged"
+    );
+    assert!(model
+        .predict(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|p| p.is_finite()));
 }
 
 /// Resident memory of this process, in MiB (Linux).
 fn rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -194,10 +377,24 @@ fn training_does_not_keep_old_steps_alive() {
     let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
     let mut model = Sequential::article(&[3, 32, 32], 10, 0, &Device::Cpu).unwrap();
     model.compile(Adam::default()).unwrap();
-    let fit = || Fit { batch_size: 64, epochs: 5, verbose: false, ..Fit::default() };
+    let fit = || Fit {
+        batch_size: 64,
+        epochs: 5,
+        verbose: false,
+        ..Fit::default()
+    };
     model.fit(&x, &y, fit()).unwrap();
     let before = rss_mib().unwrap();
-    model.fit(&x, &y, Fit { epochs: 30, ..fit() }).unwrap();
+    model
+        .fit(
+            &x,
+            &y,
+            Fit {
+                epochs: 30,
+                ..fit()
+            },
+        )
+        .unwrap();
     let grown = rss_mib().unwrap() - before;
     // one step of this batch holds about 60 MiB of activations and gradients
     assert!(grown < 60.0, "memory grew by {grown:.0} MiB over 30 steps");

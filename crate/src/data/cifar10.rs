@@ -7,14 +7,29 @@ use super::Dataset;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
-pub const CLASS_NAMES: [&str; 10] =
-    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub const CLASS_NAMES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 const SIDE: usize = 32;
 const RECORD: usize = 1 + 3 * SIDE * SIDE;
 const RECORDS_PER_FILE: usize = 10_000;
-const TRAIN_FILES: [&str; 5] =
-    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+const TRAIN_FILES: [&str; 5] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+];
 const TEST_FILE: &str = "test_batch.bin";
 const META_FILE: &str = "batches.meta.txt";
 
@@ -58,8 +73,12 @@ pub fn load_dir(dir: impl AsRef<Path>) -> Result<(Dataset, Dataset)> {
 fn read_meta(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the class names from {}", path.display()))?;
-    let names: Vec<String> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     ensure!(
         names.len() == CLASS_NAMES.len(),
         "{} should name {} classes, one a line, but names {}",
@@ -75,7 +94,8 @@ fn read_batches(paths: &[PathBuf], class_names: &[String]) -> Result<Dataset> {
     let mut images = Vec::with_capacity(n * (RECORD - 1));
     let mut labels = Vec::with_capacity(n);
     for path in paths {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read CIFAR-10 batch {}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read CIFAR-10 batch {}", path.display()))?;
         parse_batch(&bytes, class_names.len(), &mut images, &mut labels)
             .with_context(|| format!("{} is not a CIFAR-10 binary batch", path.display()))?;
     }
@@ -83,13 +103,22 @@ fn read_batches(paths: &[PathBuf], class_names: &[String]) -> Result<Dataset> {
 }
 
 /// Appends the records of one batch file (10,000 records) to `images` and `labels`.
-pub fn parse_batch(bytes: &[u8], classes: usize, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
+pub fn parse_batch(
+    bytes: &[u8],
+    classes: usize,
+    images: &mut Vec<u8>,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
     let expected = RECORDS_PER_FILE * RECORD;
     if bytes.len() != expected {
         bail!(
             "expected {expected} bytes ({RECORDS_PER_FILE} records of {RECORD}), found {} ({})",
             bytes.len(),
-            if bytes.len() < expected { "truncated" } else { "too long" }
+            if bytes.len() < expected {
+                "truncated"
+            } else {
+                "too long"
+            }
         );
     }
     parse_records(bytes, classes, images, labels)
@@ -100,22 +129,42 @@ pub fn parse_batch(bytes: &[u8], classes: usize, images: &mut Vec<u8>, labels: &
 /// a small real sample travels to a machine without the dataset.
 pub fn load_records(path: impl AsRef<Path>) -> Result<Dataset> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read CIFAR-10 records {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read CIFAR-10 records {}", path.display()))?;
     ensure!(
         !bytes.is_empty() && bytes.len() % RECORD == 0,
         "{} holds {} bytes, not a whole number of CIFAR-10 records ({RECORD} bytes each)",
         path.display(),
         bytes.len()
     );
-    let (mut images, mut labels) = (Vec::with_capacity(bytes.len()), Vec::with_capacity(bytes.len() / RECORD));
-    parse_records(&bytes, CLASS_NAMES.len(), &mut images, &mut labels).with_context(|| format!("in {}", path.display()))?;
-    Dataset::new(images, labels, CLASS_NAMES.map(String::from).to_vec(), SIDE, SIDE)
+    let (mut images, mut labels) = (
+        Vec::with_capacity(bytes.len()),
+        Vec::with_capacity(bytes.len() / RECORD),
+    );
+    parse_records(&bytes, CLASS_NAMES.len(), &mut images, &mut labels)
+        .with_context(|| format!("in {}", path.display()))?;
+    Dataset::new(
+        images,
+        labels,
+        CLASS_NAMES.map(String::from).to_vec(),
+        SIDE,
+        SIDE,
+    )
 }
 
-fn parse_records(bytes: &[u8], classes: usize, images: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
+fn parse_records(
+    bytes: &[u8],
+    classes: usize,
+    images: &mut Vec<u8>,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
     for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
         let label = record[0];
-        ensure!((label as usize) < classes, "record {i} has label {label}, but labels go from 0 to {}", classes - 1);
+        ensure!(
+            (label as usize) < classes,
+            "record {i} has label {label}, but labels go from 0 to {}",
+            classes - 1
+        );
         labels.push(label);
         images.extend_from_slice(&record[1..]);
     }

@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 /// naming it.
 pub fn load_image_folder(dir: impl AsRef<Path>, height: usize, width: usize) -> Result<Dataset> {
     let dir = dir.as_ref();
-    ensure!(dir.is_dir(), "image folder {} does not exist: it should hold one subfolder per class", dir.display());
+    ensure!(
+        dir.is_dir(),
+        "image folder {} does not exist: it should hold one subfolder per class",
+        dir.display()
+    );
     let mut classes: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -26,22 +30,40 @@ pub fn load_image_folder(dir: impl AsRef<Path>, height: usize, width: usize) -> 
         dir.display(),
         classes.len()
     );
-    ensure!(classes.len() <= 256, "{} has {} classes; at most 256 are supported", dir.display(), classes.len());
+    ensure!(
+        classes.len() <= 256,
+        "{} has {} classes; at most 256 are supported",
+        dir.display(),
+        classes.len()
+    );
     let mut images = Vec::new();
     let mut labels = Vec::new();
     let mut class_names = Vec::new();
     for (label, class_dir) in classes.iter().enumerate() {
-        class_names.push(class_dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        class_names.push(
+            class_dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
         let mut files: Vec<PathBuf> = std::fs::read_dir(class_dir)
             .with_context(|| format!("cannot list {}", class_dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| is_image(p))
             .collect();
         files.sort();
-        ensure!(!files.is_empty(), "class folder {} holds no PNG or JPEG images", class_dir.display());
+        ensure!(
+            !files.is_empty(),
+            "class folder {} holds no PNG or JPEG images",
+            class_dir.display()
+        );
         for file in files {
-            let img = image::open(&file).with_context(|| format!("cannot read image {}", file.display()))?;
-            let img = img.resize_exact(width as u32, height as u32, FilterType::Triangle).to_rgb8();
+            let img = image::open(&file)
+                .with_context(|| format!("cannot read image {}", file.display()))?;
+            let img = img
+                .resize_exact(width as u32, height as u32, FilterType::Triangle)
+                .to_rgb8();
             append_planar(&img, &mut images);
             labels.push(label as u8);
         }
@@ -71,7 +93,10 @@ pub fn load_image_folders(
 }
 
 fn is_image(path: &Path) -> bool {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     path.is_file() && matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
 }
 
@@ -94,7 +119,9 @@ impl Dataset {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (mut train, mut test) = (Vec::new(), Vec::new());
         for class in 0..self.num_classes() {
-            let mut members: Vec<usize> = (0..self.len()).filter(|&i| self.labels[i] as usize == class).collect();
+            let mut members: Vec<usize> = (0..self.len())
+                .filter(|&i| self.labels[i] as usize == class)
+                .collect();
             members.shuffle(&mut rng);
             let n_test = (members.len() as f64 * test_fraction).round() as usize;
             test.extend_from_slice(&members[..n_test]);

@@ -42,7 +42,10 @@ impl Dataset {
         width: usize,
     ) -> Result<Self> {
         let image_len = CHANNELS * height * width;
-        ensure!(image_len > 0, "images must have a non-zero size, got {height}x{width}");
+        ensure!(
+            image_len > 0,
+            "images must have a non-zero size, got {height}x{width}"
+        );
         ensure!(
             images.len() == labels.len() * image_len,
             "{} labels need {} pixel bytes ({}x{}x{} each), got {}",
@@ -53,10 +56,23 @@ impl Dataset {
             CHANNELS,
             images.len()
         );
-        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= class_names.len()) {
-            anyhow::bail!("label {l} of image {i} is not a class: there are {} classes", class_names.len());
+        if let Some((i, &l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= class_names.len())
+        {
+            anyhow::bail!(
+                "label {l} of image {i} is not a class: there are {} classes",
+                class_names.len()
+            );
         }
-        Ok(Self { images, labels, class_names, height, width })
+        Ok(Self {
+            images,
+            labels,
+            class_names,
+            height,
+            width,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -135,7 +151,11 @@ impl Dataset {
     /// as the article does (`x_train.astype('float32') / 255`).
     pub fn images_f32(&self) -> Result<Tensor> {
         let data: Vec<f32> = self.images.iter().map(|&b| b as f32 / 255.0).collect();
-        Ok(Tensor::from_vec(data, (self.len(), CHANNELS, self.height, self.width), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            data,
+            (self.len(), CHANNELS, self.height, self.width),
+            &Device::Cpu,
+        )?)
     }
 
     /// The labels one-hot encoded, as `[N, classes]` f32.
@@ -148,10 +168,17 @@ impl Dataset {
 pub fn to_categorical(labels: &[u8], num_classes: usize) -> Result<Tensor> {
     let mut data = vec![0f32; labels.len() * num_classes];
     for (i, &l) in labels.iter().enumerate() {
-        ensure!((l as usize) < num_classes, "label {l} at {i} is not below num_classes = {num_classes}");
+        ensure!(
+            (l as usize) < num_classes,
+            "label {l} at {i} is not below num_classes = {num_classes}"
+        );
         data[i * num_classes + l as usize] = 1.0;
     }
-    Ok(Tensor::from_vec(data, (labels.len(), num_classes), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        data,
+        (labels.len(), num_classes),
+        &Device::Cpu,
+    )?)
 }
 
 /// Keras's `validation_split`: the *last* `fraction` of the samples, taken
@@ -170,9 +197,22 @@ pub fn split_sizes(n: usize, fraction: f64) -> Result<(usize, usize)> {
 /// Row `row` of image `i` of an `[N, 3, H, W]` tensor, printed like numpy
 /// prints `x_train[0][0]` after normalization.
 pub fn tensor_row(x: &Tensor, i: usize, row: usize) -> Result<NormalizedRow> {
-    let planes: Vec<Vec<f32>> = x.get(i)?.narrow(1, row, 1)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
-    ensure!(planes.len() == CHANNELS, "expected {CHANNELS} colour planes, got {}", planes.len());
-    Ok(NormalizedRow((0..planes[0].len()).map(|x| [planes[0][x], planes[1][x], planes[2][x]]).collect()))
+    let planes: Vec<Vec<f32>> = x
+        .get(i)?
+        .narrow(1, row, 1)?
+        .squeeze(1)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec2()?;
+    ensure!(
+        planes.len() == CHANNELS,
+        "expected {CHANNELS} colour planes, got {}",
+        planes.len()
+    );
+    Ok(NormalizedRow(
+        (0..planes[0].len())
+            .map(|x| [planes[0][x], planes[1][x], planes[2][x]])
+            .collect(),
+    ))
 }
 
 /// One row of an image, printed like numpy prints `x_train[0][0]`.
@@ -188,8 +228,11 @@ impl PixelRow {
 
 impl std::fmt::Display for PixelRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let rows: Vec<String> =
-            self.0.iter().map(|[r, g, b]| format!("[{r:3} {g:3} {b:3}]")).collect();
+        let rows: Vec<String> = self
+            .0
+            .iter()
+            .map(|[r, g, b]| format!("[{r:3} {g:3} {b:3}]"))
+            .collect();
         write!(f, "[{}]", rows.join("\n "))
     }
 }

@@ -38,12 +38,19 @@ fn mask(n: usize, rate: f64, seed: u64) -> Vec<f32> {
     // A value survives when a uniform u32 is at least rate·2³².
     let threshold = (rate * 4_294_967_296.0) as u64;
     let mut mask = vec![0f32; n];
-    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-        let mut rng = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        for m in chunk {
-            *m = if rng.random::<u32>() as u64 >= threshold { keep } else { 0.0 };
-        }
-    });
+    mask.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut rng =
+                StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            for m in chunk {
+                *m = if rng.random::<u32>() as u64 >= threshold {
+                    keep
+                } else {
+                    0.0
+                };
+            }
+        });
     mask
 }
 
@@ -54,12 +61,22 @@ struct Dropout {
 
 impl Dropout {
     fn apply(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = l.contiguous_offsets() else { bail!("dropout: input must be contiguous") };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            bail!("dropout: input must be contiguous")
+        };
         let x = &s.as_slice::<f32>()?[start..end];
         if x.len() != self.mask.len() {
-            bail!("dropout: mask of {} values for a tensor of {}", self.mask.len(), x.len());
+            bail!(
+                "dropout: mask of {} values for a tensor of {}",
+                self.mask.len(),
+                x.len()
+            );
         }
-        let y: Vec<f32> = x.par_iter().zip(self.mask.par_iter()).map(|(&x, &m)| x * m).collect();
+        let y: Vec<f32> = x
+            .par_iter()
+            .zip(self.mask.par_iter())
+            .map(|(&x, &m)| x * m)
+            .collect();
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 }
@@ -75,7 +92,9 @@ impl CustomOp1 for Dropout {
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dy = dy.contiguous()?;
-        Ok(Some(dy.apply_op1_no_bwd(&Dropout { mask: self.mask.clone() })?))
+        Ok(Some(dy.apply_op1_no_bwd(&Dropout {
+            mask: self.mask.clone(),
+        })?))
     }
 }
 
@@ -97,13 +116,30 @@ mod tests {
     /// the mask too; the tensor path (f64 here) draws the same mask.
     #[test]
     fn gradient_is_the_mask_and_both_paths_agree() {
-        let x = candle_core::Var::ones((4, 3, 70, 70), DType::F32, &candle_core::Device::Cpu).unwrap();
+        let x =
+            candle_core::Var::ones((4, 3, 70, 70), DType::F32, &candle_core::Device::Cpu).unwrap();
         let y = dropout(x.as_tensor(), 0.5, &mut StdRng::seed_from_u64(3)).unwrap();
         let grad = y.sum_all().unwrap().backward().unwrap();
         let g = grad.get(x.as_tensor()).unwrap();
-        assert_eq!(g.flatten_all().unwrap().to_vec1::<f32>().unwrap(), y.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        let y64 = dropout(&x.as_tensor().to_dtype(DType::F64).unwrap(), 0.5, &mut StdRng::seed_from_u64(3)).unwrap();
-        assert_eq!(y64.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), y.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        let y64 = dropout(
+            &x.as_tensor().to_dtype(DType::F64).unwrap(),
+            0.5,
+            &mut StdRng::seed_from_u64(3),
+        )
+        .unwrap();
+        assert_eq!(
+            y64.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
         assert!(dropout(x.as_tensor(), 1.0, &mut StdRng::seed_from_u64(3)).is_err());
     }
 }

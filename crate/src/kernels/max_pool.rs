@@ -24,10 +24,10 @@
 //! candle fixes its own op.
 
 use candle_core::backend::BackendStorage;
-use rayon::prelude::*;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType,
 };
+use rayon::prelude::*;
 
 /// Keras `MaxPooling2D(pool_size=(pool, pool))`: stride `pool`, `'valid'`
 /// padding, on an NCHW tensor `[N, C, H, W]`, giving `[N, C, H/pool, W/pool]`

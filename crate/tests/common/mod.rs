@@ -18,9 +18,13 @@ pub fn cifar10_dir() -> Option<PathBuf> {
 /// A small learnable dataset: class k's images are mostly colour channel
 /// k % 3 with a bright square whose position depends on k, plus noise.
 pub fn synthetic(n: usize, classes: usize, side: usize, seed: u64) -> Dataset {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as u32
     };
     let mut images = Vec::with_capacity(n * 3 * side * side);
@@ -32,7 +36,8 @@ pub fn synthetic(n: usize, classes: usize, side: usize, seed: u64) -> Dataset {
             for y in 0..side {
                 for x in 0..side {
                     let base = if c == k % 3 { 150 } else { 40 };
-                    let square = (y < side / 2) == k.is_multiple_of(2) && (x < side / 2) == (k / 2).is_multiple_of(2);
+                    let square = (y < side / 2) == k.is_multiple_of(2)
+                        && (x < side / 2) == (k / 2).is_multiple_of(2);
                     let v = base + if square { 80 } else { 0 } + (next() % 25) as i32;
                     images.push(v.min(255) as u8);
                 }

@@ -51,8 +51,15 @@ pub fn check(args: CheckArgs) -> Result<()> {
     let (x, y) = generated(args.epoch_images, &device)?;
     let mut model = Sequential::article(&[3, 32, 32], 10, 0, &device)?;
     model.compile(Adam::default())?;
-    println!("timing {} epochs of {} generated images", args.timed_epochs, args.epoch_images);
-    let fit = Fit { batch_size: args.batch_size, epochs: args.timed_epochs, ..Fit::default() };
+    println!(
+        "timing {} epochs of {} generated images",
+        args.timed_epochs, args.epoch_images
+    );
+    let fit = Fit {
+        batch_size: args.batch_size,
+        epochs: args.timed_epochs,
+        ..Fit::default()
+    };
     let timed = model.fit(&x, &y, fit)?;
     drop((x, y));
     report.insert("epoch_images".into(), args.epoch_images.into());
@@ -62,14 +69,26 @@ pub fn check(args: CheckArgs) -> Result<()> {
     let test_x = match (&args.train, &args.test) {
         (Some(train), Some(test)) => {
             let (train, test) = (data::load_records(train)?, data::load_records(test)?);
-            println!("training {} epochs on {} real images, testing on {}", args.epochs, train.len(), test.len());
+            println!(
+                "training {} epochs on {} real images, testing on {}",
+                args.epochs,
+                train.len(),
+                test.len()
+            );
             model = Sequential::article(&[3, 32, 32], 10, 0, &device)?;
             model.compile(Adam::default())?;
-            let fit = Fit { batch_size: args.batch_size, epochs: args.epochs, ..Fit::default() };
+            let fit = Fit {
+                batch_size: args.batch_size,
+                epochs: args.epochs,
+                ..Fit::default()
+            };
             let history = model.fit(&train.images_f32()?, &train.labels_one_hot()?, fit)?;
             let test_x = test.images_f32()?;
             let score = model.evaluate(&test_x, &test.labels_one_hot()?)?;
-            println!("test loss {:.4}, test accuracy {:.4}", score.loss, score.accuracy);
+            println!(
+                "test loss {:.4}, test accuracy {:.4}",
+                score.loss, score.accuracy
+            );
             report.insert("train_images".into(), train.len().into());
             report.insert("test_images".into(), test.len().into());
             report.insert("train_epoch_seconds".into(), history.epoch_seconds.into());
@@ -121,7 +140,10 @@ fn compare_with_cpu(model: &mut Sequential, x: &Tensor) -> Result<(f64, f64)> {
     let mut on_cpu = Sequential::load_on(&stem, &Device::Cpu)?;
     let _ = std::fs::remove_dir_all(&dir);
     let (p_device, p_cpu) = (model.predict(x)?, on_cpu.predict(x)?);
-    let same = p_device.argmax(D::Minus1)?.eq(&p_cpu.argmax(D::Minus1)?)?.to_dtype(candle_core::DType::F32)?;
+    let same = p_device
+        .argmax(D::Minus1)?
+        .eq(&p_cpu.argmax(D::Minus1)?)?
+        .to_dtype(candle_core::DType::F32)?;
     let agreement = same.mean_all()?.to_scalar::<f32>()? as f64;
     let max_diff = (p_device - p_cpu)?.abs()?.max_all()?.to_scalar::<f32>()? as f64;
     Ok((agreement, max_diff))

@@ -90,11 +90,20 @@ fn train(args: TrainArgs) -> Result<()> {
     };
     let train = subset(train, args.train_size);
     let test = subset(test, args.test_size);
-    println!("x_train: {} images, x_test: {} images", train.len(), test.len());
+    println!(
+        "x_train: {} images, x_test: {} images",
+        train.len(),
+        test.len()
+    );
     let (x_train, y_train) = (train.images_f32()?, train.labels_one_hot()?);
     let (x_test, y_test) = (test.images_f32()?, test.labels_one_hot()?);
 
-    let mut model = Sequential::article(&x_train.dims()[1..], train.num_classes(), args.seed, &device)?;
+    let mut model = Sequential::article(
+        &x_train.dims()[1..],
+        train.num_classes(),
+        args.seed,
+        &device,
+    )?;
     model.summary()?;
     model.compile(Adam::default())?;
     let fit = Fit {
@@ -102,7 +111,11 @@ fn train(args: TrainArgs) -> Result<()> {
         epochs: args.epochs,
         validation_split: args.validation_split,
         augment: args.augment,
-        backup_dir: Some(args.backup_dir.clone().unwrap_or_else(|| args.out.join("backup"))),
+        backup_dir: Some(
+            args.backup_dir
+                .clone()
+                .unwrap_or_else(|| args.out.join("backup")),
+        ),
         ..Fit::default()
     };
     let history = model.fit(&x_train, &y_train, fit)?;
@@ -120,7 +133,11 @@ fn train(args: TrainArgs) -> Result<()> {
 
     let predicted = model.predict_classes(&x_test)?;
     for (i, &p) in predicted.iter().enumerate().take(args.show) {
-        println!("test image {i}: predict: {}, answer: {}", test.class_names[p], test.class_name(i));
+        println!(
+            "test image {i}: predict: {}, answer: {}",
+            test.class_names[p],
+            test.class_name(i)
+        );
     }
     Ok(())
 }
@@ -155,9 +172,15 @@ fn bench(args: BenchArgs) -> Result<()> {
     for _ in 0..3 {
         model.train_on_batch(&x, &y)?;
     }
-    let step = median_secs(args.steps.max(1), || model.train_on_batch(&x, &y).map(|_| ()))?;
+    let step = median_secs(args.steps.max(1), || {
+        model.train_on_batch(&x, &y).map(|_| ())
+    })?;
     let infer = median_secs(args.steps.max(1), || model.predict(&x).map(|_| ()))?;
-    eprintln!("device: {}, batch {b}, {} timed steps", describe(&device), args.steps);
+    eprintln!(
+        "device: {}, batch {b}, {} timed steps",
+        describe(&device),
+        args.steps
+    );
     println!(
         "{{\"train_step_ms\": {:.1}, \"infer_ms\": {:.1}, \"images_per_s\": {:.0}}}",
         step * 1e3,
