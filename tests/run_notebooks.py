@@ -12,6 +12,7 @@ The environment (EPOCHS, TRAIN_SIZE, CIFAR10_DIR, ...) passes to the kernel.
 """
 import argparse
 import os
+import queue
 import random
 import struct
 import sys
@@ -122,6 +123,10 @@ def run(path, out_dir, timeout):
     return seconds, problems
 
 
+# How long the failing-cell check waits for output that comes after a cell's end.
+LATE_OUTPUT_SECONDS = 5
+
+
 def check_failing_cell(out_dir, timeout):
     """A cell whose `?` meets an error shows a readable message, and the next
     cell still runs in the same kernel with the earlier variables."""
@@ -137,6 +142,25 @@ def check_failing_cell(out_dir, timeout):
     ]
     client = NotebookClient(nb, kernel_name="rust", timeout=timeout, startup_timeout=120,
                             resources={"metadata": {"path": str(ROOT / "notebooks")}})
+
+    async def collect_late_output(cell, cell_index, execute_reply):
+        """evcxr_jupyter forwards the program's stdout/stderr from a thread of
+        its own, so under load a cell's last line (here, the error) can reach
+        iopub after the cell's `idle`, where nbclient has stopped listening.
+        Wait for such lines after the failing cell, as a browser would show them."""
+        if cell_index != 2:
+            return
+        deadline = time.monotonic() + LATE_OUTPUT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                msg = await client.kc.get_iopub_msg(timeout=0.2)
+            except queue.Empty:
+                continue
+            if msg["msg_type"] == "stream":
+                cell.outputs.append(nbformat.v4.new_output("stream", name=msg["content"]["name"],
+                                                           text=msg["content"]["text"]))
+
+    client.on_cell_executed = collect_late_output
     client.execute()
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / "failing_cell.ipynb")
