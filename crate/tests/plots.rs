@@ -5,27 +5,14 @@
 //! a look.
 
 use base64::Engine as _;
-use cifar10_cnn::data::Dataset;
+use cifar10_cnn::data::{Dataset, CLASS_NAMES};
 use cifar10_cnn::gallery::{Gallery, CAPTION_COLOR, GAP, MISTAKE_COLOR};
 use cifar10_cnn::history::History;
 use cifar10_cnn::plot::{self, image_to_png, TRAIN_COLOR, VAL_COLOR};
 use image::{Rgb, RgbImage};
 
-const CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
-
 fn class_names() -> Vec<String> {
-    CLASSES.iter().map(|s| s.to_string()).collect()
+    CLASS_NAMES.iter().map(|s| s.to_string()).collect()
 }
 
 fn preview(name: &str, bytes: &[u8]) {
@@ -341,7 +328,7 @@ fn confusion_matrix_draws_counts_names_and_a_heat_map() {
     let fig = plot::confusion_matrix(&m, &class_names()).unwrap();
     let svg = fig.svg();
     preview("confusion.svg", svg.as_bytes());
-    for name in CLASSES {
+    for name in CLASS_NAMES {
         // Once on each axis.
         assert_eq!(
             svg_texts(&svg).iter().filter(|t| *t == name).count(),
