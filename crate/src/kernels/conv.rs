@@ -31,6 +31,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
+mod winograd;
+
 /// `x.conv2d(kernel, padding, 1, 1, 1) + bias`: stride 1, dilation 1, one
 /// group, `padding` zeros on every side.
 ///
@@ -386,13 +388,7 @@ fn backward<T: Float>(
     let runs = g.n.div_ceil(per_run);
     let par = gemm_parallelism(runs);
     let mut out = Vec::with_capacity(dx_len + dk_len + db_len);
-    let mut dx_runs: Vec<Option<&mut [MaybeUninit<T>]>> = match want.dx {
-        true => out.spare_capacity_mut()[..dx_len]
-            .chunks_mut(per_run * g.x_image())
-            .map(Some)
-            .collect(),
-        false => (0..runs).map(|_| None).collect(),
-    };
+    let mut dx_runs = data_chunks(&mut out, dx_len, per_run * g.x_image(), runs);
     let partials: Vec<(Vec<T>, Vec<f64>)> = dx_runs
         .par_iter_mut()
         .enumerate()
@@ -449,6 +445,25 @@ fn backward<T: Float>(
     out.extend((0..dk_len).map(|i| dk_t[(i % ckk) * g.o + i / ckk]));
     out.extend(db.into_iter().map(T::from_f64));
     out
+}
+
+/// The first `len` elements of `out`'s spare capacity in `runs` chunks of
+/// `chunk`, one per run of images, for the runs to fill in parallel; all
+/// `None` when `len` is 0 (no input gradient wanted).
+fn data_chunks<T>(
+    out: &mut Vec<T>,
+    len: usize,
+    chunk: usize,
+    runs: usize,
+) -> Vec<Option<&mut [MaybeUninit<T>]>> {
+    if len == 0 {
+        return (0..runs).map(|_| None).collect();
+    }
+    out.reserve(len);
+    out.spare_capacity_mut()[..len]
+        .chunks_mut(chunk)
+        .map(Some)
+        .collect()
 }
 
 /// `buf` filled with zeros, as initialized values.
@@ -513,13 +528,13 @@ impl CustomOp3 for Conv2d {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
-        let y = on_float!(self.name(), s1, |T| T::to_cpu_storage_owned(forward::<T>(
-            g,
-            data(s1, l1)?,
-            data(s2, l2)?,
-            data(s3, l3)?,
-            self.relu
-        )));
+        let y = on_float!(self.name(), s1, |T| {
+            let (x, kernel, bias) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
+            T::to_cpu_storage_owned(match winograd::applies(g) {
+                true => winograd::forward::<T>(g, x, kernel, bias, self.relu),
+                false => forward::<T>(g, x, kernel, bias, self.relu),
+            })
+        });
         Ok((y, Shape::from((g.n, g.o, g.ho, g.wo))))
     }
 
@@ -593,14 +608,11 @@ impl CustomOp3 for Conv2dBackward {
         };
         let grads = on_float!(self.name(), s1, |T| {
             let y = relu_output.map(|(s, l)| data::<T>(s, l)).transpose()?;
-            T::to_cpu_storage_owned(backward::<T>(
-                g,
-                data(s1, l1)?,
-                data(s2, l2)?,
-                y,
-                data(s3, l3)?,
-                self.want,
-            ))
+            let (x, kernel, dy) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
+            T::to_cpu_storage_owned(match winograd::applies(g) {
+                true => winograd::backward::<T>(g, x, kernel, y, dy, self.want),
+                false => backward::<T>(g, x, kernel, y, dy, self.want),
+            })
         });
         Ok((
             grads,

@@ -1,0 +1,699 @@
+//! Winograd's minimal filtering F(2×2, 3×3) for the 3×3 convolutions with
+//! enough channels (every layer of the article's model but the first).
+//!
+//! Each 2×2 block of output pixels (a *tile*) is computed from the 4×4 input
+//! patch under it as `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` (Lavin & Gray, 2016): the
+//! input patch `d` and the kernel `g` go to a 4×4 "Winograd domain", where
+//! the convolution over the channels becomes 16 independent matrix products,
+//! one per entry `ξ` of the 4×4 (`M_ξ = U_ξ · V_ξ`, output channels × input
+//! channels × tiles). That is 16 multiplies per tile and channel pair
+//! instead of 36: the gemms, which are most of a training step, do 2.25x
+//! fewer multiply-adds than with im2col. The transforms only add and
+//! subtract (and halve, for the kernel).
+//!
+//! Both gradients go through the same domain. With `dM = A dY Aᵀ` (the
+//! adjoint of the output transform):
+//!
+//! * kernel: `dU_ξ = dM_ξ · V_ξᵀ`, then `dK = Gᵀ dU G`;
+//! * input: `dV_ξ = U_ξᵀ · dM_ξ`, then each tile's `B dV Bᵀ` is added back
+//!   onto the 4×4 patch it came from (neighbouring patches overlap by two
+//!   rows or columns).
+//!
+//! Images go through in chunks of a few hundred tiles: gemm then runs near
+//! its peak, and a chunk's matrices stay in cache between the transforms and
+//! the products. In f32 the results differ from im2col's only by rounding
+//! (the transforms' coefficients are 0, ±1 and ±½).
+
+use super::{data_chunks, gemm_parallelism, plane_sum, Float, Geom, Wanted, BACKWARD_RUNS};
+use candle_core::WithDType;
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Entries of a transformed 4×4 tile, `ξ = 4·row + column`: one gemm each.
+const XI: usize = 16;
+
+/// Tiles a chunk of images aims for: enough columns for gemm to run near
+/// its peak, few enough that the chunk's matrices stay in cache.
+const CHUNK_TILES: usize = 512;
+
+/// How a convolution's output splits into 2×2 tiles, and images into chunks.
+///
+/// An image's padded input is kept as four *quadrant planes*, one per
+/// (row parity, column parity): pixel `(2r + a, 2s + b)` is entry `(r, s)`
+/// of plane `2a + b`. Entry `(k, l)` of tile `(ty, tx)`'s 4×4 patch is then
+/// entry `(ty + k/2, tx + l/2)` of plane `2·(k%2) + l%2`, so with the tiles
+/// numbered `t = ty·tq + tx`, each of the 16 patch entries of all tiles is
+/// one contiguous run of a plane, and every transform is a flat loop over
+/// `t` that compiles to vector code. The price is one extra tile column
+/// (`tx = tw`, past the image): its outputs are never written back, its
+/// output gradients are zero, and it adds `1/tq` to the gemms' columns.
+#[derive(Clone, Copy, Debug)]
+struct Tiling {
+    /// tile rows of one image: the output height halved, rounded up
+    th: usize,
+    /// tile columns, `⌈Wo/2⌉`, plus the extra one: the quadrant planes'
+    /// row length
+    tq: usize,
+    /// images per chunk
+    per_chunk: usize,
+}
+
+impl Tiling {
+    fn new(g: &Geom) -> Self {
+        let (th, tq) = (g.ho.div_ceil(2), g.wo.div_ceil(2) + 1);
+        Tiling {
+            th,
+            tq,
+            per_chunk: (CHUNK_TILES / (th * tq)).max(1),
+        }
+    }
+    /// Tiles of one image, the extra column included.
+    fn per_image(&self) -> usize {
+        self.th * self.tq
+    }
+    /// Columns of a chunk's matrices (`V_ξ`, `M_ξ`, ...) for `images`
+    /// images: their tiles side by side, rounded up to a multiple of 16 so
+    /// that gemm reads the matrices in place.
+    fn cols(&self, images: usize) -> usize {
+        (images * self.per_image()).next_multiple_of(16)
+    }
+    /// One quadrant plane: `th + 1` rows of `tq`, and one entry of slack
+    /// for the extra column's last tile, whose patch wraps past the end.
+    fn quad_len(&self) -> usize {
+        (self.th + 1) * self.tq + 1
+    }
+}
+
+/// Whether [`forward`] and [`backward`] take a convolution: 3×3 kernels with
+/// enough channels on both sides that the products are worth a gemm. (The
+/// first layer's 3 input channels stay on im2col.)
+pub(super) fn applies(g: &Geom) -> bool {
+    const MIN_CHANNELS: usize = 16;
+    g.k == 3 && g.c >= MIN_CHANNELS && g.o >= MIN_CHANNELS
+}
+
+/// The kernels in the Winograd domain, `U [16, O, C]`: `G g Gᵀ` for each
+/// 3×3 kernel `g` of `kernel [O, C, 3, 3]`, with
+/// `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
+fn transform_kernel<T: Float>(g: &Geom, kernel: &[T]) -> Vec<T> {
+    let half = T::from_f64(0.5);
+    // G applied to three values: its four rows.
+    let gv = |a: T, b: T, c: T| [a, (a + b + c) * half, (a - b + c) * half, c];
+    let oc = g.o * g.c;
+    let mut u = vec![T::zero(); XI * oc];
+    for (j, k) in kernel.chunks_exact(9).enumerate() {
+        let cols = [0, 1, 2].map(|l| gv(k[l], k[3 + l], k[6 + l]));
+        for i in 0..4 {
+            let row = gv(cols[0][i], cols[1][i], cols[2][i]);
+            for (jj, v) in row.into_iter().enumerate() {
+                u[(4 * i + jj) * oc + j] = v;
+            }
+        }
+    }
+    u
+}
+
+/// The adjoint of [`transform_kernel`]: `dK [O, C, 3, 3]` from
+/// `dUᵀ [16, C, O]`, `Gᵀ dU G` for each kernel.
+fn untransform_kernel_grad<T: Float>(g: &Geom, du_t: &[T]) -> Vec<T> {
+    let half = T::from_f64(0.5);
+    // Gᵀ applied to four values: its three rows.
+    let gt = |a: T, b: T, c: T, d: T| [a + (b + c) * half, (b - c) * half, (b + c) * half + d];
+    let oc = g.o * g.c;
+    let mut dk = vec![T::zero(); 9 * oc];
+    for (j, out) in dk.chunks_exact_mut(9).enumerate() {
+        let (o, c) = (j / g.c, j % g.c);
+        let du = |xi: usize| du_t[xi * oc + c * g.o + o];
+        let rows = [0, 1, 2, 3].map(|i| gt(du(4 * i), du(4 * i + 1), du(4 * i + 2), du(4 * i + 3)));
+        for l in 0..3 {
+            let col = gt(rows[0][l], rows[1][l], rows[2][l], rows[3][l]);
+            for (k, v) in col.into_iter().enumerate() {
+                out[3 * k + l] = v;
+            }
+        }
+    }
+    dk
+}
+
+/// Defines `fn $name<T: Float>(args)` so that its body (and everything it
+/// inlines) is compiled three times: for AVX-512, for AVX2 + FMA, and for
+/// the baseline, picked at run time. The transforms are flat loops that
+/// vectorize; without this they would get the baseline's 4-wide SSE.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* fn $name:ident<T>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name<T: Float>($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body<T: Float>($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512<T: Float>($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<T: Float>($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: this CPU has the features avx512 is built for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// `(w, x, y, z) = f(a, b, c, d)` element-wise. Each run is its own
+/// reference argument, which tells the compiler that they do not overlap:
+/// that is what lets these loops vectorize.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn map4to4<T: Float>(
+    [a, b, c, d]: [&[T]; 4],
+    w: &mut [T],
+    x: &mut [T],
+    y: &mut [T],
+    z: &mut [T],
+    f: impl Fn(T, T, T, T) -> [T; 4],
+) {
+    let n = w.len();
+    let (a, b, c, d) = (&a[..n], &b[..n], &c[..n], &d[..n]);
+    let (x, y, z) = (&mut x[..n], &mut y[..n], &mut z[..n]);
+    for i in 0..n {
+        [w[i], x[i], y[i], z[i]] = f(a[i], b[i], c[i], d[i]);
+    }
+}
+
+/// `(w, x) = f(a, b, c, d)` element-wise; see [`map4to4`].
+#[inline(always)]
+fn map4to2<T: Float>(
+    [a, b, c, d]: [&[T]; 4],
+    w: &mut [T],
+    x: &mut [T],
+    f: impl Fn(T, T, T, T) -> [T; 2],
+) {
+    let n = w.len();
+    let (a, b, c, d, x) = (&a[..n], &b[..n], &c[..n], &d[..n], &mut x[..n]);
+    for i in 0..n {
+        [w[i], x[i]] = f(a[i], b[i], c[i], d[i]);
+    }
+}
+
+/// `(w, x, y, z) = f(a, b)` element-wise; see [`map4to4`].
+#[inline(always)]
+fn map2to4<T: Float>(
+    a: &[T],
+    b: &[T],
+    [w, x, y, z]: [&mut [T]; 4],
+    f: impl Fn(T, T) -> [T; 4],
+) {
+    let n = w.len();
+    let (a, b) = (&a[..n], &b[..n]);
+    let (x, y, z) = (&mut x[..n], &mut y[..n], &mut z[..n]);
+    for i in 0..n {
+        [w[i], x[i], y[i], z[i]] = f(a[i], b[i]);
+    }
+}
+
+/// `K` runs of `n` from the start of `buf`.
+#[inline(always)]
+fn runs_mut<T, const K: usize>(buf: &mut [T], n: usize) -> [&mut [T]; K] {
+    let mut it = buf.chunks_exact_mut(n);
+    std::array::from_fn(|_| it.next().expect("buffer holds K runs"))
+}
+
+/// `Bᵀ` applied to four values (a column or row of a 4×4 patch), with
+/// `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+#[inline(always)]
+fn bt<T: Float>(a: T, b: T, c: T, d: T) -> [T; 4] {
+    [a - c, b + c, c - b, b - d]
+}
+
+/// `B` applied to four values: the transpose of [`bt`].
+#[inline(always)]
+fn b<T: Float>(a: T, b: T, c: T, d: T) -> [T; 4] {
+    [a, b - c + d, b + c - a, T::zero() - d]
+}
+
+/// `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]` applied to four values.
+#[inline(always)]
+fn at<T: Float>(a: T, b: T, c: T, d: T) -> [T; 2] {
+    [a + b + c, b - c - d]
+}
+
+/// `A` applied to two values: the transpose of [`at`].
+#[inline(always)]
+fn a<T: Float>(e: T, o: T) -> [T; 4] {
+    [e, e + o, e - o, T::zero() - o]
+}
+
+/// Where row `ih` of an image `w` wide, placed at offset `(p, p)`, lands in
+/// the quadrant planes: the runs that take its even-indexed and its
+/// odd-indexed pixels, as `(start, len)` in `quads`.
+#[inline(always)]
+fn row_runs(t: &Tiling, ih: usize, w: usize, p: usize) -> [(usize, usize); 2] {
+    let (r, a) = ((ih + p) / 2, (ih + p) % 2);
+    // Pixel iw lands on padded column iw + p: plane 2a + (iw + p) % 2,
+    // entry (iw + p) / 2 of its row r.
+    let run = |iw: usize| {
+        let plane = 2 * a + (iw + p) % 2;
+        (plane * t.quad_len() + r * t.tq + (iw + p) / 2, (w - iw).div_ceil(2))
+    };
+    [run(0), run(1.min(w))]
+}
+
+/// Splits `src [h, w]`, placed at offset `(p, p)` in a zero grid, into the
+/// four quadrant planes `quads [4, quad_len]` (see [`Tiling`]).
+#[inline(always)]
+fn split<T: WithDType>(src: &[T], w: usize, p: usize, t: &Tiling, quads: &mut [T]) {
+    quads.fill(T::zero());
+    for (ih, row) in src.chunks_exact(w).enumerate() {
+        let [(even_at, even_len), (odd_at, odd_len)] = row_runs(t, ih, w, p);
+        // The two runs lie in different planes.
+        let (lo, hi) = quads.split_at_mut(even_at.max(odd_at));
+        let (even, odd) = match even_at < odd_at {
+            true => (&mut lo[even_at..][..even_len], &mut hi[..odd_len]),
+            false => (&mut hi[..even_len], &mut lo[odd_at..][..odd_len]),
+        };
+        // Pairs in one loop, which vectorizes (two strided loops do not).
+        let pairs = row.chunks_exact(2);
+        if let [last] = pairs.remainder() {
+            even[even_len - 1] = *last;
+        }
+        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+            (*e, *o) = (pair[0], pair[1]);
+        }
+    }
+}
+
+/// The inverse of [`split`]: every element of `dst [h, w]` read back from
+/// the quadrant planes, plus `bias` (and through the ReLU when asked).
+#[inline(always)]
+fn merge<T: Float>(
+    quads: &[T],
+    w: usize,
+    p: usize,
+    t: &Tiling,
+    dst: &mut [MaybeUninit<T>],
+    bias: T,
+    relu: bool,
+) {
+    let act = |v: T| if relu { T::relu(v + bias) } else { v + bias };
+    for (ih, row) in dst.chunks_exact_mut(w).enumerate() {
+        let [(even_at, even_len), (odd_at, odd_len)] = row_runs(t, ih, w, p);
+        let (even, odd) = (&quads[even_at..][..even_len], &quads[odd_at..][..odd_len]);
+        let mut pairs = row.chunks_exact_mut(2);
+        for ((pair, &e), &o) in pairs.by_ref().zip(even).zip(odd) {
+            pair[0].write(act(e));
+            pair[1].write(act(o));
+        }
+        if let [last] = pairs.into_remainder() {
+            last.write(act(even[even_len - 1]));
+        }
+    }
+}
+
+/// Zeroes the columns `used..cols` of every row of a chunk matrix: gemm
+/// reads them (and sums over them for the kernel gradient), and scratch
+/// holds whatever the last call left there.
+fn zero_past<T: WithDType>(m: &mut [T], cols: usize, used: usize) {
+    for row in m.chunks_exact_mut(cols) {
+        row[used..].fill(T::zero());
+    }
+}
+
+/// Row `ch` of each `ξ` block of a chunk matrix `[16, channels, cols]`,
+/// from column `t0`, `len` long.
+fn streams_mut<T>(
+    m: &mut [T],
+    channels: usize,
+    ch: usize,
+    cols: usize,
+    t0: usize,
+    len: usize,
+) -> [&mut [T]; XI] {
+    let mut it = m
+        .chunks_exact_mut(channels * cols)
+        .map(|block| &mut block[ch * cols + t0..][..len]);
+    std::array::from_fn(|_| it.next().expect("16 blocks"))
+}
+
+/// Read-only [`streams_mut`].
+fn streams<T>(m: &[T], channels: usize, ch: usize, cols: usize, t0: usize, len: usize) -> [&[T]; XI] {
+    let mut it = m
+        .chunks_exact(channels * cols)
+        .map(|block| &block[ch * cols + t0..][..len]);
+    std::array::from_fn(|_| it.next().expect("16 blocks"))
+}
+
+/// The 16 entries of every tile's 4×4 patch, `(k, l)` at `4k + l`, as runs
+/// of the quadrant planes (see [`Tiling`]).
+#[inline(always)]
+fn patches<'a, T>(quads: &'a [T], t: &Tiling) -> [&'a [T]; XI] {
+    std::array::from_fn(|kl| {
+        let (k, l) = (kl / 4, kl % 4);
+        let plane = &quads[(2 * (k % 2) + l % 2) * t.quad_len()..][..t.quad_len()];
+        &plane[(k / 2) * t.tq + l / 2..][..t.per_image()]
+    })
+}
+
+/// Scratch one call of the plane transforms below needs: the quadrant
+/// planes and 32 runs of one image's tiles.
+fn work_len(t: &Tiling) -> usize {
+    4 * t.quad_len() + 2 * XI * t.per_image()
+}
+
+multiversion! {
+    /// `V = Bᵀ d B` of every tile of one input channel `x_c [H, W]`, into
+    /// `v` (16 runs, one per ξ).
+    fn input_tiles<T>(g: &Geom, t: &Tiling, x_c: &[T], v: [&mut [T]; XI], work: &mut [T]) {
+        let n = t.per_image();
+        let (quads, q) = work.split_at_mut(4 * t.quad_len());
+        split(x_c, g.w, g.p, t, quads);
+        let d = patches(quads, t);
+        // Bᵀ down each column l of the patches, into q[4l + i] ...
+        for (l, [q0, q1, q2, q3]) in runs_mut::<T, XI>(q, n).into_iter().array_chunks4().enumerate() {
+            map4to4([d[l], d[4 + l], d[8 + l], d[12 + l]], q0, q1, q2, q3, bt);
+        }
+        // ... then B along each row i.
+        let q = &*q;
+        for (i, [v0, v1, v2, v3]) in v.into_iter().array_chunks4().enumerate() {
+            let col = |l: usize| &q[(4 * l + i) * n..][..n];
+            map4to4([col(0), col(1), col(2), col(3)], v0, v1, v2, v3, bt);
+        }
+    }
+}
+
+multiversion! {
+    /// One output channel `y_o [Ho, Wo]` from `M` (16 runs, one per ξ):
+    /// `Aᵀ M A` of every tile, plus the bias (and the ReLU).
+    fn output_tiles<T>(
+        g: &Geom,
+        t: &Tiling,
+        m: [&[T]; XI],
+        y_o: &mut [MaybeUninit<T>],
+        bias: T,
+        relu: bool,
+        work: &mut [T],
+    ) {
+        let n = t.per_image();
+        let (quads, s) = work.split_at_mut(4 * t.quad_len());
+        // A along each row i, into s[2i + j] ...
+        for (i, [s0, s1]) in runs_mut::<T, 8>(s, n).into_iter().array_chunks2().enumerate() {
+            map4to2([m[4 * i], m[4 * i + 1], m[4 * i + 2], m[4 * i + 3]], s0, s1, at);
+        }
+        // ... then Aᵀ down each column j: pixel (a, j) of each tile.
+        let s = &*s;
+        let [y00, y01, y10, y11] = runs_mut::<T, 4>(quads, t.quad_len());
+        for (j, (ya, yb)) in [(y00, y10), (y01, y11)].into_iter().enumerate() {
+            let row = |i: usize| &s[(2 * i + j) * n..][..n];
+            map4to2([row(0), row(1), row(2), row(3)], &mut ya[..n], yb, at);
+        }
+        merge(quads, g.wo, 0, t, y_o, bias, relu);
+    }
+}
+
+multiversion! {
+    /// `dM = A dY Aᵀ` of every tile (the adjoint of [`output_tiles`]) of one
+    /// output channel's gradient `dy_o [Ho, Wo]`, into `dm` (16 runs).
+    fn output_grad_tiles<T>(g: &Geom, t: &Tiling, dy_o: &[T], dm: [&mut [T]; XI], work: &mut [T]) {
+        let n = t.per_image();
+        let (quads, z) = work.split_at_mut(4 * t.quad_len());
+        split(dy_o, g.wo, 0, t, quads);
+        let dy: [&[T]; 4] = std::array::from_fn(|q| &quads[q * t.quad_len()..][..n]);
+        // A down each column j (pixels (0, j) and (1, j)), into z[4j + i] ...
+        let [z0, z1] = runs_mut::<T, 2>(&mut z[..8 * n], 4 * n);
+        map2to4(dy[0], dy[2], runs_mut(z0, n), a);
+        map2to4(dy[1], dy[3], runs_mut(z1, n), a);
+        // ... then A along each row i.
+        let z = &*z;
+        for (i, out) in dm.into_iter().array_chunks4().enumerate() {
+            map2to4(&z[i * n..][..n], &z[(4 + i) * n..][..n], out, a);
+        }
+    }
+}
+
+multiversion! {
+    /// One input channel's gradient `dx_c [H, W]` from `dV` (16 runs): each
+    /// tile's `B dV Bᵀ` (the adjoint of [`input_tiles`]) added onto the
+    /// patch it came from, the padding dropped.
+    fn input_grad_tiles<T>(
+        g: &Geom,
+        t: &Tiling,
+        dv: [&[T]; XI],
+        dx_c: &mut [MaybeUninit<T>],
+        work: &mut [T],
+    ) {
+        let n = t.per_image();
+        let (quads, tmp) = work.split_at_mut(4 * t.quad_len());
+        let (r, dd) = tmp.split_at_mut(XI * n);
+        // B down each column j, into r[4j + k] ...
+        for (j, [r0, r1, r2, r3]) in runs_mut::<T, XI>(r, n).into_iter().array_chunks4().enumerate() {
+            map4to4([dv[j], dv[4 + j], dv[8 + j], dv[12 + j]], r0, r1, r2, r3, b);
+        }
+        // ... then B along each row k: patch entry (k, l) at dd[4k + l].
+        let r = &*r;
+        for (k, [d0, d1, d2, d3]) in runs_mut::<T, XI>(dd, n).into_iter().array_chunks4().enumerate() {
+            let col = |j: usize| &r[(4 * j + k) * n..][..n];
+            map4to4([col(0), col(1), col(2), col(3)], d0, d1, d2, d3, b);
+        }
+        // Entry (k, l) goes to plane 2·(k%2) + l%2 at offset (k/2)·tq + l/2.
+        // One pass per offset: entries of a plane at different offsets
+        // overlap from one tile to the next.
+        quads.fill(T::zero());
+        for (dk, dl) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            for (kp, lp) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                let (k, l) = (2 * dk + kp, 2 * dl + lp);
+                let plane = &mut quads[(2 * kp + lp) * t.quad_len()..][..t.quad_len()];
+                let to = &mut plane[dk * t.tq + dl..][..n];
+                for (to, &d) in to.iter_mut().zip(&dd[(4 * k + l) * n..][..n]) {
+                    *to += d;
+                }
+            }
+        }
+        merge(quads, g.w, g.p, t, dx_c, T::zero(), false);
+    }
+}
+
+/// Groups of `K` consecutive items of an iterator of exactly a multiple of `K`.
+trait ArrayChunks: Iterator + Sized {
+    fn array_chunks4(mut self) -> impl Iterator<Item = [Self::Item; 4]> {
+        std::iter::from_fn(move || Some([self.next()?, self.next()?, self.next()?, self.next()?]))
+    }
+    fn array_chunks2(mut self) -> impl Iterator<Item = [Self::Item; 2]> {
+        std::iter::from_fn(move || Some([self.next()?, self.next()?]))
+    }
+}
+impl<I: Iterator> ArrayChunks for I {}
+
+/// For each ξ, `dst_ξᵀ = lhs_ξᵀ · rhs_ξ` where `lhs_ξ` is `[inner, cols]` row-major
+/// (read as its column-major transpose, gemm's in-place form) and `rhs_ξ`
+/// `[inner, rows]` is read through `(rhs_cs, rhs_rs)`; `dst_ξ` is
+/// `[rows, cols]` row-major.
+#[rustfmt::skip]
+#[allow(clippy::too_many_arguments)]
+fn gemm_tiles<T: WithDType>(
+    cols: usize, rows: usize, inner: usize,
+    dst: &mut [T], lhs: &[T], rhs: &[T], rhs_strides: (isize, isize), par: Parallelism,
+) {
+    for xi in 0..XI {
+        let (d, l, r) = (&mut dst[xi * rows * cols..][..rows * cols],
+                         &lhs[xi * inner * cols..][..inner * cols],
+                         &rhs[xi * inner * rows..][..inner * rows]);
+        // SAFETY: d [rows, cols] and l [inner, cols] are row-major with these
+        // sizes, read as column-major transposes; r holds inner·rows values,
+        // read with strides that stay inside it.
+        unsafe {
+            gemm::gemm(
+                cols, rows, inner,
+                d.as_mut_ptr(), cols as isize, 1, false,
+                l.as_ptr(), cols as isize, 1,
+                r.as_ptr(), rhs_strides.0, rhs_strides.1,
+                T::zero(), T::one(), false, false, false, par,
+            )
+        }
+    }
+}
+
+/// The forward pass, chunk by chunk: input transform, 16 gemms
+/// `M_ξᵀ = V_ξᵀ · U_ξᵀ`, output transform with the bias (and the ReLU).
+pub(super) fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T], relu: bool) -> Vec<T> {
+    let t = Tiling::new(g);
+    let u = transform_kernel(g, kernel);
+    let mut y = Vec::with_capacity(g.n * g.y_image());
+    let par = gemm_parallelism(g.n.div_ceil(t.per_chunk));
+    y.spare_capacity_mut()[..g.n * g.y_image()]
+        .par_chunks_mut(t.per_chunk * g.y_image())
+        .zip(x.par_chunks(t.per_chunk * g.x_image()))
+        .for_each(|(y_chunk, x_chunk)| {
+            let (images, n) = (x_chunk.len() / g.x_image(), t.per_image());
+            let cols = t.cols(images);
+            let (v_len, m_len) = (XI * g.c * cols, XI * g.o * cols);
+            T::with_scratch(v_len + m_len + work_len(&t), |scratch| {
+                let (v, rest) = scratch.split_at_mut(v_len);
+                let (m, work) = rest.split_at_mut(m_len);
+                zero_past(v, cols, images * n);
+                for (i, x_n) in x_chunk.chunks_exact(g.x_image()).enumerate() {
+                    for (c, x_c) in x_n.chunks_exact(g.h * g.w).enumerate() {
+                        input_tiles(g, &t, x_c, streams_mut(v, g.c, c, cols, i * n, n), work);
+                    }
+                }
+                // U_ξ [O, C] read as U_ξᵀ: column stride C, row stride 1.
+                gemm_tiles(cols, g.o, g.c, m, v, &u, (g.c as isize, 1), par);
+                for (i, y_n) in y_chunk.chunks_exact_mut(g.y_image()).enumerate() {
+                    for (o, (y_o, &b)) in y_n.chunks_exact_mut(g.hw_out()).zip(bias).enumerate() {
+                        let m = streams(m, g.o, o, cols, i * n, n);
+                        output_tiles(g, &t, m, y_o, b, relu, work);
+                    }
+                }
+            });
+        });
+    // SAFETY: the loop above wrote every element of every image.
+    unsafe { y.set_len(g.n * g.y_image()) };
+    y
+}
+
+/// Every gradient in one pass over the batch, as `conv::backward` does
+/// (same runs, same flat `[dx, dK, db]` result), chunk by chunk within each
+/// run: the ReLU's mask and the bias sums, `dM` (and `V` for the kernel),
+/// then `dUᵀ_ξ += V_ξ · dM_ξᵀ` and `dV_ξ = U_ξᵀ · dM_ξ`, and `dx` from `dV`.
+pub(super) fn backward<T: Float>(
+    g: &Geom,
+    x: &[T],
+    kernel: &[T],
+    y: Option<&[T]>,
+    dy: &[T],
+    want: Wanted,
+) -> Vec<T> {
+    let t = Tiling::new(g);
+    let n = t.per_image();
+    let [dx_len, _, _] = g.grad_lens(want);
+    let per_run = g.n.div_ceil(BACKWARD_RUNS).max(1);
+    let runs = g.n.div_ceil(per_run);
+    let par = gemm_parallelism(runs);
+    let u = want.dx.then(|| transform_kernel(g, kernel));
+    let du_len = XI * g.c * g.o;
+    let mut out = Vec::with_capacity(dx_len + 9 * g.c * g.o + g.o);
+    let mut dx_runs = data_chunks(&mut out, dx_len, per_run * g.x_image(), runs);
+    let partials: Vec<(Vec<T>, Vec<f64>)> = dx_runs
+        .par_iter_mut()
+        .enumerate()
+        .map(|(r, dx_run)| {
+            let mut du_t = vec![T::zero(); if want.dk { du_len } else { 0 }];
+            let mut db = vec![0f64; g.o];
+            let images = r * per_run..((r + 1) * per_run).min(g.n);
+            let max_cols = t.cols(t.per_chunk.min(images.len()));
+            let (v_len, dm_len) = (XI * g.c * max_cols, XI * g.o * max_cols);
+            T::with_scratch(2 * v_len + dm_len + g.y_image() + work_len(&t), |scratch| {
+                let (v, rest) = scratch.split_at_mut(v_len);
+                let (dv, rest) = rest.split_at_mut(v_len);
+                let (dm, rest) = rest.split_at_mut(dm_len);
+                let (masked, work) = rest.split_at_mut(g.y_image());
+                for first in images.clone().step_by(t.per_chunk) {
+                    let chunk = first..(first + t.per_chunk).min(images.end);
+                    let cols = t.cols(chunk.len());
+                    let v = &mut v[..XI * g.c * cols];
+                    let dv = &mut dv[..XI * g.c * cols];
+                    let dm = &mut dm[..XI * g.o * cols];
+                    zero_past(v, cols, chunk.len() * n);
+                    zero_past(dm, cols, chunk.len() * n);
+                    for (j, i) in chunk.clone().enumerate() {
+                        let dy_n = &dy[i * g.y_image()..][..g.y_image()];
+                        let dy_n: &[T] = match y {
+                            Some(y) => {
+                                let y_n = &y[i * g.y_image()..][..g.y_image()];
+                                for ((m, &d), &yv) in masked.iter_mut().zip(dy_n).zip(y_n) {
+                                    *m = T::relu_grad(d, yv);
+                                }
+                                masked
+                            }
+                            None => dy_n,
+                        };
+                        if want.db {
+                            for (s, plane) in db.iter_mut().zip(dy_n.chunks_exact(g.hw_out())) {
+                                *s += plane_sum(plane);
+                            }
+                        }
+                        for (o, dy_o) in dy_n.chunks_exact(g.hw_out()).enumerate() {
+                            let dm = streams_mut(dm, g.o, o, cols, j * n, n);
+                            output_grad_tiles(g, &t, dy_o, dm, work);
+                        }
+                        if want.dk {
+                            let x_n = &x[i * g.x_image()..][..g.x_image()];
+                            for (c, x_c) in x_n.chunks_exact(g.h * g.w).enumerate() {
+                                input_tiles(g, &t, x_c, streams_mut(v, g.c, c, cols, j * n, n), work);
+                            }
+                        }
+                    }
+                    if want.dk {
+                        gemm_kernel_grad(g, cols, dm, v, &mut du_t, par);
+                    }
+                    if let (Some(u), Some(dx_run)) = (&u, dx_run.as_deref_mut()) {
+                        // dV_ξᵀ [cols, C] = dM_ξᵀ [cols, O] · U_ξ [O, C]
+                        gemm_tiles(cols, g.c, g.o, dv, dm, u, (1, g.c as isize), par);
+                        for (j, i) in chunk.clone().enumerate() {
+                            let at = (i - images.start) * g.x_image();
+                            let dx_n = &mut dx_run[at..][..g.x_image()];
+                            for (c, dx_c) in dx_n.chunks_exact_mut(g.h * g.w).enumerate() {
+                                let dv = streams(dv, g.c, c, cols, j * n, n);
+                                input_grad_tiles(g, &t, dv, dx_c, work);
+                            }
+                        }
+                    }
+                }
+            });
+            (du_t, db)
+        })
+        .collect();
+    drop(dx_runs);
+    // SAFETY: every image of every run was written above (when dx is wanted).
+    unsafe { out.set_len(dx_len) };
+
+    let mut du_t = vec![T::zero(); if want.dk { du_len } else { 0 }];
+    let mut db = vec![0f64; g.o];
+    for (du_run, db_run) in &partials {
+        du_t.iter_mut().zip(du_run).for_each(|(a, &b)| *a += b);
+        db.iter_mut().zip(db_run).for_each(|(a, &b)| *a += b);
+    }
+    if want.dk {
+        out.extend(untransform_kernel_grad(g, &du_t));
+    } else {
+        out.extend(std::iter::repeat_n(T::zero(), 9 * g.c * g.o));
+    }
+    out.extend(db.into_iter().map(T::from_f64));
+    out
+}
+
+/// `dUᵀ_ξ [C, O] += (dM_ξ [O, cols] · V_ξ [C, cols]ᵀ)ᵀ` for each ξ.
+#[rustfmt::skip]
+fn gemm_kernel_grad<T: WithDType>(g: &Geom, cols: usize, dm: &[T], v: &[T], du_t: &mut [T], par: Parallelism) {
+    let (m, n, k) = (g.o, g.c, cols);
+    for xi in 0..XI {
+        let (d, l, r) = (&mut du_t[xi * m * n..][..m * n],
+                         &dm[xi * m * k..][..m * k],
+                         &v[xi * n * k..][..n * k]);
+        // SAFETY: row-major l [m, k], r [n, k] (read transposed), d [n, m].
+        unsafe {
+            gemm::gemm(
+                m, n, k,
+                d.as_mut_ptr(), m as isize, 1, true,
+                l.as_ptr(), 1, k as isize,
+                r.as_ptr(), k as isize, 1,
+                T::one(), T::one(), false, false, false, par,
+            )
+        }
+    }
+}
