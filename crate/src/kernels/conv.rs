@@ -190,6 +190,9 @@ trait Float: WithDType {
     fn relu(v: Self) -> Self;
     /// `d` where `y > 0`, else 0, without a branch.
     fn relu_grad(d: Self, y: Self) -> Self;
+    /// `a · b + c` in one rounding: one instruction where the caller is
+    /// compiled with FMA (see `winograd`'s `multiversion!`).
+    fn mul_add(a: Self, b: Self, c: Self) -> Self;
 }
 
 macro_rules! float_with_scratch {
@@ -202,6 +205,10 @@ macro_rules! float_with_scratch {
             #[inline(always)]
             fn relu_grad(d: Self, y: Self) -> Self {
                 if y > 0.0 { d } else { 0.0 }
+            }
+            #[inline(always)]
+            fn mul_add(a: Self, b: Self, c: Self) -> Self {
+                a.mul_add(b, c)
             }
             fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
                 thread_local! {

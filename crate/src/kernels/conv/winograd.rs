@@ -639,7 +639,7 @@ pub(super) fn backward<T: Float>(
                         }
                     }
                     if want.dk {
-                        gemm_kernel_grad(g, cols, dm, v, &mut du_t, par);
+                        gemm_kernel_grad(g, cols, dm, v, &mut du_t);
                     }
                     if let (Some(u), Some(dx_run)) = (&u, dx_run.as_deref_mut()) {
                         // dV_ξᵀ [cols, C] = dM_ξᵀ [cols, O] · U_ξ [O, C]
@@ -678,22 +678,83 @@ pub(super) fn backward<T: Float>(
 }
 
 /// `dUᵀ_ξ [C, O] += (dM_ξ [O, cols] · V_ξ [C, cols]ᵀ)ᵀ` for each ξ.
-#[rustfmt::skip]
-fn gemm_kernel_grad<T: WithDType>(g: &Geom, cols: usize, dm: &[T], v: &[T], du_t: &mut [T], par: Parallelism) {
-    let (m, n, k) = (g.o, g.c, cols);
-    for xi in 0..XI {
-        let (d, l, r) = (&mut du_t[xi * m * n..][..m * n],
-                         &dm[xi * m * k..][..m * k],
-                         &v[xi * n * k..][..n * k]);
-        // SAFETY: row-major l [m, k], r [n, k] (read transposed), d [n, m].
-        unsafe {
-            gemm::gemm(
-                m, n, k,
-                d.as_mut_ptr(), m as isize, 1, true,
-                l.as_ptr(), 1, k as isize,
-                r.as_ptr(), k as isize, 1,
-                T::one(), T::one(), false, false, false, par,
-            )
+fn gemm_kernel_grad<T: Float>(g: &Geom, cols: usize, dm: &[T], v: &[T], du_t: &mut [T]) {
+    for ((dm, v), du_t) in dm
+        .chunks_exact(g.o * cols)
+        .zip(v.chunks_exact(g.c * cols))
+        .zip(du_t.chunks_exact_mut(g.c * g.o))
+    {
+        kernel_grad_dots(g.o, g.c, cols, dm, v, du_t);
+    }
+}
+
+/// Lanes of the dot products in [`kernel_grad_dots`]: a whole AVX-512
+/// register of f32s (chunk matrices have a multiple of 16 columns).
+const LANES: usize = 16;
+
+multiversion! {
+    /// `dUᵀ [C, O] += (dM [O, cols] · V [C, cols]ᵀ)ᵀ` for one ξ, as dot
+    /// products along the tiles, 4×4 of them at a time in `LANES` lanes.
+    /// Both operands run along the tiles, and gemm wants its left one the
+    /// other way round: it would first copy `dM` element by element into
+    /// its layout, which cost more than the products themselves.
+    fn kernel_grad_dots<T>(o: usize, c: usize, cols: usize, dm: &[T], v: &[T], du_t: &mut [T]) {
+        const B: usize = 4;
+        let (dm_row, v_row) = (|i: usize| &dm[i * cols..][..cols], |j: usize| &v[j * cols..][..cols]);
+        for o0 in (0..o).step_by(B) {
+            for c0 in (0..c).step_by(B) {
+                let (bo, bc) = ((o - o0).min(B), (c - c0).min(B));
+                let mut add = |i: usize, j: usize, sum: T| du_t[(c0 + j) * o + o0 + i] += sum;
+                if bo == B && bc == B {
+                    let dots = dot_block::<T, B, B>(
+                        std::array::from_fn(|i| dm_row(o0 + i)),
+                        std::array::from_fn(|j| v_row(c0 + j)),
+                    );
+                    for (i, dots) in dots.into_iter().enumerate() {
+                        for (j, sum) in dots.into_iter().enumerate() {
+                            add(i, j, sum);
+                        }
+                    }
+                } else {
+                    for i in 0..bo {
+                        for j in 0..bc {
+                            let [[sum]] = dot_block::<T, 1, 1>([dm_row(o0 + i)], [v_row(c0 + j)]);
+                            add(i, j, sum);
+                        }
+                    }
+                }
+            }
         }
     }
+}
+
+/// The first `n · LANES` values of `r` as `n` groups of `LANES`.
+#[inline(always)]
+fn as_lanes<T>(r: &[T], n: usize) -> &[[T; LANES]] {
+    let (groups, _) = r[..n * LANES].as_chunks::<LANES>();
+    groups
+}
+
+/// The `BO × BC` dot products of rows `a` with rows `b`, all of one length
+/// (a multiple of [`LANES`]), each summed in `LANES` lanes and then across.
+#[inline(always)]
+fn dot_block<T: Float, const BO: usize, const BC: usize>(
+    a: [&[T]; BO],
+    b: [&[T]; BC],
+) -> [[T; BC]; BO] {
+    let mut acc = [[[T::zero(); LANES]; BC]; BO];
+    let n = a[0].len() / LANES;
+    let a: [&[[T; LANES]]; BO] = a.map(|r| as_lanes(r, n));
+    let b: [&[[T; LANES]]; BC] = b.map(|r| as_lanes(r, n));
+    for t in 0..n {
+        for i in 0..BO {
+            for j in 0..BC {
+                let (x, y) = (&a[i][t], &b[j][t]);
+                for l in 0..LANES {
+                    acc[i][j][l] = T::mul_add(x[l], y[l], acc[i][j][l]);
+                }
+            }
+        }
+    }
+    acc.map(|row| row.map(|lanes| lanes.into_iter().fold(T::zero(), |s, x| s + x)))
 }
