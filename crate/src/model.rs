@@ -592,15 +592,21 @@ impl Sequential {
         let mut i = 0;
         while i < n {
             let last = i + 1 == n;
-            // The article's Conv2D + Activation('relu') pairs run as one op.
-            let relu_follows = matches!(
-                self.architecture.layers.get(i + 1),
-                Some(Layer::Activation {
-                    activation: Activation::Relu
-                })
-            );
-            let mut skip_next = false;
-            x = match &self.architecture.layers[i] {
+            let layers = &self.architecture.layers;
+            // The article's Conv2D + Activation('relu') pairs run as one op,
+            // and with a MaxPooling2D(2) after them, as one op with it.
+            let relu = |at: usize| {
+                matches!(
+                    layers.get(at),
+                    Some(Layer::Activation {
+                        activation: Activation::Relu
+                    })
+                )
+            };
+            let pool2 =
+                |at: usize| matches!(layers.get(at), Some(Layer::MaxPooling2D { pool_size: 2 }));
+            let mut skip = 0;
+            x = match &layers[i] {
                 Layer::Conv2D {
                     padding,
                     activation,
@@ -613,13 +619,22 @@ impl Sequential {
                     } else {
                         0
                     };
-                    match activation {
-                        Activation::Relu => kernels::conv2d_relu(&x, &w.kernel, &w.bias, pad)?,
-                        Activation::Linear if relu_follows => {
-                            skip_next = true;
+                    // How many of the following layers the ReLU takes.
+                    let relu_layers = match activation {
+                        Activation::Relu => Some(0),
+                        Activation::Linear if relu(i + 1) => Some(1),
+                        _ => None,
+                    };
+                    match relu_layers {
+                        Some(r) if pool2(i + 1 + r) => {
+                            skip = r + 1;
+                            kernels::conv2d_relu_max_pool2(&x, &w.kernel, &w.bias, pad)?
+                        }
+                        Some(r) => {
+                            skip = r;
                             kernels::conv2d_relu(&x, &w.kernel, &w.bias, pad)?
                         }
-                        _ => activate(
+                        None => activate(
                             kernels::conv2d(&x, &w.kernel, &w.bias, pad)?,
                             *activation,
                             last,
@@ -639,7 +654,7 @@ impl Sequential {
                 Layer::Dropout { .. } => x,
                 Layer::Flatten => x.flatten_from(1)?,
             };
-            i += if skip_next { 2 } else { 1 };
+            i += 1 + skip;
         }
         Ok(x)
     }

@@ -1,8 +1,12 @@
 //! `kernels::conv2d` against candle's own `conv2d` + bias: forward values,
 //! autograd gradients of x, kernel and bias, and finite differences in f64.
+//! Cases with 16 or more channels on both sides take the Winograd path,
+//! the others im2col; both are covered, with odd and even sizes.
 
 use candle_core::{DType, Device, Tensor, Var};
-use cifar10_cnn::kernels::{conv2d, conv2d_reference, conv2d_relu};
+use cifar10_cnn::kernels::{
+    conv2d, conv2d_reference, conv2d_relu, conv2d_relu_max_pool2, max_pool2d,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -252,7 +256,7 @@ fn gradients_match_candle_conv2d_plus_bias() {
 
 #[test]
 fn f64_matches_candle_and_finite_differences() {
-    let case = Case {
+    let im2col = Case {
         n: 2,
         c: 3,
         o: 4,
@@ -261,6 +265,20 @@ fn f64_matches_candle_and_finite_differences() {
         pad: 1,
         k: 3,
     };
+    let winograd = Case {
+        n: 2,
+        c: 16,
+        o: 17,
+        h: 7,
+        w: 6,
+        pad: 0,
+        k: 3,
+    };
+    f64_check(im2col);
+    f64_check(winograd);
+}
+
+fn f64_check(case: Case) {
     let ours = grads(conv2d, case, 7, DType::F64);
     let reference = grads(conv2d_reference, case, 7, DType::F64);
     for (a, b) in ours.iter().zip(&reference) {
@@ -268,7 +286,11 @@ fn f64_matches_candle_and_finite_differences() {
     }
     // Central differences of the same loss on a few entries of each input.
     let (x, k, b) = inputs(case, 7, DType::F64);
-    let w = random(&[case.n, case.o, case.h, case.w], 7 + 3, DType::F64);
+    let w = random(
+        conv2d(&x, &k, &b, case.pad).unwrap().dims(),
+        7 + 3,
+        DType::F64,
+    );
     let loss = |x: &Tensor, k: &Tensor, b: &Tensor| -> f64 {
         (conv2d(x, k, b, case.pad).unwrap() * &w)
             .unwrap()
@@ -461,4 +483,172 @@ fn fused_relu_matches_candle_conv2d_bias_relu() {
             );
         }
     }
+}
+
+/// `max_pool2d(conv2d_relu(..), 2)` with candle's convolution: the
+/// reference for the fused op.
+fn conv_relu_pool_reference(
+    x: &Tensor,
+    k: &Tensor,
+    b: &Tensor,
+    pad: usize,
+) -> candle_core::Result<Tensor> {
+    max_pool2d(&conv2d_relu_reference(x, k, b, pad)?, 2)
+}
+
+/// The Winograd shapes for the fused op: even and odd outputs (a last row
+/// and column that the pooling drops), same and valid padding, a batch of
+/// 72 and of 1, and channel counts that are not multiples of 4.
+const POOL_CASES: [Case; 5] = [
+    Case {
+        n: 3,
+        c: 16,
+        o: 16,
+        h: 10,
+        w: 10,
+        pad: 0,
+        k: 3,
+    },
+    Case {
+        n: 72,
+        c: 32,
+        o: 64,
+        h: 15,
+        w: 15,
+        pad: 0,
+        k: 3,
+    },
+    Case {
+        n: 1,
+        c: 32,
+        o: 32,
+        h: 15,
+        w: 15,
+        pad: 1,
+        k: 3,
+    },
+    Case {
+        n: 5,
+        c: 17,
+        o: 19,
+        h: 13,
+        w: 6,
+        pad: 1,
+        k: 3,
+    },
+    Case {
+        n: 2,
+        c: 16,
+        o: 16,
+        h: 32,
+        w: 32,
+        pad: 0,
+        k: 3,
+    },
+];
+
+/// Conv + ReLU + 2x2 max-pooling as one op against candle's convolution,
+/// ReLU and our `max_pool2d` in a row: values and all three gradients.
+#[test]
+fn fused_pool_matches_conv_relu_then_max_pool() {
+    for (i, &case) in POOL_CASES.iter().enumerate() {
+        let (x, k, b) = inputs(case, 500 + 10 * i as u64, DType::F32);
+        let ours = conv2d_relu_max_pool2(&x, &k, &b, case.pad).unwrap();
+        let reference = conv_relu_pool_reference(&x, &k, &b, case.pad).unwrap();
+        assert_eq!(ours.dims(), reference.dims(), "{case:?}");
+        let err = rel_err(&ours, &reference);
+        assert!(err < 1e-5, "{case:?}: relative error {err}");
+
+        let ours = grads(conv2d_relu_max_pool2, case, 600 + 10 * i as u64, DType::F32);
+        let reference = grads(
+            conv_relu_pool_reference,
+            case,
+            600 + 10 * i as u64,
+            DType::F32,
+        );
+        for (name, (a, b)) in ["x", "kernel", "bias"]
+            .iter()
+            .zip(ours.iter().zip(&reference))
+        {
+            let err = rel_err(a, b);
+            assert!(
+                err < 1e-5,
+                "{case:?}: gradient of {name}: relative error {err}"
+            );
+        }
+    }
+}
+
+/// Ties and the ReLU's zero: with a zero kernel every pixel of a window is
+/// the bias. A positive bias ties all four and the first takes the
+/// gradient; a negative one gives zero outputs and no gradient at all.
+#[test]
+fn fused_pool_ties_and_dead_windows_match() {
+    let case = POOL_CASES[3];
+    let (x, _, _) = inputs(case, 7, DType::F64);
+    let k = Tensor::zeros((case.o, case.c, 3, 3), DType::F64, &Device::Cpu).unwrap();
+    for bias in [0.5, -0.5] {
+        let b = Tensor::full(bias, case.o, &Device::Cpu).unwrap();
+        let run = |f: fn(&Tensor, &Tensor, &Tensor, usize) -> candle_core::Result<Tensor>| {
+            let (xv, kv, bv) = (
+                Var::from_tensor(&x).unwrap(),
+                Var::from_tensor(&k).unwrap(),
+                Var::from_tensor(&b).unwrap(),
+            );
+            let y = f(xv.as_tensor(), kv.as_tensor(), bv.as_tensor(), case.pad).unwrap();
+            let w = random(y.dims(), 8, DType::F64);
+            let g = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads = [xv, kv, bv].map(|v| g.get(v.as_tensor()).unwrap().clone());
+            (y, grads)
+        };
+        let (y, ours) = run(conv2d_relu_max_pool2);
+        let (y_ref, reference) = run(conv_relu_pool_reference);
+        assert!(rel_err(&y, &y_ref) < 1e-12, "bias {bias}");
+        for (a, b) in ours.iter().zip(&reference) {
+            assert!(rel_err(a, b) < 1e-12, "bias {bias}");
+        }
+        let db = ours[2]
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert_eq!(db == 0.0, bias < 0.0, "bias {bias}: db sums to {db}");
+    }
+}
+
+/// Shapes the fused op cannot take go through the two ops in a row: few
+/// channels (im2col), and outputs too small to pool, which are an error.
+#[test]
+fn fused_pool_falls_back_and_reports_bad_shapes() {
+    let case = Case {
+        n: 2,
+        c: 3,
+        o: 8,
+        h: 9,
+        w: 8,
+        pad: 1,
+        k: 3,
+    };
+    let (x, k, b) = inputs(case, 3, DType::F32);
+    let err = rel_err(
+        &conv2d_relu_max_pool2(&x, &k, &b, 1).unwrap(),
+        &conv_relu_pool_reference(&x, &k, &b, 1).unwrap(),
+    );
+    assert!(err < 1e-5, "relative error {err}");
+    let case = Case {
+        n: 2,
+        c: 16,
+        o: 16,
+        h: 3,
+        w: 5,
+        pad: 0,
+        k: 3,
+    };
+    let (x, k, b) = inputs(case, 4, DType::F32);
+    let message = conv2d_relu_max_pool2(&x, &k, &b, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("max_pool2d"), "{message}");
 }

@@ -30,6 +30,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::sync::{Arc, OnceLock};
 
 mod winograd;
 
@@ -44,7 +45,7 @@ mod winograd;
 /// Runs the custom ops for f32 and f64 on the CPU with a square kernel;
 /// anything else goes to [`conv2d_reference`].
 pub fn conv2d(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize) -> Result<Tensor> {
-    conv2d_op(x, kernel, bias, padding, false)
+    conv2d_op(x, kernel, bias, padding, false, false)
 }
 
 /// `relu(conv2d(x, kernel, bias, padding))` as one op: the ReLU is applied to
@@ -53,7 +54,34 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize) -> Res
 /// separate ReLU's passes over the layer's largest tensors (forward, its
 /// gradient mask, candle's gradient bookkeeping).
 pub fn conv2d_relu(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize) -> Result<Tensor> {
-    conv2d_op(x, kernel, bias, padding, true)
+    conv2d_op(x, kernel, bias, padding, true, false)
+}
+
+/// `max_pool2d(conv2d_relu(x, kernel, bias, padding), 2)`, as one op where
+/// the convolution takes the Winograd path (3×3 kernels, 16 or more
+/// channels, on the CPU): its 2×2 output tiles are exactly the pooling
+/// windows, so each tile is pooled as soon as it is computed. The
+/// full-size activation is never written, and the backward starts from the
+/// pooled gradient and each window's argmax. Anywhere else it is the two
+/// ops in a row; values and gradients are the same either way.
+pub fn conv2d_relu_max_pool2(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    padding: usize,
+) -> Result<Tensor> {
+    let fused = cpu_float(x)
+        && Geom::new(x.dims(), kernel.dims(), bias.dims(), padding)
+            .is_ok_and(|g| winograd::applies(&g) && g.ho >= 2 && g.wo >= 2);
+    match fused {
+        true => conv2d_op(x, kernel, bias, padding, true, true),
+        false => super::max_pool2d(&conv2d_relu(x, kernel, bias, padding)?, 2),
+    }
+}
+
+/// f32 or f64 on the CPU: what the custom ops run on.
+fn cpu_float(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 fn conv2d_op(
@@ -62,10 +90,10 @@ fn conv2d_op(
     bias: &Tensor,
     padding: usize,
     relu: bool,
+    pool: bool,
 ) -> Result<Tensor> {
     let square = matches!(kernel.dims(), &[_, _, kh, kw] if kh == kw);
-    let fast = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-    if !fast || !square {
+    if !cpu_float(x) || !square {
         let y = conv2d_reference(x, kernel, bias, padding)?;
         return if relu { y.relu() } else { Ok(y) };
     }
@@ -73,7 +101,12 @@ fn conv2d_op(
     x.contiguous()?.apply_op3(
         &kernel.contiguous()?,
         &bias.contiguous()?,
-        Conv2d { geom, relu },
+        Conv2d {
+            geom,
+            relu,
+            pool,
+            argmax: OnceLock::new(),
+        },
     )
 }
 
@@ -149,6 +182,10 @@ impl Geom {
     }
     fn y_image(&self) -> usize {
         self.o * self.hw_out()
+    }
+    /// One image's output after 2×2 max-pooling.
+    fn pooled_image(&self) -> usize {
+        self.o * (self.ho / 2) * (self.wo / 2)
     }
     /// For kernel column `kj`: the output columns `ow` whose input column
     /// `ow + kj - p` lies inside the image, and that input column for the first.
@@ -514,10 +551,14 @@ macro_rules! on_float {
     };
 }
 
-/// The forward op over (x, kernel, bias), with or without the ReLU.
+/// The forward op over (x, kernel, bias), with or without the ReLU, and
+/// with the 2×2 max-pooling after it when `pool` (Winograd path only).
 struct Conv2d {
     geom: Geom,
     relu: bool,
+    pool: bool,
+    /// With `pool`: each window's argmax, kept by the forward for the backward.
+    argmax: OnceLock<Arc<Vec<u8>>>,
 }
 
 impl CustomOp3 for Conv2d {
@@ -538,11 +579,24 @@ impl CustomOp3 for Conv2d {
         let y = on_float!(self.name(), s1, |T| {
             let (x, kernel, bias) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
             T::to_cpu_storage_owned(match winograd::applies(g) {
-                true => winograd::forward::<T>(g, x, kernel, bias, self.relu),
+                true => {
+                    let (y, argmax) =
+                        winograd::forward::<T>(g, x, kernel, bias, self.relu, self.pool);
+                    if self.pool {
+                        // candle runs each op once: set() cannot fail here.
+                        let _ = self.argmax.set(Arc::new(argmax));
+                    }
+                    y
+                }
+                false if self.pool => bail!("{}: pooling needs the Winograd path", self.name()),
                 false => forward::<T>(g, x, kernel, bias, self.relu),
             })
         });
-        Ok((y, Shape::from((g.n, g.o, g.ho, g.wo))))
+        let shape = match self.pool {
+            true => Shape::from((g.n, g.o, g.ho / 2, g.wo / 2)),
+            false => Shape::from((g.n, g.o, g.ho, g.wo)),
+        };
+        Ok((y, shape))
     }
 
     fn bwd(
@@ -562,10 +616,17 @@ impl CustomOp3 for Conv2d {
         if !(want.dx || want.dk || want.db) {
             return Ok((None, None, None));
         }
+        let argmax = match self.pool {
+            true => Some(self.argmax.get().cloned().ok_or_else(|| {
+                candle_core::Error::Msg(format!("{}: backward before forward", self.name()))
+            })?),
+            false => None,
+        };
         let op = Conv2dBackward {
             geom: g,
             want,
             relu_output: self.relu.then(|| y.contiguous()).transpose()?,
+            argmax,
         };
         let grads =
             x.contiguous()?
@@ -588,6 +649,8 @@ struct Conv2dBackward {
     want: Wanted,
     /// The forward's output when it applied the ReLU: its gradient mask.
     relu_output: Option<Tensor>,
+    /// Each pooling window's argmax, when the forward pooled.
+    argmax: Option<Arc<Vec<u8>>>,
 }
 
 impl CustomOp3 for Conv2dBackward {
@@ -617,7 +680,10 @@ impl CustomOp3 for Conv2dBackward {
             let y = relu_output.map(|(s, l)| data::<T>(s, l)).transpose()?;
             let (x, kernel, dy) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
             T::to_cpu_storage_owned(match winograd::applies(g) {
-                true => winograd::backward::<T>(g, x, kernel, y, dy, self.want),
+                true => {
+                    let argmax = self.argmax.as_deref().map(Vec::as_slice);
+                    winograd::backward::<T>(g, x, kernel, y, dy, argmax, self.want)
+                }
                 false => backward::<T>(g, x, kernel, y, dy, self.want),
             })
         });

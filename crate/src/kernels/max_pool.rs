@@ -104,7 +104,7 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [
 /// that also compiles for integer dtypes.
 #[inline(always)]
 #[allow(clippy::eq_op)]
-fn takes_over<T: PartialOrd>(v: T, best: T) -> bool {
+pub(super) fn takes_over<T: PartialOrd>(v: T, best: T) -> bool {
     v > best || v != v
 }
 

@@ -7,7 +7,7 @@ mod dropout;
 mod max_pool;
 
 pub use adam::{adam_runs_on, adam_update, AdamStep};
-pub use conv::{conv2d, conv2d_reference, conv2d_relu};
+pub use conv::{conv2d, conv2d_reference, conv2d_relu, conv2d_relu_max_pool2};
 pub use dropout::dropout;
 pub use max_pool::{max_pool2d, max_pool2d_portable};
 

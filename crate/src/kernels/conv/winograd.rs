@@ -25,6 +25,7 @@
 //! (the transforms' coefficients are 0, ±1 and ±½).
 
 use super::{data_chunks, gemm_parallelism, plane_sum, Float, Geom, Wanted, BACKWARD_RUNS};
+use crate::kernels::max_pool::takes_over;
 use candle_core::WithDType;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -214,12 +215,7 @@ fn map4to2<T: Float>(
 
 /// `(w, x, y, z) = f(a, b)` element-wise; see [`map4to4`].
 #[inline(always)]
-fn map2to4<T: Float>(
-    a: &[T],
-    b: &[T],
-    [w, x, y, z]: [&mut [T]; 4],
-    f: impl Fn(T, T) -> [T; 4],
-) {
+fn map2to4<T: Float>(a: &[T], b: &[T], [w, x, y, z]: [&mut [T]; 4], f: impl Fn(T, T) -> [T; 4]) {
     let n = w.len();
     let (a, b) = (&a[..n], &b[..n]);
     let (x, y, z) = (&mut x[..n], &mut y[..n], &mut z[..n]);
@@ -270,7 +266,10 @@ fn row_runs(t: &Tiling, ih: usize, w: usize, p: usize) -> [(usize, usize); 2] {
     // entry (iw + p) / 2 of its row r.
     let run = |iw: usize| {
         let plane = 2 * a + (iw + p) % 2;
-        (plane * t.quad_len() + r * t.tq + (iw + p) / 2, (w - iw).div_ceil(2))
+        (
+            plane * t.quad_len() + r * t.tq + (iw + p) / 2,
+            (w - iw).div_ceil(2),
+        )
     };
     [run(0), run(1.min(w))]
 }
@@ -352,7 +351,14 @@ fn streams_mut<T>(
 }
 
 /// Read-only [`streams_mut`].
-fn streams<T>(m: &[T], channels: usize, ch: usize, cols: usize, t0: usize, len: usize) -> [&[T]; XI] {
+fn streams<T>(
+    m: &[T],
+    channels: usize,
+    ch: usize,
+    cols: usize,
+    t0: usize,
+    len: usize,
+) -> [&[T]; XI] {
     let mut it = m
         .chunks_exact(channels * cols)
         .map(|block| &block[ch * cols + t0..][..len]);
@@ -398,8 +404,11 @@ multiversion! {
 }
 
 multiversion! {
-    /// One output channel `y_o [Ho, Wo]` from `M` (16 runs, one per ξ):
-    /// `Aᵀ M A` of every tile, plus the bias (and the ReLU).
+    /// One output channel from `M` (16 runs, one per ξ): `Aᵀ M A` of every
+    /// tile plus the bias, through the ReLU when asked, into `y_o [Ho, Wo]`;
+    /// or, with `argmax`, max-pooled over each tile (its 2×2 pixels are the
+    /// pooling window) into `y_o [Ho/2, Wo/2]`, with the window's maximum's
+    /// position (0..4, row-major) into `argmax`.
     fn output_tiles<T>(
         g: &Geom,
         t: &Tiling,
@@ -407,6 +416,7 @@ multiversion! {
         y_o: &mut [MaybeUninit<T>],
         bias: T,
         relu: bool,
+        argmax: Option<&mut [u8]>,
         work: &mut [T],
     ) {
         let n = t.per_image();
@@ -422,7 +432,42 @@ multiversion! {
             let row = |i: usize| &s[(2 * i + j) * n..][..n];
             map4to2([row(0), row(1), row(2), row(3)], &mut ya[..n], yb, at);
         }
-        merge(quads, g.wo, 0, t, y_o, bias, relu);
+        match argmax {
+            None => merge(quads, g.wo, 0, t, y_o, bias, relu),
+            Some(argmax) => pool_tiles(quads, t, g.wo / 2, y_o, argmax, bias),
+        }
+    }
+}
+
+/// ReLU then 2×2 max-pooling of each tile's pixels (the quadrant planes
+/// `quads`), `wo` windows a row, into `y` and `argmax` (both `[Ho/2, wo]`).
+/// Ties go to the first pixel in row-major order and a NaN wins, as in
+/// `max_pool2d`.
+#[inline(always)]
+fn pool_tiles<T: Float>(
+    quads: &[T],
+    t: &Tiling,
+    wo: usize,
+    y: &mut [MaybeUninit<T>],
+    argmax: &mut [u8],
+    bias: T,
+) {
+    for (py, (y, argmax)) in y
+        .chunks_exact_mut(wo)
+        .zip(argmax.chunks_exact_mut(wo))
+        .enumerate()
+    {
+        let px: [&[T]; 4] = std::array::from_fn(|q| &quads[q * t.quad_len() + py * t.tq..][..wo]);
+        for (x, (y, k)) in y.iter_mut().zip(argmax.iter_mut()).enumerate() {
+            let (mut best, mut at) = (T::relu(px[0][x] + bias), 0);
+            for (q, px) in px.iter().enumerate().skip(1) {
+                let v = T::relu(px[x] + bias);
+                let wins = takes_over(v, best);
+                (best, at) = if wins { (v, q as u8) } else { (best, at) };
+            }
+            y.write(best);
+            *k = at;
+        }
     }
 }
 
@@ -430,19 +475,53 @@ multiversion! {
     /// `dM = A dY Aᵀ` of every tile (the adjoint of [`output_tiles`]) of one
     /// output channel's gradient `dy_o [Ho, Wo]`, into `dm` (16 runs).
     fn output_grad_tiles<T>(g: &Geom, t: &Tiling, dy_o: &[T], dm: [&mut [T]; XI], work: &mut [T]) {
-        let n = t.per_image();
         let (quads, z) = work.split_at_mut(4 * t.quad_len());
         split(dy_o, g.wo, 0, t, quads);
-        let dy: [&[T]; 4] = std::array::from_fn(|q| &quads[q * t.quad_len()..][..n]);
-        // A down each column j (pixels (0, j) and (1, j)), into z[4j + i] ...
-        let [z0, z1] = runs_mut::<T, 2>(&mut z[..8 * n], 4 * n);
-        map2to4(dy[0], dy[2], runs_mut(z0, n), a);
-        map2to4(dy[1], dy[3], runs_mut(z1, n), a);
-        // ... then A along each row i.
-        let z = &*z;
-        for (i, out) in dm.into_iter().array_chunks4().enumerate() {
-            map2to4(&z[i * n..][..n], &z[(4 + i) * n..][..n], out, a);
+        dm_from_quads(quads, t, dm, z);
+    }
+}
+
+multiversion! {
+    /// [`output_grad_tiles`] behind the pooling: each window's gradient
+    /// `dy_o [Ho/2, Wo/2]` goes to the pixel `argmax` names, where the
+    /// window's output `y_o` (after the ReLU) is positive; every other
+    /// pixel's gradient is zero.
+    fn pooled_grad_tiles<T>(
+        g: &Geom,
+        t: &Tiling,
+        dy_o: &[T],
+        y_o: &[T],
+        argmax: &[u8],
+        dm: [&mut [T]; XI],
+        work: &mut [T],
+    ) {
+        let (quads, z) = work.split_at_mut(4 * t.quad_len());
+        quads.fill(T::zero());
+        let wo = g.wo / 2;
+        let rows = dy_o.chunks_exact(wo).zip(y_o.chunks_exact(wo)).zip(argmax.chunks_exact(wo));
+        for (py, ((dy, y), argmax)) in rows.enumerate() {
+            for (x, ((&d, &y), &k)) in dy.iter().zip(y).zip(argmax).enumerate() {
+                quads[k as usize * t.quad_len() + py * t.tq + x] = T::relu_grad(d, y);
+            }
         }
+        dm_from_quads(quads, t, dm, z);
+    }
+}
+
+/// `dM = A dY Aᵀ` of every tile from the output gradient's quadrant planes;
+/// `z` is scratch of 8 runs of one image's tiles.
+#[inline(always)]
+fn dm_from_quads<T: Float>(quads: &[T], t: &Tiling, dm: [&mut [T]; XI], z: &mut [T]) {
+    let n = t.per_image();
+    let dy: [&[T]; 4] = std::array::from_fn(|q| &quads[q * t.quad_len()..][..n]);
+    // A down each column j (pixels (0, j) and (1, j)), into z[4j + i] ...
+    let [z0, z1] = runs_mut::<T, 2>(&mut z[..8 * n], 4 * n);
+    map2to4(dy[0], dy[2], runs_mut(z0, n), a);
+    map2to4(dy[1], dy[3], runs_mut(z1, n), a);
+    // ... then A along each row i.
+    let z = &*z;
+    for (i, out) in dm.into_iter().array_chunks4().enumerate() {
+        map2to4(&z[i * n..][..n], &z[(4 + i) * n..][..n], out, a);
     }
 }
 
@@ -530,15 +609,34 @@ fn gemm_tiles<T: WithDType>(
 
 /// The forward pass, chunk by chunk: input transform, 16 gemms
 /// `M_ξᵀ = V_ξᵀ · U_ξᵀ`, output transform with the bias (and the ReLU).
-pub(super) fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T], relu: bool) -> Vec<T> {
+/// With `pool`, each 2×2 tile is then max-pooled (after the ReLU): the
+/// result is `[N, O, Ho/2, Wo/2]`, and the second vector holds each
+/// window's argmax for [`backward`].
+pub(super) fn forward<T: Float>(
+    g: &Geom,
+    x: &[T],
+    kernel: &[T],
+    bias: &[T],
+    relu: bool,
+    pool: bool,
+) -> (Vec<T>, Vec<u8>) {
     let t = Tiling::new(g);
     let u = transform_kernel(g, kernel);
-    let mut y = Vec::with_capacity(g.n * g.y_image());
-    let par = gemm_parallelism(g.n.div_ceil(t.per_chunk));
-    y.spare_capacity_mut()[..g.n * g.y_image()]
-        .par_chunks_mut(t.per_chunk * g.y_image())
+    let (y_image, plane) = match pool {
+        true => (g.pooled_image(), g.pooled_image() / g.o),
+        false => (g.y_image(), g.hw_out()),
+    };
+    let chunks = g.n.div_ceil(t.per_chunk);
+    let mut y = Vec::with_capacity(g.n * y_image);
+    // Without pooling, one unused byte per chunk keeps the zip below simple.
+    let argmax_chunk = if pool { t.per_chunk * y_image } else { 1 };
+    let mut argmax = vec![0u8; if pool { g.n * y_image } else { chunks }];
+    let par = gemm_parallelism(chunks);
+    y.spare_capacity_mut()[..g.n * y_image]
+        .par_chunks_mut(t.per_chunk * y_image)
+        .zip(argmax.par_chunks_mut(argmax_chunk))
         .zip(x.par_chunks(t.per_chunk * g.x_image()))
-        .for_each(|(y_chunk, x_chunk)| {
+        .for_each(|((y_chunk, argmax_chunk), x_chunk)| {
             let (images, n) = (x_chunk.len() / g.x_image(), t.per_image());
             let cols = t.cols(images);
             let (v_len, m_len) = (XI * g.c * cols, XI * g.o * cols);
@@ -553,29 +651,34 @@ pub(super) fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T], rel
                 }
                 // U_ξ [O, C] read as U_ξᵀ: column stride C, row stride 1.
                 gemm_tiles(cols, g.o, g.c, m, v, &u, (g.c as isize, 1), par);
-                for (i, y_n) in y_chunk.chunks_exact_mut(g.y_image()).enumerate() {
-                    for (o, (y_o, &b)) in y_n.chunks_exact_mut(g.hw_out()).zip(bias).enumerate() {
-                        let m = streams(m, g.o, o, cols, i * n, n);
-                        output_tiles(g, &t, m, y_o, b, relu, work);
-                    }
+                let planes = y_chunk.chunks_exact_mut(plane);
+                let mut argmax_planes = argmax_chunk.chunks_exact_mut(plane);
+                for (j, (y_o, &b)) in planes.zip(bias.iter().cycle()).enumerate() {
+                    let m = streams(m, g.o, j % g.o, cols, j / g.o * n, n);
+                    let argmax = argmax_planes.next().filter(|_| pool);
+                    output_tiles(g, &t, m, y_o, b, relu, argmax, work);
                 }
             });
         });
     // SAFETY: the loop above wrote every element of every image.
-    unsafe { y.set_len(g.n * g.y_image()) };
-    y
+    unsafe { y.set_len(g.n * y_image) };
+    (y, if pool { argmax } else { Vec::new() })
 }
 
 /// Every gradient in one pass over the batch, as `conv::backward` does
 /// (same runs, same flat `[dx, dK, db]` result), chunk by chunk within each
 /// run: the ReLU's mask and the bias sums, `dM` (and `V` for the kernel),
 /// then `dUᵀ_ξ += V_ξ · dM_ξᵀ` and `dV_ξ = U_ξᵀ · dM_ξ`, and `dx` from `dV`.
+///
+/// With `argmax` (the forward pooled), `y` and `dy` are the pooled output
+/// and its gradient, and `argmax` the forward's second result.
 pub(super) fn backward<T: Float>(
     g: &Geom,
     x: &[T],
     kernel: &[T],
     y: Option<&[T]>,
     dy: &[T],
+    argmax: Option<&[u8]>,
     want: Wanted,
 ) -> Vec<T> {
     let t = Tiling::new(g);
@@ -611,30 +714,57 @@ pub(super) fn backward<T: Float>(
                     zero_past(v, cols, chunk.len() * n);
                     zero_past(dm, cols, chunk.len() * n);
                     for (j, i) in chunk.clone().enumerate() {
-                        let dy_n = &dy[i * g.y_image()..][..g.y_image()];
-                        let dy_n: &[T] = match y {
-                            Some(y) => {
-                                let y_n = &y[i * g.y_image()..][..g.y_image()];
-                                for ((m, &d), &yv) in masked.iter_mut().zip(dy_n).zip(y_n) {
-                                    *m = T::relu_grad(d, yv);
+                        if let (Some(argmax), Some(y)) = (argmax, y) {
+                            let (image, plane) = (g.pooled_image(), g.pooled_image() / g.o);
+                            let at = i * image..(i + 1) * image;
+                            let (dy_n, y_n, argmax_n) =
+                                (&dy[at.clone()], &y[at.clone()], &argmax[at]);
+                            for (o, ((dy_o, y_o), argmax_o)) in dy_n
+                                .chunks_exact(plane)
+                                .zip(y_n.chunks_exact(plane))
+                                .zip(argmax_n.chunks_exact(plane))
+                                .enumerate()
+                            {
+                                if want.db {
+                                    let passed =
+                                        dy_o.iter().zip(y_o).map(|(&d, &y)| T::relu_grad(d, y));
+                                    db[o] += passed.map(|v| v.to_f64()).sum::<f64>();
                                 }
-                                masked
+                                let dm = streams_mut(dm, g.o, o, cols, j * n, n);
+                                pooled_grad_tiles(g, &t, dy_o, y_o, argmax_o, dm, work);
                             }
-                            None => dy_n,
-                        };
-                        if want.db {
-                            for (s, plane) in db.iter_mut().zip(dy_n.chunks_exact(g.hw_out())) {
-                                *s += plane_sum(plane);
+                        } else {
+                            let dy_n = &dy[i * g.y_image()..][..g.y_image()];
+                            let dy_n: &[T] = match y {
+                                Some(y) => {
+                                    let y_n = &y[i * g.y_image()..][..g.y_image()];
+                                    for ((m, &d), &yv) in masked.iter_mut().zip(dy_n).zip(y_n) {
+                                        *m = T::relu_grad(d, yv);
+                                    }
+                                    masked
+                                }
+                                None => dy_n,
+                            };
+                            if want.db {
+                                for (s, plane) in db.iter_mut().zip(dy_n.chunks_exact(g.hw_out())) {
+                                    *s += plane_sum(plane);
+                                }
                             }
-                        }
-                        for (o, dy_o) in dy_n.chunks_exact(g.hw_out()).enumerate() {
-                            let dm = streams_mut(dm, g.o, o, cols, j * n, n);
-                            output_grad_tiles(g, &t, dy_o, dm, work);
+                            for (o, dy_o) in dy_n.chunks_exact(g.hw_out()).enumerate() {
+                                let dm = streams_mut(dm, g.o, o, cols, j * n, n);
+                                output_grad_tiles(g, &t, dy_o, dm, work);
+                            }
                         }
                         if want.dk {
                             let x_n = &x[i * g.x_image()..][..g.x_image()];
                             for (c, x_c) in x_n.chunks_exact(g.h * g.w).enumerate() {
-                                input_tiles(g, &t, x_c, streams_mut(v, g.c, c, cols, j * n, n), work);
+                                input_tiles(
+                                    g,
+                                    &t,
+                                    x_c,
+                                    streams_mut(v, g.c, c, cols, j * n, n),
+                                    work,
+                                );
                             }
                         }
                     }
