@@ -886,5 +886,15 @@ fn dot_block<T: Float, const BO: usize, const BC: usize>(
             }
         }
     }
-    acc.map(|row| row.map(|lanes| lanes.into_iter().fold(T::zero(), |s, x| s + x)))
+    // Pairwise, in halves: each level is one vector add.
+    acc.map(|row| {
+        row.map(|mut lanes| {
+            for half in [8, 4, 2, 1] {
+                for l in 0..half {
+                    lanes[l] += lanes[l + half];
+                }
+            }
+            lanes[0]
+        })
+    })
 }
