@@ -1,9 +1,12 @@
-//! How fast can the article's training step be with `kernels::conv`'s design
-//! (im2col + one gemm per image)? Times gemm alone on the exact products one
-//! step makes, with the same shapes and strides, each on one thread (as in
-//! training, where the images are spread over the threads), and divides the
-//! sum by the thread count. Everything else in the step (im2col, col2im,
-//! pooling, dropout, Adam, candle's autograd) comes on top of this floor.
+//! How fast can the article's training step be when the convolutions do
+//! their full multiply count, as `kernels::conv`'s im2col path (im2col + one
+//! gemm per image) does? Times gemm alone on the exact products one step
+//! would make that way, with the same shapes and strides, each on one thread
+//! (as in training, where the images are spread over the threads), and
+//! divides the sum by the thread count. Everything else in the step (im2col,
+//! col2im, pooling, dropout, Adam, candle's autograd) comes on top of this
+//! floor. (This floor, above the ≤ 90 ms target, is why layers 2–4 now take
+//! the Winograd path, which does 2.25x fewer multiplies; see BENCHMARKS.md.)
 //!
 //!     cargo run --release -p cifar10-cnn --example conv_gemm_floor
 //!
@@ -77,7 +80,8 @@ impl Product {
     }
 }
 
-/// The three products `kernels::conv` makes per image (see its gemm_* functions).
+/// The three products `kernels::conv`'s im2col path makes per image (see its
+/// gemm_* functions).
 #[rustfmt::skip]
 fn products(conv: &Conv) -> Vec<(&'static str, Product)> {
     let out = conv.side + 2 * conv.pad - 2;

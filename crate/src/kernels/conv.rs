@@ -7,20 +7,25 @@
 //! (about a third of the step), its im2col gathers element by element, and it
 //! computes the first layer's input gradient although the images need none.
 //!
-//! Here every step is im2col (row copies) + one `gemm` per image, images in
-//! parallel with rayon:
+//! # Two paths
 //!
-//! * forward: `y_n = K · cols(x_n) + b` (then the ReLU, when fused);
-//! * backward, one op and one pass over `dy` for all three gradients, per
-//!   image: the ReLU's mask, `db += Σ_{h,w} dy_n`, `dK += dy_n · cols(x_n)ᵀ`,
-//!   and `dx_n = col2im(Kᵀ · dy_n)`, skipped when `x` needs no gradient.
+//! * **Winograd F(2×2, 3×3)** ([`winograd`]) for 3×3 kernels with 16 or
+//!   more channels on both sides: every layer of the article's model but
+//!   the first. 2.25x fewer multiply-adds than a direct convolution, and
+//!   with a 2×2 max-pooling after the ReLU, the pooling in the same op
+//!   ([`conv2d_relu_max_pool2`]).
+//! * **im2col** (row copies) + one `gemm` per image, for everything else
+//!   (the first layer's 3 input channels, other kernel sizes):
+//!   * forward: `y_n = K · cols(x_n) + b` (then the ReLU, when fused);
+//!   * backward, one op and one pass over `dy` for all three gradients,
+//!     per image: the ReLU's mask, `db += Σ_{h,w} dy_n`,
+//!     `dK += dy_n · cols(x_n)ᵀ`, and `dx_n = col2im(Kᵀ · dy_n)`, skipped
+//!     when `x` needs no gradient.
 //!
-//! f32 and f64 CPU tensors take this path; every other device or dtype falls
-//! back to candle's own `conv2d` + `broadcast_add`.
-//!
-//! The per-image gemms run at about one core's peak (see the
-//! `conv_gemm_floor` example and BENCHMARKS.md); what remains to gain is in
-//! the passes around them.
+//! Both take images in parallel with rayon, and sum the kernel gradient over
+//! fixed runs of images, so that it does not depend on the thread count.
+//! f32 and f64 CPU tensors take these paths; every other device or dtype
+//! falls back to candle's own `conv2d` + `broadcast_add`.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
