@@ -217,13 +217,11 @@ fn forward_takes_non_contiguous_inputs() {
     assert!(err < 1e-5, "relative error {err}");
 }
 
+/// A convolution under test, or its reference: `f(x, kernel, bias, padding)`.
+type ConvFn = fn(&Tensor, &Tensor, &Tensor, usize) -> candle_core::Result<Tensor>;
+
 /// Gradients of `sum(conv2d(x, k, b) * w)` through `f`, for x, k and b.
-fn grads(
-    f: fn(&Tensor, &Tensor, &Tensor, usize) -> candle_core::Result<Tensor>,
-    case: Case,
-    seed: u64,
-    dtype: DType,
-) -> [Tensor; 3] {
+fn grads(f: ConvFn, case: Case, seed: u64, dtype: DType) -> [Tensor; 3] {
     let (x, k, b) = inputs(case, seed, dtype);
     let (x, k, b) = (
         Var::from_tensor(&x).unwrap(),
@@ -236,21 +234,27 @@ fn grads(
     [x, k, b].map(|v| g.get(v.as_tensor()).expect("a gradient").clone())
 }
 
+/// The gradients of x, kernel and bias through `ours` and `reference` agree
+/// to a relative error of 1e-5 (f32).
+fn assert_same_grads(ours: ConvFn, reference: ConvFn, case: Case, seed: u64) {
+    let ours = grads(ours, case, seed, DType::F32);
+    let reference = grads(reference, case, seed, DType::F32);
+    for (name, (a, b)) in ["x", "kernel", "bias"]
+        .iter()
+        .zip(ours.iter().zip(&reference))
+    {
+        let err = rel_err(a, b);
+        assert!(
+            err < 1e-5,
+            "{case:?}: gradient of {name}: relative error {err}"
+        );
+    }
+}
+
 #[test]
 fn gradients_match_candle_conv2d_plus_bias() {
     for (i, &case) in CASES.iter().enumerate() {
-        let ours = grads(conv2d, case, 100 + 10 * i as u64, DType::F32);
-        let reference = grads(conv2d_reference, case, 100 + 10 * i as u64, DType::F32);
-        for (name, (a, b)) in ["x", "kernel", "bias"]
-            .iter()
-            .zip(ours.iter().zip(&reference))
-        {
-            let err = rel_err(a, b);
-            assert!(
-                err < 1e-5,
-                "{case:?}: gradient of {name}: relative error {err}"
-            );
-        }
+        assert_same_grads(conv2d, conv2d_reference, case, 100 + 10 * i as u64);
     }
 }
 
@@ -470,18 +474,12 @@ fn fused_relu_matches_candle_conv2d_bias_relu() {
             "{case:?}: the ReLU should cut some but not all values ({zeros})"
         );
 
-        let ours = grads(conv2d_relu, case, 400 + 10 * i as u64, DType::F32);
-        let reference = grads(conv2d_relu_reference, case, 400 + 10 * i as u64, DType::F32);
-        for (name, (a, b)) in ["x", "kernel", "bias"]
-            .iter()
-            .zip(ours.iter().zip(&reference))
-        {
-            let err = rel_err(a, b);
-            assert!(
-                err < 1e-5,
-                "{case:?}: gradient of {name}: relative error {err}"
-            );
-        }
+        assert_same_grads(
+            conv2d_relu,
+            conv2d_relu_reference,
+            case,
+            400 + 10 * i as u64,
+        );
     }
 }
 
@@ -559,23 +557,12 @@ fn fused_pool_matches_conv_relu_then_max_pool() {
         let err = rel_err(&ours, &reference);
         assert!(err < 1e-5, "{case:?}: relative error {err}");
 
-        let ours = grads(conv2d_relu_max_pool2, case, 600 + 10 * i as u64, DType::F32);
-        let reference = grads(
+        assert_same_grads(
+            conv2d_relu_max_pool2,
             conv_relu_pool_reference,
             case,
             600 + 10 * i as u64,
-            DType::F32,
         );
-        for (name, (a, b)) in ["x", "kernel", "bias"]
-            .iter()
-            .zip(ours.iter().zip(&reference))
-        {
-            let err = rel_err(a, b);
-            assert!(
-                err < 1e-5,
-                "{case:?}: gradient of {name}: relative error {err}"
-            );
-        }
     }
 }
 
@@ -589,7 +576,7 @@ fn fused_pool_ties_and_dead_windows_match() {
     let k = Tensor::zeros((case.o, case.c, 3, 3), DType::F64, &Device::Cpu).unwrap();
     for bias in [0.5, -0.5] {
         let b = Tensor::full(bias, case.o, &Device::Cpu).unwrap();
-        let run = |f: fn(&Tensor, &Tensor, &Tensor, usize) -> candle_core::Result<Tensor>| {
+        let run = |f: ConvFn| {
             let (xv, kv, bv) = (
                 Var::from_tensor(&x).unwrap(),
                 Var::from_tensor(&k).unwrap(),

@@ -450,22 +450,7 @@ fn backward<T: Float>(
             T::with_scratch(ckk * hw + g.y_image(), |scratch| {
                 let (cols, masked) = scratch.split_at_mut(ckk * hw);
                 for (j, i) in (r * per_run..((r + 1) * per_run).min(g.n)).enumerate() {
-                    let dy_n = &dy[i * g.y_image()..(i + 1) * g.y_image()];
-                    let dy_n: &[T] = match y {
-                        Some(y) => {
-                            let y_n = &y[i * g.y_image()..(i + 1) * g.y_image()];
-                            for ((m, &d), &v) in masked.iter_mut().zip(dy_n).zip(y_n) {
-                                *m = T::relu_grad(d, v);
-                            }
-                            masked
-                        }
-                        None => dy_n,
-                    };
-                    if want.db {
-                        for (s, plane) in db.iter_mut().zip(dy_n.chunks_exact(hw)) {
-                            *s += plane_sum(plane);
-                        }
-                    }
+                    let dy_n = image_grad(g, i, dy, y, masked, want.db.then_some(&mut db[..]));
                     if want.dk {
                         im2col(g, &x[i * g.x_image()..(i + 1) * g.x_image()], cols, hw);
                         gemm_grad_kernel(g, dy_n, cols, &mut dk_t, par);
@@ -484,16 +469,56 @@ fn backward<T: Float>(
     // then accumulated into above.
     unsafe { out.set_len(dx_len) };
 
-    let mut dk_t = vec![T::zero(); dk_len];
-    let mut db = vec![0f64; g.o];
-    for (dk_run, db_run) in &partials {
-        dk_t.iter_mut().zip(dk_run).for_each(|(a, &b)| *a += b);
-        db.iter_mut().zip(db_run).for_each(|(a, &b)| *a += b);
-    }
+    let (dk_t, db) = sum_runs(&partials, dk_len, g.o);
     // dKᵀ [CKK, O] -> dK [O, CKK]
     out.extend((0..dk_len).map(|i| dk_t[(i % ckk) * g.o + i / ckk]));
     out.extend(db.into_iter().map(T::from_f64));
     out
+}
+
+/// Image `i`'s output gradient from `dy`: masked by the ReLU's output `y`
+/// when the forward applied it (written into `masked`, which it returns),
+/// with its per-channel sums added to `db` when given.
+fn image_grad<'a, T: Float>(
+    g: &Geom,
+    i: usize,
+    dy: &'a [T],
+    y: Option<&[T]>,
+    masked: &'a mut [T],
+    db: Option<&mut [f64]>,
+) -> &'a [T] {
+    let at = i * g.y_image()..(i + 1) * g.y_image();
+    let dy_n: &[T] = match y {
+        Some(y) => {
+            for ((m, &d), &v) in masked.iter_mut().zip(&dy[at.clone()]).zip(&y[at]) {
+                *m = T::relu_grad(d, v);
+            }
+            masked
+        }
+        None => &dy[at],
+    };
+    if let Some(db) = db {
+        for (s, plane) in db.iter_mut().zip(dy_n.chunks_exact(g.hw_out())) {
+            *s += plane_sum(plane);
+        }
+    }
+    dy_n
+}
+
+/// The runs' partial kernel gradients (`len` values each, or none) and bias
+/// sums (`o` each), added in run order.
+fn sum_runs<T: WithDType>(
+    partials: &[(Vec<T>, Vec<f64>)],
+    len: usize,
+    o: usize,
+) -> (Vec<T>, Vec<f64>) {
+    let mut dk = vec![T::zero(); len];
+    let mut db = vec![0f64; o];
+    for (dk_run, db_run) in partials {
+        dk.iter_mut().zip(dk_run).for_each(|(a, &b)| *a += b);
+        db.iter_mut().zip(db_run).for_each(|(a, &b)| *a += b);
+    }
+    (dk, db)
 }
 
 /// The first `len` elements of `out`'s spare capacity in `runs` chunks of

@@ -24,7 +24,9 @@
 //! the products. In f32 the results differ from im2col's only by rounding
 //! (the transforms' coefficients are 0, ±1 and ±½).
 
-use super::{data_chunks, gemm_parallelism, plane_sum, Float, Geom, Wanted, BACKWARD_RUNS};
+use super::{
+    data_chunks, gemm_parallelism, image_grad, sum_runs, Float, Geom, Wanted, BACKWARD_RUNS,
+};
 use crate::kernels::max_pool::takes_over;
 use candle_core::WithDType;
 use gemm::Parallelism;
@@ -416,7 +418,7 @@ multiversion! {
         y_o: &mut [MaybeUninit<T>],
         bias: T,
         relu: bool,
-        argmax: Option<&mut [u8]>,
+        argmax: Option<&mut [MaybeUninit<u8>]>,
         work: &mut [T],
     ) {
         let n = t.per_image();
@@ -449,7 +451,7 @@ fn pool_tiles<T: Float>(
     t: &Tiling,
     wo: usize,
     y: &mut [MaybeUninit<T>],
-    argmax: &mut [u8],
+    argmax: &mut [MaybeUninit<u8>],
     bias: T,
 ) {
     for (py, (y, argmax)) in y
@@ -466,7 +468,7 @@ fn pool_tiles<T: Float>(
                 (best, at) = if wins { (v, q as u8) } else { (best, at) };
             }
             y.write(best);
-            *k = at;
+            k.write(at);
         }
     }
 }
@@ -628,13 +630,12 @@ pub(super) fn forward<T: Float>(
     };
     let chunks = g.n.div_ceil(t.per_chunk);
     let mut y = Vec::with_capacity(g.n * y_image);
-    // Without pooling, one unused byte per chunk keeps the zip below simple.
-    let argmax_chunk = if pool { t.per_chunk * y_image } else { 1 };
-    let mut argmax = vec![0u8; if pool { g.n * y_image } else { chunks }];
+    let (mut argmax, argmax_len) = (Vec::new(), if pool { g.n * y_image } else { 0 });
+    let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, t.per_chunk * y_image, chunks);
     let par = gemm_parallelism(chunks);
     y.spare_capacity_mut()[..g.n * y_image]
         .par_chunks_mut(t.per_chunk * y_image)
-        .zip(argmax.par_chunks_mut(argmax_chunk))
+        .zip(argmax_chunks.par_iter_mut())
         .zip(x.par_chunks(t.per_chunk * g.x_image()))
         .for_each(|((y_chunk, argmax_chunk), x_chunk)| {
             let (images, n) = (x_chunk.len() / g.x_image(), t.per_image());
@@ -652,17 +653,24 @@ pub(super) fn forward<T: Float>(
                 // U_ξ [O, C] read as U_ξᵀ: column stride C, row stride 1.
                 gemm_tiles(cols, g.o, g.c, m, v, &u, (g.c as isize, 1), par);
                 let planes = y_chunk.chunks_exact_mut(plane);
-                let mut argmax_planes = argmax_chunk.chunks_exact_mut(plane);
+                let mut argmax_planes = argmax_chunk
+                    .as_deref_mut()
+                    .map(|a| a.chunks_exact_mut(plane));
                 for (j, (y_o, &b)) in planes.zip(bias.iter().cycle()).enumerate() {
                     let m = streams(m, g.o, j % g.o, cols, j / g.o * n, n);
-                    let argmax = argmax_planes.next().filter(|_| pool);
+                    let argmax = argmax_planes.as_mut().and_then(Iterator::next);
                     output_tiles(g, &t, m, y_o, b, relu, argmax, work);
                 }
             });
         });
-    // SAFETY: the loop above wrote every element of every image.
-    unsafe { y.set_len(g.n * y_image) };
-    (y, if pool { argmax } else { Vec::new() })
+    drop(argmax_chunks);
+    // SAFETY: the loop above wrote every element of every image, and with
+    // `pool` every window's argmax.
+    unsafe {
+        y.set_len(g.n * y_image);
+        argmax.set_len(argmax_len);
+    }
+    (y, argmax)
 }
 
 /// Every gradient in one pass over the batch, as `conv::backward` does
@@ -734,22 +742,8 @@ pub(super) fn backward<T: Float>(
                                 pooled_grad_tiles(g, &t, dy_o, y_o, argmax_o, dm, work);
                             }
                         } else {
-                            let dy_n = &dy[i * g.y_image()..][..g.y_image()];
-                            let dy_n: &[T] = match y {
-                                Some(y) => {
-                                    let y_n = &y[i * g.y_image()..][..g.y_image()];
-                                    for ((m, &d), &yv) in masked.iter_mut().zip(dy_n).zip(y_n) {
-                                        *m = T::relu_grad(d, yv);
-                                    }
-                                    masked
-                                }
-                                None => dy_n,
-                            };
-                            if want.db {
-                                for (s, plane) in db.iter_mut().zip(dy_n.chunks_exact(g.hw_out())) {
-                                    *s += plane_sum(plane);
-                                }
-                            }
+                            let db = want.db.then_some(&mut db[..]);
+                            let dy_n = image_grad(g, i, dy, y, masked, db);
                             for (o, dy_o) in dy_n.chunks_exact(g.hw_out()).enumerate() {
                                 let dm = streams_mut(dm, g.o, o, cols, j * n, n);
                                 output_grad_tiles(g, &t, dy_o, dm, work);
@@ -792,12 +786,7 @@ pub(super) fn backward<T: Float>(
     // SAFETY: every image of every run was written above (when dx is wanted).
     unsafe { out.set_len(dx_len) };
 
-    let mut du_t = vec![T::zero(); if want.dk { du_len } else { 0 }];
-    let mut db = vec![0f64; g.o];
-    for (du_run, db_run) in &partials {
-        du_t.iter_mut().zip(du_run).for_each(|(a, &b)| *a += b);
-        db.iter_mut().zip(db_run).for_each(|(a, &b)| *a += b);
-    }
+    let (du_t, db) = sum_runs(&partials, if want.dk { du_len } else { 0 }, g.o);
     if want.dk {
         out.extend(untransform_kernel_grad(g, &du_t));
     } else {
