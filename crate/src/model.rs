@@ -169,6 +169,29 @@ impl std::fmt::Display for Shape {
     }
 }
 
+/// One step of the forward pass: a layer, or a few that run as one op.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Stage {
+    /// The Conv2D at `layer`, with its ReLU when it has one (inline or the
+    /// next layer), and with `pool` the MaxPooling2D(2) after that.
+    Conv {
+        layer: usize,
+        pad: usize,
+        relu: bool,
+        pool: bool,
+    },
+    /// The Dense at `layer`, with its ReLU when it has one.
+    Dense {
+        layer: usize,
+        relu: bool,
+    },
+    /// An activation on its own (and a softmax given inline).
+    Activation(Activation),
+    MaxPool(usize),
+    Dropout(f64),
+    Flatten,
+}
+
 impl Layer {
     /// Keras's class name, used in summaries and weight names.
     pub fn kind(&self) -> &'static str {
@@ -583,78 +606,113 @@ impl Sequential {
         Ok(())
     }
 
+    /// The layers as they run: the article's Conv2D + ReLU (+ MaxPooling2D(2))
+    /// and Dense + ReLU each as one stage (see [`Stage`]).
+    pub(crate) fn stages(&self) -> Vec<Stage> {
+        let layers = &self.architecture.layers;
+        let is = |at: usize, layer: Layer| layers.get(at) == Some(&layer);
+        // Whether a Conv2D or Dense at `at` applies a ReLU, inline or as the
+        // next layer, and how many layers that ReLU takes.
+        let relu_of = |at: usize, activation: Activation| match activation {
+            Activation::Relu => (true, 0),
+            Activation::Linear if is(at + 1, layers::relu()) => (true, 1),
+            _ => (false, 0),
+        };
+        let mut stages = Vec::with_capacity(layers.len());
+        let mut i = 0;
+        while i < layers.len() {
+            let (stage, taken) = match layers[i] {
+                Layer::Conv2D {
+                    padding,
+                    kernel_size,
+                    activation,
+                    ..
+                } => {
+                    let (relu, r) = relu_of(i, activation);
+                    let pool = relu && is(i + 1 + r, layers::max_pooling2d(2));
+                    let pad = match padding {
+                        Padding::Same => kernel_size / 2,
+                        Padding::Valid => 0,
+                    };
+                    let conv = Stage::Conv {
+                        layer: i,
+                        pad,
+                        relu,
+                        pool,
+                    };
+                    (conv, 1 + r + pool as usize)
+                }
+                Layer::Dense { activation, .. } => {
+                    let (relu, r) = relu_of(i, activation);
+                    (Stage::Dense { layer: i, relu }, 1 + r)
+                }
+                Layer::Activation { activation } => (Stage::Activation(activation), 1),
+                Layer::MaxPooling2D { pool_size } => (Stage::MaxPool(pool_size), 1),
+                Layer::Dropout { rate } => (Stage::Dropout(rate), 1),
+                Layer::Flatten => (Stage::Flatten, 1),
+            };
+            stages.push(stage);
+            // A softmax given inline runs as a stage of its own.
+            if let Layer::Conv2D {
+                activation: Activation::Softmax,
+                ..
+            }
+            | Layer::Dense {
+                activation: Activation::Softmax,
+                ..
+            } = layers[i]
+            {
+                stages.push(Stage::Activation(Activation::Softmax));
+            }
+            i += taken;
+        }
+        stages
+    }
+
     /// The forward pass up to the logits, i.e. without a final softmax (the
     /// loss and `predict` apply it, which is numerically safer). With `train`,
     /// dropout is active.
     pub fn logits(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let n = self.architecture.layers.len();
+        let stages = self.stages();
         let mut x = x.clone();
-        let mut i = 0;
-        while i < n {
-            let last = i + 1 == n;
-            let layers = &self.architecture.layers;
-            // The article's Conv2D + Activation('relu') pairs run as one op,
-            // and with a MaxPooling2D(2) after them, as one op with it.
-            let relu = |at: usize| {
-                matches!(
-                    layers.get(at),
-                    Some(Layer::Activation {
-                        activation: Activation::Relu
-                    })
-                )
-            };
-            let pool2 =
-                |at: usize| matches!(layers.get(at), Some(Layer::MaxPooling2D { pool_size: 2 }));
-            let mut skip = 0;
-            x = match &layers[i] {
-                Layer::Conv2D {
-                    padding,
-                    activation,
-                    kernel_size,
-                    ..
+        for (k, stage) in stages.iter().enumerate() {
+            x = match *stage {
+                Stage::Conv {
+                    layer,
+                    pad,
+                    relu,
+                    pool,
                 } => {
-                    let w = self.weights[i].as_ref().expect("conv has weights");
-                    let pad = if *padding == Padding::Same {
-                        kernel_size / 2
-                    } else {
-                        0
-                    };
-                    // How many of the following layers the ReLU takes.
-                    let relu_layers = match activation {
-                        Activation::Relu => Some(0),
-                        Activation::Linear if relu(i + 1) => Some(1),
-                        _ => None,
-                    };
-                    match relu_layers {
-                        Some(r) if pool2(i + 1 + r) => {
-                            skip = r + 1;
+                    let w = self.weights[layer].as_ref().expect("conv has weights");
+                    match (relu, pool) {
+                        (true, true) => {
                             kernels::conv2d_relu_max_pool2(&x, &w.kernel, &w.bias, pad)?
                         }
-                        Some(r) => {
-                            skip = r;
-                            kernels::conv2d_relu(&x, &w.kernel, &w.bias, pad)?
-                        }
-                        None => activate(
-                            kernels::conv2d(&x, &w.kernel, &w.bias, pad)?,
-                            *activation,
-                            last,
-                        )?,
+                        (true, false) => kernels::conv2d_relu(&x, &w.kernel, &w.bias, pad)?,
+                        (false, _) => kernels::conv2d(&x, &w.kernel, &w.bias, pad)?,
                     }
                 }
-                Layer::Dense { activation, .. } => {
-                    let w = self.weights[i].as_ref().expect("dense has weights");
+                Stage::Dense { layer, relu } => {
+                    let w = self.weights[layer].as_ref().expect("dense has weights");
                     let y = x.matmul(&w.kernel)?.broadcast_add(&w.bias)?;
-                    activate(y, *activation, last)?
+                    if relu {
+                        y.relu()?
+                    } else {
+                        y
+                    }
                 }
-                Layer::Activation { activation } => activate(x, *activation, last)?,
-                Layer::MaxPooling2D { pool_size } => kernels::max_pool2d(&x, *pool_size)?,
-                Layer::Dropout { rate } if train && *rate > 0.0 => {
-                    kernels::dropout(&x, *rate, &mut self.rng)?
+                Stage::Activation(Activation::Relu) => x.relu()?,
+                // The last softmax is left to the loss and to `probabilities`.
+                Stage::Activation(Activation::Softmax) if k + 1 == stages.len() => x,
+                Stage::Activation(Activation::Softmax) => candle_nn::ops::softmax(&x, D::Minus1)?,
+                Stage::Activation(Activation::Linear) => x,
+                Stage::MaxPool(pool_size) => kernels::max_pool2d(&x, pool_size)?,
+                Stage::Dropout(rate) if train && rate > 0.0 => {
+                    kernels::dropout(&x, rate, &mut self.rng)?
                 }
-                Layer::Dropout { .. } => x,
-                Layer::Flatten => x.flatten_from(1)?,
+                Stage::Dropout(_) => x,
+                Stage::Flatten => x.flatten_from(1)?,
             };
-            i += 1 + skip;
         }
         Ok(x)
     }
@@ -668,16 +726,6 @@ impl Sequential {
             Ok(logits)
         }
     }
-}
-
-/// Applies an activation; a final softmax is left to the loss (see `logits`).
-fn activate(x: Tensor, activation: Activation, last: bool) -> Result<Tensor> {
-    Ok(match activation {
-        Activation::Linear => x,
-        Activation::Relu => x.relu()?,
-        Activation::Softmax if last => x,
-        Activation::Softmax => candle_nn::ops::softmax(&x, D::Minus1)?,
-    })
 }
 
 /// Glorot (Xavier) uniform: U(-l, l) with l = sqrt(6 / (fan_in + fan_out)),

@@ -76,8 +76,7 @@ pub fn conv2d_relu_max_pool2(
     padding: usize,
 ) -> Result<Tensor> {
     let fused = cpu_float(x)
-        && Geom::new(x.dims(), kernel.dims(), bias.dims(), padding)
-            .is_ok_and(|g| winograd::applies(&g) && g.ho >= 2 && g.wo >= 2);
+        && Geom::new(x.dims(), kernel.dims(), bias.dims(), padding).is_ok_and(|g| g.pools());
     match fused {
         true => conv2d_op(x, kernel, bias, padding, true, true),
         false => super::max_pool2d(&conv2d_relu(x, kernel, bias, padding)?, 2),
@@ -128,7 +127,7 @@ pub fn conv2d_reference(
 
 /// Sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
-struct Geom {
+pub(crate) struct Geom {
     n: usize,
     c: usize,
     h: usize,
@@ -141,7 +140,7 @@ struct Geom {
 }
 
 impl Geom {
-    fn new(x: &[usize], kernel: &[usize], bias: &[usize], p: usize) -> Result<Self> {
+    pub(crate) fn new(x: &[usize], kernel: &[usize], bias: &[usize], p: usize) -> Result<Self> {
         let (&[n, c, h, w], &[o, ci, k, k2], &[ob]) = (x, kernel, bias) else {
             bail!("conv2d: expected x [N, C, H, W], kernel [O, C, k, k], bias [O], got {x:?}, {kernel:?}, {bias:?}")
         };
@@ -163,6 +162,20 @@ impl Geom {
             wo: w + 2 * p - k + 1,
         })
     }
+    /// Whether [`forward`] can pool this convolution's output (with 2×2
+    /// windows, after the ReLU) as it computes it: on the Winograd path,
+    /// with at least one whole window.
+    pub(crate) fn pools(&self) -> bool {
+        winograd::applies(self) && self.ho >= 2 && self.wo >= 2
+    }
+    /// One output image's `[channels, height, width]`, with or without the
+    /// 2×2 pooling.
+    pub(crate) fn output(&self, pool: bool) -> [usize; 3] {
+        match pool {
+            true => [self.o, self.ho / 2, self.wo / 2],
+            false => [self.o, self.ho, self.wo],
+        }
+    }
     /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
     fn ckk(&self) -> usize {
         self.c * self.k * self.k
@@ -178,18 +191,18 @@ impl Geom {
         self.hw_out().next_multiple_of(16)
     }
     /// Lengths of `dx`, `dK` and `db` in [`backward`]'s flat result.
-    fn grad_lens(&self, want: Wanted) -> [usize; 3] {
+    pub(crate) fn grad_lens(&self, want: Wanted) -> [usize; 3] {
         let dx = if want.dx { self.n * self.x_image() } else { 0 };
         [dx, self.o * self.ckk(), self.o]
     }
-    fn x_image(&self) -> usize {
+    pub(crate) fn x_image(&self) -> usize {
         self.c * self.h * self.w
     }
-    fn y_image(&self) -> usize {
+    pub(crate) fn y_image(&self) -> usize {
         self.o * self.hw_out()
     }
     /// One image's output after 2×2 max-pooling.
-    fn pooled_image(&self) -> usize {
+    pub(crate) fn pooled_image(&self) -> usize {
         self.o * (self.ho / 2) * (self.wo / 2)
     }
     /// For kernel column `kj`: the output columns `ow` whose input column
@@ -224,7 +237,7 @@ fn gemm_parallelism(batch: usize) -> Parallelism {
 /// The dtypes this op runs on, each with a per-thread scratch buffer for
 /// the im2col matrix: reused across calls, so that no step pays for
 /// allocating (and page-faulting) a fresh megabyte per thread and layer.
-trait Float: WithDType {
+pub(crate) trait Float: WithDType {
     /// Runs `f` on `len` elements of scratch (contents unspecified).
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
     /// `max(v, 0)` without a branch, so that loops over it vectorize (a
@@ -374,7 +387,7 @@ fn gemm_grad_cols<T: WithDType>(g: &Geom, kernel: &[T], dy: &[T], dcols: &mut [T
 
 /// Forward over contiguous data: per image, im2col then one gemm into
 /// scratch, then bias (and the ReLU if asked for) on the way out.
-fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T], relu: bool) -> Vec<T> {
+fn im2col_forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T], relu: bool) -> Vec<T> {
     let (hw, hwp) = (g.hw_out(), g.hw_padded());
     let mut y = Vec::with_capacity(g.n * g.y_image());
     let par = gemm_parallelism(g.n);
@@ -402,7 +415,47 @@ fn forward<T: Float>(g: &Geom, x: &[T], kernel: &[T], bias: &[T], relu: bool) ->
     y
 }
 
-/// Runs of images that [`backward`] handles as one task each: enough for
+/// The convolution of a batch over contiguous data: `y` `[N, O, Ho, Wo]`
+/// (through the ReLU when `relu`), or with `pool` (which needs
+/// [`Geom::pools`]) its 2×2 max-pooling `[N, O, Ho/2, Wo/2]` and each
+/// window's argmax for [`backward`]. The custom ops and the CPU training
+/// step both run this.
+pub(crate) fn forward<T: Float>(
+    g: &Geom,
+    x: &[T],
+    kernel: &[T],
+    bias: &[T],
+    relu: bool,
+    pool: bool,
+) -> Result<(Vec<T>, Vec<u8>)> {
+    if pool && !(relu && g.pools()) {
+        bail!("conv2d: pooling inside the convolution needs the ReLU and the Winograd path")
+    }
+    Ok(match winograd::applies(g) {
+        true => winograd::forward(g, x, kernel, bias, relu, pool),
+        false => (im2col_forward(g, x, kernel, bias, relu), Vec::new()),
+    })
+}
+
+/// The gradients of [`forward`] from the output's gradient `dy`, as one flat
+/// `[dx, dK, db]` (`dx` empty unless wanted). `y` is the forward's output
+/// when it applied the ReLU, and `argmax` its second result when it pooled.
+pub(crate) fn backward<T: Float>(
+    g: &Geom,
+    x: &[T],
+    kernel: &[T],
+    y: Option<&[T]>,
+    dy: &[T],
+    argmax: Option<&[u8]>,
+    want: Wanted,
+) -> Vec<T> {
+    match winograd::applies(g) {
+        true => winograd::backward(g, x, kernel, y, dy, argmax, want),
+        false => im2col_backward(g, x, kernel, y, dy, want),
+    }
+}
+
+/// Runs of images that [`backward`] hands out as one task each: enough for
 /// rayon to balance them over the threads, fixed so that the sums over the
 /// batch do not depend on the thread count.
 const BACKWARD_RUNS: usize = 16;
@@ -410,10 +463,10 @@ const BACKWARD_RUNS: usize = 16;
 /// Which gradients [`backward`] computes: only those of tracked inputs (the
 /// first layer's images need none, which skips a whole convolution).
 #[derive(Clone, Copy, Debug)]
-struct Wanted {
-    dx: bool,
-    dk: bool,
-    db: bool,
+pub(crate) struct Wanted {
+    pub dx: bool,
+    pub dk: bool,
+    pub db: bool,
 }
 
 /// Every gradient of the convolution in one pass over the batch, so that each
@@ -424,7 +477,7 @@ struct Wanted {
 ///
 /// Returns `[dx, dK, db]` flat: `dx` `[N, C, H, W]` (empty when not wanted),
 /// `dK` `[O, C, k, k]`, `db` `[O]`.
-fn backward<T: Float>(
+fn im2col_backward<T: Float>(
     g: &Geom,
     x: &[T],
     kernel: &[T],
@@ -608,19 +661,12 @@ impl CustomOp3 for Conv2d {
         let g = &self.geom;
         let y = on_float!(self.name(), s1, |T| {
             let (x, kernel, bias) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
-            T::to_cpu_storage_owned(match winograd::applies(g) {
-                true => {
-                    let (y, argmax) =
-                        winograd::forward::<T>(g, x, kernel, bias, self.relu, self.pool);
-                    if self.pool {
-                        // candle runs each op once: set() cannot fail here.
-                        let _ = self.argmax.set(Arc::new(argmax));
-                    }
-                    y
-                }
-                false if self.pool => bail!("{}: pooling needs the Winograd path", self.name()),
-                false => forward::<T>(g, x, kernel, bias, self.relu),
-            })
+            let (y, argmax) = forward::<T>(g, x, kernel, bias, self.relu, self.pool)?;
+            if self.pool {
+                // candle runs each op once: set() cannot fail here.
+                let _ = self.argmax.set(Arc::new(argmax));
+            }
+            T::to_cpu_storage_owned(y)
         });
         let shape = match self.pool {
             true => Shape::from((g.n, g.o, g.ho / 2, g.wo / 2)),
@@ -709,13 +755,8 @@ impl CustomOp3 for Conv2dBackward {
         let grads = on_float!(self.name(), s1, |T| {
             let y = relu_output.map(|(s, l)| data::<T>(s, l)).transpose()?;
             let (x, kernel, dy) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
-            T::to_cpu_storage_owned(match winograd::applies(g) {
-                true => {
-                    let argmax = self.argmax.as_deref().map(Vec::as_slice);
-                    winograd::backward::<T>(g, x, kernel, y, dy, argmax, self.want)
-                }
-                false => backward::<T>(g, x, kernel, y, dy, self.want),
-            })
+            let argmax = self.argmax.as_deref().map(Vec::as_slice);
+            T::to_cpu_storage_owned(backward::<T>(g, x, kernel, y, dy, argmax, self.want))
         });
         Ok((
             grads,

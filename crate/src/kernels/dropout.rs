@@ -20,16 +20,27 @@ const CHUNK: usize = 1 << 14;
 /// Zeroes each value of `x` with probability `rate` and scales the rest by
 /// `1 / (1 - rate)`, drawing the mask from `rng`.
 pub fn dropout(x: &Tensor, rate: f64, rng: &mut StdRng) -> Result<Tensor> {
-    if !(0.0..1.0).contains(&rate) {
-        bail!("dropout rate must be in [0, 1), got {rate}");
-    }
-    let mask = Arc::new(mask(x.elem_count(), rate, rng.random()));
+    let mask = Arc::new(draw_mask(x.elem_count(), rate, rng)?);
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         x.contiguous()?.apply_op1(Dropout { mask })
     } else {
         let mask = Tensor::from_slice(&mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
     }
+}
+
+/// A mask of `n` values for `dropout`, drawn from `rng`: each value
+/// `1 / (1 - rate)` with probability `1 - rate`, else 0.
+pub(crate) fn draw_mask(n: usize, rate: f64, rng: &mut StdRng) -> Result<Vec<f32>> {
+    if !(0.0..1.0).contains(&rate) {
+        bail!("dropout rate must be in [0, 1), got {rate}");
+    }
+    Ok(mask(n, rate, rng.random()))
+}
+
+/// `x * mask`, element-wise, in parallel.
+pub(crate) fn apply_mask(x: &[f32], mask: &[f32]) -> Vec<f32> {
+    x.par_iter().zip(mask).map(|(&x, &m)| x * m).collect()
 }
 
 /// `n` values, each `1 / (1 - rate)` with probability `1 - rate`, else 0.
@@ -72,12 +83,10 @@ impl Dropout {
                 x.len()
             );
         }
-        let y: Vec<f32> = x
-            .par_iter()
-            .zip(self.mask.par_iter())
-            .map(|(&x, &m)| x * m)
-            .collect();
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((
+            CpuStorage::F32(apply_mask(x, &self.mask)),
+            l.shape().clone(),
+        ))
     }
 }
 

@@ -125,7 +125,7 @@ fn run_max<T: WithDType>(run: &[T]) -> T {
 }
 
 /// Forward over contiguous `[planes, h, w]` data, planes in parallel.
-fn pool_fwd<T: WithDType>(x: &[T], h: usize, w: usize, p: usize) -> CpuStorage {
+pub(crate) fn pool_fwd<T: WithDType>(x: &[T], h: usize, w: usize, p: usize) -> Vec<T> {
     let (ho, wo) = (h / p, w / p);
     let planes = x.len() / (h * w);
     let mut out = vec![T::from_f64(0.0); planes * ho * wo];
@@ -133,7 +133,7 @@ fn pool_fwd<T: WithDType>(x: &[T], h: usize, w: usize, p: usize) -> CpuStorage {
         .zip(x.par_chunks_exact(h * w))
         .with_min_len(PLANES_PER_TASK)
         .for_each(|(out, plane)| pool_fwd_plane(plane, out, w, p));
-    T::to_cpu_storage_owned(out)
+    out
 }
 
 /// Planes a rayon task takes at least: a plane is only a few hundred values.
@@ -167,7 +167,7 @@ fn pool_fwd_plane<T: WithDType>(plane: &[T], out: &mut [T], w: usize, p: usize) 
 
 /// Backward over contiguous `x: [planes, h, w]` and `g: [planes, h/p, w/p]`:
 /// each `g` value lands on its window's first maximum, everything else is 0.
-fn pool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, p: usize) -> CpuStorage {
+pub(crate) fn pool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, p: usize) -> Vec<T> {
     let (ho, wo) = (h / p, w / p);
     let mut dx = vec![T::from_f64(0.0); x.len()];
     let planes = x
@@ -223,7 +223,7 @@ fn pool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, p: usize) -> Cpu
             }
         }
     });
-    T::to_cpu_storage_owned(dx)
+    dx
 }
 
 /// Runs `$body` with `$v` bound to the storage's data, for every plain dtype.
@@ -257,7 +257,9 @@ impl CustomOp1 for MaxPool2d {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let p = self.pool;
         let (n, c, h, w) = check_dims(layout.dims(), p)?;
-        let out = with_data!(storage, v => pool_fwd(contiguous(v, layout, "input")?, h, w, p));
+        let out = with_data!(storage, v => {
+            WithDType::to_cpu_storage_owned(pool_fwd(contiguous(v, layout, "input")?, h, w, p))
+        });
         Ok((out, Shape::from((n, c, h / p, w / p))))
     }
 
@@ -308,7 +310,7 @@ impl CustomOp2 for MaxPool2dBackward {
         let dx = with_data!(s1, v => {
             let x = contiguous(v, l1, "input")?;
             let g = contiguous(WithDType::cpu_storage_as_slice(s2)?, l2, "gradient")?;
-            pool_bwd(x, g, h, w, p)
+            WithDType::to_cpu_storage_owned(pool_bwd(x, g, h, w, p))
         });
         Ok((dx, l1.shape().clone()))
     }

@@ -2,9 +2,9 @@
 //! wrong or slow on the CPU, with portable fallbacks for other devices.
 
 mod adam;
-mod conv;
-mod dropout;
-mod max_pool;
+pub(crate) mod conv;
+pub(crate) mod dropout;
+pub(crate) mod max_pool;
 
 pub use adam::{adam_runs_on, adam_update, AdamStep};
 pub use conv::{conv2d, conv2d_reference, conv2d_relu, conv2d_relu_max_pool2};

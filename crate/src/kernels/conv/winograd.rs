@@ -673,7 +673,7 @@ pub(super) fn forward<T: Float>(
     (y, argmax)
 }
 
-/// Every gradient in one pass over the batch, as `conv::backward` does
+/// Every gradient in one pass over the batch, as `conv::im2col_backward` does
 /// (same runs, same flat `[dx, dK, db]` result), chunk by chunk within each
 /// run: the ReLU's mask and the bias sums, `dM` (and `V` for the kernel),
 /// then `dUᵀ_ξ += V_ξ · dM_ξᵀ` and `dV_ξ = U_ξᵀ · dM_ξ`, and `dx` from `dV`.

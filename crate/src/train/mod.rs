@@ -2,6 +2,8 @@
 //! epochs, the validation split, shuffling, one log line per epoch),
 //! `evaluate` and `predict`.
 
+mod backprop;
+
 use crate::data::split_sizes;
 use crate::history::{EpochMetrics, History};
 use crate::kernels::AdamStep;
@@ -57,8 +59,8 @@ impl Adam {
         self.step
     }
 
-    /// One update of `vars` from their gradients.
-    fn step(&mut self, vars: &[&Var], grads: &candle_core::backprop::GradStore) -> Result<()> {
+    /// One update of `vars` from their gradients (`None`: no gradient, no update).
+    fn step(&mut self, vars: &[&Var], grads: &[Option<Tensor>]) -> Result<()> {
         if self.moments.is_empty() {
             self.moments = vars
                 .iter()
@@ -69,12 +71,8 @@ impl Adam {
         let t = self.step as i32;
         let alpha =
             self.learning_rate * (1.0 - self.beta_2.powi(t)).sqrt() / (1.0 - self.beta_1.powi(t));
-        for (var, (m, v)) in vars.iter().zip(self.moments.iter_mut()) {
-            // Gradients can carry the op that made them, and with it the whole
-            // forward graph: detached, the moments keep none of it alive.
-            let Some(g) = grads.get(var.as_tensor()).map(|g| g.detach()) else {
-                continue;
-            };
+        for ((var, (m, v)), g) in vars.iter().zip(self.moments.iter_mut()).zip(grads) {
+            let Some(g) = g.as_ref() else { continue };
             if crate::kernels::adam_runs_on(var.as_tensor()) {
                 let c = AdamStep {
                     beta_1: self.beta_1,
@@ -82,10 +80,10 @@ impl Adam {
                     alpha,
                     epsilon: self.epsilon,
                 };
-                crate::kernels::adam_update(var.as_tensor(), m, v, &g, c)?;
+                crate::kernels::adam_update(var.as_tensor(), m, v, g, c)?;
                 continue;
             }
-            *m = ((&*m * self.beta_1)? + (&g * (1.0 - self.beta_1))?)?;
+            *m = ((&*m * self.beta_1)? + (g * (1.0 - self.beta_1))?)?;
             *v = ((&*v * self.beta_2)? + (g.sqr()? * (1.0 - self.beta_2))?)?;
             let update = (m.clone() / (v.sqrt()? + self.epsilon)?)?;
             var.set(&(var.as_tensor() - (update * alpha)?)?)?;
@@ -297,14 +295,10 @@ impl Sequential {
 
     /// `train_on_batch` without renewing the variables, for `fit`'s loop.
     fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, usize)> {
-        let logits = self.logits(x, true)?;
-        let loss = cross_entropy(&logits, y)?;
-        let loss_value = scalar(&loss)?;
-        let correct = count_correct(&logits, y)?;
-        if !loss_value.is_finite() {
-            return Ok((loss_value, correct));
+        let (loss, correct, grads) = self.gradients(x, y)?;
+        if !loss.is_finite() {
+            return Ok((loss, correct));
         }
-        let grads = loss.backward()?;
         let vars: Vec<Var> = self
             .named_vars()
             .into_iter()
@@ -315,7 +309,34 @@ impl Sequential {
             .as_mut()
             .context("compile() the model first")?
             .step(&vars, &grads)?;
-        Ok((loss_value, correct))
+        Ok((loss, correct))
+    }
+
+    /// The batch's mean loss (dropout active), how many it classified right,
+    /// and the loss's gradient of every weight in `named_vars` order (none
+    /// when the loss is not finite). f32 on the CPU runs the crate's own
+    /// backward pass ([`backprop`]); everything else candle's autograd.
+    fn gradients(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Vec<Option<Tensor>>)> {
+        if backprop::applies(self) {
+            let g = backprop::gradients(self, x, y)?;
+            return Ok((g.loss, g.correct, g.grads.into_iter().map(Some).collect()));
+        }
+        let logits = self.logits(x, true)?;
+        let loss = cross_entropy(&logits, y)?;
+        let loss_value = scalar(&loss)?;
+        let correct = count_correct(&logits, y)?;
+        if !loss_value.is_finite() {
+            return Ok((loss_value, correct, vec![]));
+        }
+        let grads = loss.backward()?;
+        let grads = self
+            .named_vars()
+            .into_iter()
+            // Gradients can carry the op that made them, and with it the
+            // whole forward graph: detached, the moments keep none of it alive.
+            .map(|(_, v)| grads.get(v.as_tensor()).map(|g| g.detach()))
+            .collect();
+        Ok((loss_value, correct, grads))
     }
 
     /// Keras's `evaluate`: mean categorical cross-entropy and accuracy.
