@@ -44,7 +44,7 @@ enum Kept {
     Nothing,
     /// The convolution's sizes, and with fused pooling each window's argmax.
     Conv(Geom, Vec<u8>),
-    Dropout(Vec<f32>),
+    Dropout(dropout::Mask),
 }
 
 /// Forward (dropout active), softmax cross-entropy against one-hot `y`, and
@@ -119,8 +119,8 @@ pub(crate) fn gradients(model: &mut Sequential, x: &Tensor, y: &Tensor) -> Resul
                 (Some(max_pool::pool_fwd(input, h, w, p)), Kept::Nothing)
             }
             Stage::Dropout(rate) if rate > 0.0 => {
-                let mask = dropout::draw_mask(input.len(), rate, &mut model.rng)?;
-                (Some(dropout::apply_mask(input, &mask)), Kept::Dropout(mask))
+                let mask = dropout::Mask::draw(rate, &mut model.rng)?;
+                (Some(mask.apply(input)), Kept::Dropout(mask))
             }
             Stage::Activation(Activation::Linear) | Stage::Dropout(_) | Stage::Flatten => {
                 (None, Kept::Nothing)
@@ -195,9 +195,7 @@ pub(crate) fn gradients(model: &mut Sequential, x: &Tensor, y: &Tensor) -> Resul
                 };
                 dy = max_pool::pool_bwd(input, &dy, h, w, p);
             }
-            (Stage::Dropout(_), Kept::Dropout(mask)) => {
-                dy.par_iter_mut().zip(mask).for_each(|(d, &m)| *d *= m)
-            }
+            (Stage::Dropout(_), Kept::Dropout(mask)) => mask.apply_in_place(&mut dy),
             _ => {}
         }
     }
