@@ -144,10 +144,10 @@ fn untransform_kernel_grad<T: Float>(g: &Geom, du_t: &[T]) -> Vec<T> {
 /// the baseline, picked at run time. The transforms are flat loops that
 /// vectorize; without this they would get the baseline's 4-wide SSE.
 macro_rules! multiversion {
-    ($(#[$meta:meta])* fn $name:ident<T>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<T>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
-        fn $name<T: Float>($($arg: $ty),*) {
+        $vis fn $name<T: Float>($($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             fn body<T: Float>($($arg: $ty),*) $body
@@ -808,7 +808,7 @@ fn gemm_kernel_grad<T: Float>(g: &Geom, cols: usize, dm: &[T], v: &[T], du_t: &m
 }
 
 /// Lanes of the dot products in [`kernel_grad_dots`]: a whole AVX-512
-/// register of f32s (chunk matrices have a multiple of 16 columns).
+/// register of f32s.
 const LANES: usize = 16;
 
 multiversion! {
@@ -816,10 +816,16 @@ multiversion! {
     /// products along the tiles, 4×4 of them at a time in `LANES` lanes.
     /// Both operands run along the tiles, and gemm wants its left one the
     /// other way round: it would first copy `dM` element by element into
-    /// its layout, which cost more than the products themselves.
-    fn kernel_grad_dots<T>(o: usize, c: usize, cols: usize, dm: &[T], v: &[T], du_t: &mut [T]) {
+    /// its layout, which cost more than the products themselves. The
+    /// im2col path's kernel gradient has the same form (`dy [O, HW]` and
+    /// `cols [CKK, HW]`), where gemm's fixed costs on its short sides (the
+    /// first layer's 32 × 27) made it slower still.
+    pub(super) fn kernel_grad_dots<T>(o: usize, c: usize, cols: usize, dm: &[T], v: &[T], du_t: &mut [T]) {
         const B: usize = 4;
-        let (dm_row, v_row) = (|i: usize| &dm[i * cols..][..cols], |j: usize| &v[j * cols..][..cols]);
+        // Whole groups of lanes in blocks; the rest (none for Winograd's
+        // chunk matrices) one dot at a time below.
+        let main = cols - cols % LANES;
+        let (dm_row, v_row) = (|i: usize| &dm[i * cols..][..main], |j: usize| &v[j * cols..][..main]);
         for o0 in (0..o).step_by(B) {
             for c0 in (0..c).step_by(B) {
                 let (bo, bc) = ((o - o0).min(B), (c - c0).min(B));
@@ -841,6 +847,14 @@ multiversion! {
                             add(i, j, sum);
                         }
                     }
+                }
+            }
+        }
+        if main < cols {
+            for (j, v) in v.chunks_exact(cols).enumerate() {
+                for (i, dm) in dm.chunks_exact(cols).enumerate() {
+                    let tail = dm[main..].iter().zip(&v[main..]);
+                    du_t[j * o + i] += tail.fold(T::zero(), |s, (&a, &b)| T::mul_add(a, b, s));
                 }
             }
         }
