@@ -56,14 +56,14 @@ impl Mask {
     /// `x * mask`, in parallel.
     pub(crate) fn apply(&self, x: &[f32]) -> Vec<f32> {
         let mask = *self;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
+        let mut y = Vec::with_capacity(x.len());
+        y.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(c, (y, x))| {
-                y.copy_from_slice(x);
-                mask.apply_from(c * CHUNK, y);
-            });
+            .for_each(|(c, (y, x))| mask.apply_from(c * CHUNK, y.write_copy_of_slice(x)));
+        // SAFETY: the chunks cover all `x.len()` values, each written above.
+        unsafe { y.set_len(x.len()) };
         y
     }
 

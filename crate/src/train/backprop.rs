@@ -345,11 +345,16 @@ impl<'a> Mat<'a> {
 fn matmul(a: Mat, b: Mat) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "matrix sizes do not fit");
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    let mut dst = vec![0f32; m * n];
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
+    // Not zeroed first: gemm writes every element (it does not read `dst`).
+    let mut dst = Vec::with_capacity(m * n);
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     // SAFETY: `Mat::new` checked that each operand's data holds its rows
-    // and columns at these strides, and `dst` is [m, n] row-major.
+    // and columns at these strides; `dst` has room for [m, n] row-major,
+    // all of which gemm writes (k > 0, and it is told not to read `dst`).
     unsafe {
         gemm::gemm(
             m, n, k,
@@ -357,7 +362,8 @@ fn matmul(a: Mat, b: Mat) -> Vec<f32> {
             a.data.as_ptr(), a.col_stride, a.row_stride,
             b.data.as_ptr(), b.col_stride, b.row_stride,
             0.0, 1.0, false, false, false, par,
-        )
+        );
+        dst.set_len(m * n);
     }
     dst
 }
