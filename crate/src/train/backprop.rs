@@ -52,6 +52,8 @@ enum Kept {
 pub(crate) fn gradients(model: &mut Sequential, x: &Tensor, y: &Tensor) -> Result<Gradients> {
     let n = x.dim(0)?;
     let plan = plan(model, n)?;
+    // A narrowed or transposed batch is copied into one contiguous block.
+    let (x, y) = (x.contiguous()?, y.contiguous()?);
 
     // Every weight's data, borrowed for the whole pass (the update comes after).
     let tensors: Vec<Option<[Tensor; 2]>> = model
