@@ -16,7 +16,7 @@
 //! through candle's autograd over [`Sequential::logits`]; the tests check
 //! that both give the same gradients.
 
-use crate::kernels::conv::{self, Geom, Wanted};
+use crate::kernels::conv::{self, Float, Geom, Wanted};
 use crate::kernels::{dropout, max_pool};
 use crate::model::{Activation, Sequential, Shape, Stage};
 use anyhow::{bail, ensure, Context, Result};
@@ -102,13 +102,13 @@ pub(crate) fn gradients(model: &mut Sequential, x: &Tensor, y: &Tensor) -> Resul
                 let mut y = matmul(Mat::new(input, n, inputs), Mat::new(kernel, inputs, units));
                 for row in y.chunks_exact_mut(units) {
                     for (v, &b) in row.iter_mut().zip(bias) {
-                        *v = if relu { (*v + b).max(0.0) } else { *v + b };
+                        *v = if relu { f32::relu(*v + b) } else { *v + b };
                     }
                 }
                 (Some(y), Kept::Nothing)
             }
             Stage::Activation(Activation::Relu) => (
-                Some(input.par_iter().map(|v| v.max(0.0)).collect()),
+                Some(input.par_iter().map(|&v| f32::relu(v)).collect()),
                 Kept::Nothing,
             ),
             Stage::Activation(Activation::Softmax) => {
@@ -370,11 +370,12 @@ fn matmul(a: Mat, b: Mat) -> Vec<f32> {
     dst
 }
 
-/// `d` where the ReLU's output `y` is positive, else 0, in place.
+/// `d` where the ReLU's output `y` is positive, else 0, in place: the
+/// convolutions' own ReLU gradient ([`Float::relu_grad`]), so one rule holds.
 fn relu_grad(d: &mut [f32], y: &[f32]) {
     d.par_iter_mut()
         .zip(y)
-        .for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 });
+        .for_each(|(d, &y)| *d = f32::relu_grad(*d, y));
 }
 
 /// Sums of each column of `m` `[rows, cols]`.
@@ -500,26 +501,17 @@ mod tests {
         let names = fast.named_vars();
         assert_eq!(grads.len(), names.len());
         for ((g, g64), (name, var)) in grads.iter().zip(&grads64).zip(names) {
-            let g: Vec<f32> = g
-                .as_ref()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let g64: Vec<f64> = g64
-                .as_ref()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let values = |t: &Option<Tensor>| -> Vec<f64> {
+                let t = t.as_ref().unwrap().to_dtype(DType::F64).unwrap();
+                t.flatten_all().unwrap().to_vec1().unwrap()
+            };
+            let (g, g64) = (values(g), values(g64));
             assert_eq!(g.len(), var.elem_count(), "{name}");
             let scale = g64.iter().fold(0f64, |m, v| m.max(v.abs()));
             assert!(scale > 0.0, "{name} gets no gradient");
             for (i, (&a, &b)) in g.iter().zip(&g64).enumerate() {
                 assert!(
-                    (a as f64 - b).abs() <= 2e-5 * scale,
+                    (a - b).abs() <= 2e-5 * scale,
                     "{name}[{i}]: {a} here, {b} from autograd (largest {scale})"
                 );
             }
