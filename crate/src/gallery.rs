@@ -283,7 +283,7 @@ impl Gallery {
 
     /// Writes the PNG to `path` (atomically).
     pub fn save_png(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::persist::write_atomic(path.as_ref(), &self.png()?)
+        crate::io::write_atomic(path.as_ref(), &self.png()?)
     }
 
     /// What [`Gallery::evcxr_display`] prints: the PNG, base64-encoded, as

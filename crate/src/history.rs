@@ -52,7 +52,7 @@ impl History {
 
     /// Writes the history as JSON, atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::persist::write_atomic(path.as_ref(), self.to_json()?.as_bytes())
+        crate::io::write_atomic(path.as_ref(), self.to_json()?.as_bytes())
     }
 
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {

@@ -1,7 +1,12 @@
 //! The Keras CIFAR-10 CNN tutorial, in Rust on candle.
 //!
-//! Data flows one way: files → [`data`] → [`train`] (through [`model`]) →
-//! [`history`] → [`plot`]; [`persist`] and [`gallery`] sit at the side.
+//! Data flows one way: files → [`data`] (tensors) → [`train`] (`fit`,
+//! `evaluate`, `predict`) → [`history`] → [`plot`]. `train` runs a
+//! [`model`]: its layers ([`layers`], one file per kind) turned once into a
+//! plan that every forward and backward pass runs, its parameters by name,
+//! and an optimizer from [`optim`]. The layers compute with [`kernels`].
+//! [`io`] (atomic writes, safetensors) is the leaf every file goes through;
+//! [`gallery`], [`mistakes`] and [`plot`] draw. No module uses one above it.
 //! Every notebook cell is a few calls into these modules.
 
 pub mod config;
@@ -9,10 +14,12 @@ pub mod data;
 pub mod device;
 pub mod gallery;
 pub mod history;
+pub mod io;
 pub mod kernels;
+pub mod layers;
 pub mod mistakes;
 pub mod model;
-pub mod persist;
+pub mod optim;
 pub mod plot;
 pub mod train;
 
@@ -26,10 +33,12 @@ pub mod prelude {
     pub use crate::device::{pick_device, Device};
     pub use crate::gallery::Gallery;
     pub use crate::history::History;
+    pub use crate::layers::*;
     pub use crate::mistakes::{mistakes_gallery, Confusion};
-    pub use crate::model::{layers::*, Activation, Layer, Padding, Sequential};
+    pub use crate::model::Sequential;
+    pub use crate::optim::{Adam, Optimizer};
     pub use crate::plot::{confusion_matrix, learning_curves, Figure};
-    pub use crate::train::{Adam, Fit, Score};
+    pub use crate::train::{Callback, Fit, Score};
     pub use anyhow::{anyhow, bail, ensure, Result};
     pub use candle_core::Tensor;
 }

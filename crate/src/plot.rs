@@ -261,12 +261,12 @@ impl Figure {
 
     /// Writes the PNG to `path` (atomically).
     pub fn save_png(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::persist::write_atomic(path.as_ref(), &self.png()?)
+        crate::io::write_atomic(path.as_ref(), &self.png()?)
     }
 
     /// Writes the SVG to `path` (atomically).
     pub fn save_svg(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::persist::write_atomic(path.as_ref(), self.svg().as_bytes())
+        crate::io::write_atomic(path.as_ref(), self.svg().as_bytes())
     }
 
     /// What [`Figure::evcxr_display`] prints: one output holding the figure

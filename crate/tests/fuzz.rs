@@ -4,8 +4,8 @@
 //! allocation a header asked for. `FUZZ_CASES` sets the cases per target.
 
 use cifar10_cnn::data::parse_batch;
+use cifar10_cnn::io::read_safetensors;
 use cifar10_cnn::model::{Architecture, Sequential};
-use cifar10_cnn::persist::read_safetensors;
 use proptest::prelude::*;
 
 fn cases() -> u32 {

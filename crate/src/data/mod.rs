@@ -2,11 +2,13 @@
 //! the steps the article applies to them (normalization, one-hot, the
 //! validation split).
 
+mod augment;
 mod cifar10;
 mod folder;
 #[cfg(feature = "hub")]
 mod hub;
 
+pub use augment::augment;
 pub use cifar10::{load_data, load_dir, load_records, parse_batch, CLASS_NAMES};
 pub use folder::{load_image_folder, load_image_folders};
 #[cfg(feature = "hub")]

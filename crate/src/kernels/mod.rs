@@ -1,10 +1,13 @@
-//! The crate's own compute kernels, as candle custom ops where candle's are
-//! wrong or slow on the CPU, with portable fallbacks for other devices.
+//! The crate's own CPU compute, on plain buffers and as candle custom ops
+//! where candle's are wrong or slow, with portable fallbacks for other
+//! devices. Used by the layers; uses nothing of the crate above it.
 
 mod adam;
 pub(crate) mod conv;
 pub(crate) mod dropout;
+pub(crate) mod matmul;
 pub(crate) mod max_pool;
+pub(crate) mod simd;
 
 pub use adam::{adam_runs_on, adam_update, AdamStep};
 pub use conv::{conv2d, conv2d_reference, conv2d_relu, conv2d_relu_max_pool2};
@@ -20,6 +23,8 @@ pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only changes glibc's allocator thresholds; it is
+        // called once, before this crate allocates its large buffers.
         ONCE.call_once(|| unsafe {
             // M_MMAP_THRESHOLD = -3 (32 MiB is the most glibc accepts; larger
             // values are refused), M_TRIM_THRESHOLD = -1, M_TOP_PAD = -2

@@ -1,96 +1,28 @@
 //! Training and evaluation with Keras's semantics: `compile`, `fit` (batches,
-//! epochs, the validation split, shuffling, one log line per epoch),
-//! `evaluate` and `predict`.
+//! epochs, the validation split, shuffling, one log line per epoch,
+//! callbacks), `evaluate` and `predict`.
+//!
+//! f32 on the CPU trains through the plan's own backward ([`step`]);
+//! every other device and dtype through candle's autograd over the plan's
+//! portable forward.
 
-mod backprop;
+pub mod callbacks;
+mod step;
+
+pub use crate::data::augment;
+pub use crate::optim::{Adam, Optimizer};
+pub use callbacks::{BackupAndRestore, Callback, RunState, TerminateOnNaN};
 
 use crate::data::split_sizes;
 use crate::history::{EpochMetrics, History};
-use crate::kernels::AdamStep;
 use crate::model::Sequential;
-use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Tensor, Var, D};
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Tensor, D};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::time::Instant;
-
-/// Keras's Adam. candle-nn's `AdamW` differs in its defaults (eps 1e-8,
-/// weight decay 0.01) and in where epsilon enters, so this follows Keras's
-/// update exactly: `w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`.
-#[derive(Clone, Debug)]
-pub struct Adam {
-    pub learning_rate: f64,
-    pub beta_1: f64,
-    pub beta_2: f64,
-    pub epsilon: f64,
-    pub(crate) step: u64,
-    pub(crate) moments: Vec<(Tensor, Tensor)>,
-}
-
-impl Default for Adam {
-    fn default() -> Self {
-        Self::new(1e-3)
-    }
-}
-
-impl Adam {
-    /// Adam with Keras's defaults (betas 0.9 / 0.999, epsilon 1e-7).
-    pub fn new(learning_rate: f64) -> Self {
-        Self {
-            learning_rate,
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-7,
-            step: 0,
-            moments: vec![],
-        }
-    }
-
-    /// Forgets the moments and the step count, keeping the settings.
-    pub(crate) fn reset(&mut self) {
-        self.step = 0;
-        self.moments.clear();
-    }
-
-    /// Number of updates applied so far.
-    pub fn iterations(&self) -> u64 {
-        self.step
-    }
-
-    /// One update of `vars` from their gradients (`None`: no gradient, no update).
-    fn step(&mut self, vars: &[&Var], grads: &[Option<Tensor>]) -> Result<()> {
-        if self.moments.is_empty() {
-            self.moments = vars
-                .iter()
-                .map(|v| Ok((v.zeros_like()?, v.zeros_like()?)))
-                .collect::<Result<_>>()?;
-        }
-        self.step += 1;
-        let t = self.step as i32;
-        let alpha =
-            self.learning_rate * (1.0 - self.beta_2.powi(t)).sqrt() / (1.0 - self.beta_1.powi(t));
-        for ((var, (m, v)), g) in vars.iter().zip(self.moments.iter_mut()).zip(grads) {
-            let Some(g) = g.as_ref() else { continue };
-            if crate::kernels::adam_runs_on(var.as_tensor()) {
-                let c = AdamStep {
-                    beta_1: self.beta_1,
-                    beta_2: self.beta_2,
-                    alpha,
-                    epsilon: self.epsilon,
-                };
-                crate::kernels::adam_update(var.as_tensor(), m, v, g, c)?;
-                continue;
-            }
-            *m = ((&*m * self.beta_1)? + (g * (1.0 - self.beta_1))?)?;
-            *v = ((&*v * self.beta_2)? + (g.sqr()? * (1.0 - self.beta_2))?)?;
-            let update = (m.clone() / (v.sqrt()? + self.epsilon)?)?;
-            var.set(&(var.as_tensor() - (update * alpha)?)?)?;
-        }
-        Ok(())
-    }
-}
 
 /// The arguments of Keras's `fit`; `Fit::default()` has Keras's defaults.
 #[derive(Clone, Debug)]
@@ -159,12 +91,12 @@ impl Sequential {
     /// Keras's `compile`: the optimizer. The loss is categorical
     /// cross-entropy and the metric accuracy, as in the article, so the model
     /// must end in a softmax.
-    pub fn compile(&mut self, optimizer: Adam) -> Result<()> {
+    pub fn compile(&mut self, optimizer: impl Optimizer + 'static) -> Result<()> {
         ensure!(
-            self.architecture.ends_in_softmax(),
+            self.plan.softmax,
             "categorical cross-entropy needs class probabilities: end the model with a softmax (layers::softmax())"
         );
-        self.optimizer = Some(optimizer);
+        self.optimizer = Some(Box::new(optimizer));
         Ok(())
     }
 
@@ -190,58 +122,36 @@ impl Sequential {
         // Keep the data on the model's device so that a batch is a gather there.
         let x = x.to_device(&self.device)?;
         let y = y.to_device(&self.device)?;
-        let (x_train, y_train) = (x.narrow(0, 0, n_train)?, y.narrow(0, 0, n_train)?);
+        let train = (x.narrow(0, 0, n_train)?, y.narrow(0, 0, n_train)?);
         let val = match n_val {
             0 => None,
             _ => Some((x.narrow(0, n_train, n_val)?, y.narrow(0, n_train, n_val)?)),
         };
-        let steps = n_train.div_ceil(args.batch_size);
         self.renew_vars()?;
         if args.verbose && n_val > 0 {
             println!("Train on {n_train} samples, validate on {n_val} samples");
         }
-
-        let mut history = History::default();
+        let mut callbacks: Vec<Box<dyn Callback>> = vec![Box::new(TerminateOnNaN::default())];
         if let Some(dir) = &args.backup_dir {
-            if let Some(state) = self.read_backup(dir, n_train, args.batch_size)? {
-                if args.verbose {
-                    println!(
-                        "Restored the backup in {}: {} epochs done",
-                        dir.display(),
-                        state.epoch
-                    );
-                }
-                history = state.history;
-                self.rng = StdRng::seed_from_u64(state.rng_seed);
-            }
+            callbacks.push(Box::new(BackupAndRestore::new(dir)));
         }
-        for epoch in history.epochs() + 1..=args.epochs {
+        let mut run = RunState {
+            history: History::default(),
+            rng_seed: 0,
+            train_samples: n_train,
+            batch_size: args.batch_size,
+            verbose: args.verbose,
+        };
+        for cb in &mut callbacks {
+            cb.on_train_begin(self, &mut run)?;
+        }
+        let steps = n_train.div_ceil(args.batch_size);
+        for epoch in run.history.epochs() + 1..=args.epochs {
             let start = Instant::now();
-            let last_good = self.weight_values()?;
-            let mut order: Vec<u32> = (0..n_train as u32).collect();
-            if args.shuffle {
-                order.shuffle(&mut self.rng);
+            for cb in &mut callbacks {
+                cb.on_epoch_begin(self, epoch)?;
             }
-            let mut totals = Totals::default();
-            for batch in order.chunks(args.batch_size) {
-                let idx = Tensor::from_slice(batch, batch.len(), &self.device)?;
-                let mut xb = x_train.index_select(&idx, 0)?;
-                if args.augment {
-                    xb = augment(&xb, 4, &mut self.rng)?;
-                }
-                let yb = y_train.index_select(&idx, 0)?;
-                let (loss, correct) = self.train_step(&xb, &yb)?;
-                if !loss.is_finite() {
-                    // Keras's TerminateOnNaN, but keeping the last good weights.
-                    self.set_weight_values(&last_good)?;
-                    bail!(
-                        "the loss became {loss} in epoch {epoch} after {} batches: training stopped, and the weights are back to those of the end of epoch {}. Try a smaller learning rate, or check the inputs for NaN",
-                        totals.seen / args.batch_size,
-                        epoch - 1
-                    );
-                }
-                totals.add(loss, correct, batch.len());
-            }
+            let (loss, acc) = self.train_epoch(&train, &args, epoch, &mut callbacks)?;
             let val = match &val {
                 Some((xv, yv)) => {
                     let s = self.evaluate_on_device(xv, yv, args.batch_size)?;
@@ -250,8 +160,8 @@ impl Sequential {
                 None => None,
             };
             let metrics = EpochMetrics {
-                loss: totals.loss(),
-                acc: totals.accuracy(),
+                loss,
+                acc,
                 val,
                 seconds: start.elapsed().as_secs_f64(),
             };
@@ -260,28 +170,49 @@ impl Sequential {
                 println!("{}", epoch_line(steps, &metrics));
                 let _ = std::io::stdout().flush();
             }
-            history.push(metrics);
+            run.history.push(metrics);
             // A fresh generator per epoch, seeded from the last, so that a run
             // resumed from a backup continues exactly as it would have.
-            let rng_seed = self.rng.random();
-            self.rng = StdRng::seed_from_u64(rng_seed);
-            if let Some(dir) = &args.backup_dir {
-                let state = crate::persist::BackupState {
-                    epoch,
-                    history: history.clone(),
-                    rng_seed,
-                    adam_step: self.optimizer_iterations(),
-                    train_samples: n_train,
-                    batch_size: args.batch_size,
-                    architecture: self.architecture.clone(),
-                };
-                self.write_backup(dir, &state)?;
+            run.rng_seed = self.rng.random();
+            self.rng = StdRng::seed_from_u64(run.rng_seed);
+            for cb in &mut callbacks {
+                cb.on_epoch_end(self, &run)?;
             }
         }
-        if let Some(dir) = &args.backup_dir {
-            let _ = std::fs::remove_file(dir.join(crate::persist::BACKUP_FILE));
+        for cb in &mut callbacks {
+            cb.on_train_end(self, &run)?;
         }
-        Ok(history)
+        Ok(run.history)
+    }
+
+    /// One pass over the training data in shuffled batches: the epoch's
+    /// mean loss and accuracy.
+    fn train_epoch(
+        &mut self,
+        (x, y): &(Tensor, Tensor),
+        args: &Fit,
+        epoch: usize,
+        callbacks: &mut [Box<dyn Callback>],
+    ) -> Result<(f64, f64)> {
+        let mut order: Vec<u32> = (0..x.dim(0)? as u32).collect();
+        if args.shuffle {
+            order.shuffle(&mut self.rng);
+        }
+        let mut totals = Totals::default();
+        for (b, batch) in order.chunks(args.batch_size).enumerate() {
+            let idx = Tensor::from_slice(batch, batch.len(), &self.device)?;
+            let mut xb = x.index_select(&idx, 0)?;
+            if args.augment {
+                xb = augment(&xb, 4, &mut self.rng)?;
+            }
+            let yb = y.index_select(&idx, 0)?;
+            let (loss, correct) = self.train_step(&xb, &yb)?;
+            for cb in callbacks.iter_mut() {
+                cb.on_batch_end(self, epoch, b, loss)?;
+            }
+            totals.add(loss, correct, batch.len());
+        }
+        Ok((totals.loss(), totals.accuracy()))
     }
 
     /// Keras's `train_on_batch`: forward, loss, backward and one Adam update
@@ -299,27 +230,28 @@ impl Sequential {
         if !loss.is_finite() {
             return Ok((loss, correct));
         }
-        let vars: Vec<Var> = self
-            .named_vars()
-            .into_iter()
-            .map(|(_, v)| v.clone())
+        let updates: Vec<_> = self
+            .params
+            .iter()
+            .zip(&grads)
+            .filter(|(p, _)| p.trainable)
+            .map(|(p, g)| (p.name.as_str(), &p.var, g.as_ref()))
             .collect();
-        let vars: Vec<&Var> = vars.iter().collect();
         self.optimizer
             .as_mut()
             .context("compile() the model first")?
-            .step(&vars, &grads)?;
+            .update(&updates)?;
         Ok((loss, correct))
     }
 
     /// The batch's mean loss (dropout active), how many it classified right,
-    /// and the loss's gradient of every weight in `named_vars` order (none
-    /// when the loss is not finite). f32 on the CPU runs the crate's own
-    /// backward pass ([`backprop`]); everything else candle's autograd.
+    /// and the loss's gradient of every parameter in the model's order (none
+    /// when the loss is not finite). f32 on the CPU runs the plan's own
+    /// backward pass ([`step`]); everything else candle's autograd.
     fn gradients(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Vec<Option<Tensor>>)> {
-        if backprop::applies(self) {
-            let g = backprop::gradients(self, x, y)?;
-            return Ok((g.loss, g.correct, g.grads.into_iter().map(Some).collect()));
+        if self.runs_on_cpu_f32() {
+            let g = step::gradients(self, x, y)?;
+            return Ok((g.loss, g.correct, g.grads));
         }
         let logits = self.logits(x, true)?;
         let loss = cross_entropy(&logits, y)?;
@@ -330,11 +262,11 @@ impl Sequential {
         }
         let grads = loss.backward()?;
         let grads = self
-            .named_vars()
-            .into_iter()
+            .params
+            .iter()
             // Gradients can carry the op that made them, and with it the
             // whole forward graph: detached, the moments keep none of it alive.
-            .map(|(_, v)| grads.get(v.as_tensor()).map(|g| g.detach()))
+            .map(|p| grads.get(p.var.as_tensor()).map(|g| g.detach()))
             .collect();
         Ok((loss_value, correct, grads))
     }
@@ -351,7 +283,7 @@ impl Sequential {
         let mut totals = Totals::default();
         for start in (0..n).step_by(batch_size) {
             let len = batch_size.min(n - start);
-            let logits = self.logits(&x.narrow(0, start, len)?, false)?;
+            let logits = self.infer_logits(&x.narrow(0, start, len)?)?;
             let yb = y.narrow(0, start, len)?;
             let loss = scalar(&cross_entropy(&logits, &yb)?)?;
             totals.add(loss, count_correct(&logits, &yb)?, len);
@@ -385,21 +317,6 @@ impl Sequential {
         Ok(classes.into_iter().map(|c| c as usize).collect())
     }
 
-    /// Copies of the current weights, in `named_vars` order.
-    fn weight_values(&self) -> Result<Vec<Tensor>> {
-        self.named_vars()
-            .into_iter()
-            .map(|(_, v)| Ok(v.as_tensor().copy()?))
-            .collect()
-    }
-
-    fn set_weight_values(&self, values: &[Tensor]) -> Result<()> {
-        for ((_, var), value) in self.named_vars().into_iter().zip(values) {
-            var.set(value)?;
-        }
-        Ok(())
-    }
-
     /// Checks `x` (and `y`) against the model and returns the sample count.
     fn check_inputs(&self, x: &Tensor, y: Option<&Tensor>) -> Result<usize> {
         let [c, h, w] = self.architecture.input_shape;
@@ -431,38 +348,6 @@ impl Sequential {
         }
         Ok(dims[0])
     }
-}
-
-/// The standard CIFAR augmentation: each image shifted by up to `pad`
-/// pixels each way (a random crop of the zero-padded image) and mirrored
-/// left-right with probability 1/2.
-pub fn augment(x: &Tensor, pad: usize, rng: &mut impl rand::Rng) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let src: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let mut out = vec![0f32; src.len()];
-    let pad = pad as i64;
-    for i in 0..n {
-        let dy = rng.random_range(-pad..=pad);
-        let dx = rng.random_range(-pad..=pad);
-        let flip = rng.random_bool(0.5);
-        for ch in 0..c {
-            let plane = (i * c + ch) * h * w;
-            for y in 0..h {
-                let sy = y as i64 + dy;
-                if sy < 0 || sy >= h as i64 {
-                    continue;
-                }
-                for x_ in 0..w {
-                    let xx = if flip { w - 1 - x_ } else { x_ };
-                    let sx = xx as i64 + dx;
-                    if sx >= 0 && sx < w as i64 {
-                        out[plane + y * w + x_] = src[plane + sy as usize * w + sx as usize];
-                    }
-                }
-            }
-        }
-    }
-    Ok(Tensor::from_vec(out, (n, c, h, w), x.device())?.to_dtype(x.dtype())?)
 }
 
 /// Categorical cross-entropy of softmax(`logits`) against one-hot `y`,

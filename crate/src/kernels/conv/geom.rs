@@ -1,0 +1,207 @@
+//! The sizes of one convolution, and the batch bookkeeping that both of
+//! its paths ([`super::im2col`] and [`super::winograd`]) share: threads,
+//! fixed runs of images, the ReLU mask and bias sums of each image's
+//! output gradient.
+
+use crate::kernels::simd::Float;
+use candle_core::{bail, Result, WithDType};
+use gemm::Parallelism;
+use std::mem::MaybeUninit;
+
+/// Sizes of one convolution.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geom {
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) o: usize,
+    pub(crate) k: usize,
+    pub(crate) p: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
+}
+
+impl Geom {
+    pub(crate) fn new(x: &[usize], kernel: &[usize], bias: &[usize], p: usize) -> Result<Self> {
+        let (&[n, c, h, w], &[o, ci, k, k2], &[ob]) = (x, kernel, bias) else {
+            bail!("conv2d: expected x [N, C, H, W], kernel [O, C, k, k], bias [O], got {x:?}, {kernel:?}, {bias:?}")
+        };
+        if ci != c || k2 != k || ob != o || k == 0 {
+            bail!("conv2d: shapes do not fit: x {x:?}, kernel {kernel:?}, bias {bias:?}")
+        }
+        if h + 2 * p < k || w + 2 * p < k {
+            bail!("conv2d: kernel {k}x{k} is larger than the padded input {x:?} (padding {p})")
+        }
+        Ok(Geom {
+            n,
+            c,
+            h,
+            w,
+            o,
+            k,
+            p,
+            ho: h + 2 * p - k + 1,
+            wo: w + 2 * p - k + 1,
+        })
+    }
+    /// Whether [`forward`] can pool this convolution's output (with 2×2
+    /// windows, after the ReLU) as it computes it: on the Winograd path,
+    /// with at least one whole window.
+    pub(crate) fn pools(&self) -> bool {
+        self.winograd() && self.ho >= 2 && self.wo >= 2
+    }
+    /// Whether the Winograd path ([`super::winograd`]) takes this
+    /// convolution: 3×3 kernels with enough channels on both sides that the
+    /// products are worth a gemm. (The first layer's 3 input channels stay
+    /// on im2col.)
+    pub(crate) fn winograd(&self) -> bool {
+        const MIN_CHANNELS: usize = 16;
+        self.k == 3 && self.c >= MIN_CHANNELS && self.o >= MIN_CHANNELS
+    }
+    /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
+    pub(crate) fn ckk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    /// Columns of the im2col matrix: one per output pixel.
+    pub(crate) fn hw_out(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// [`Self::hw_out`] rounded up to a multiple of 16 (a whole AVX-512
+    /// register of f32s): the forward gemm's `m`. gemm copies its whole left
+    /// operand first when `m` is not such a multiple (here 900, 225, 169).
+    pub(crate) fn hw_padded(&self) -> usize {
+        self.hw_out().next_multiple_of(16)
+    }
+    /// Lengths of `dx`, `dK` and `db` in [`backward`]'s flat result.
+    pub(crate) fn grad_lens(&self, want: Wanted) -> [usize; 3] {
+        let dx = if want.dx { self.n * self.x_image() } else { 0 };
+        [dx, self.o * self.ckk(), self.o]
+    }
+    pub(crate) fn x_image(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    pub(crate) fn y_image(&self) -> usize {
+        self.o * self.hw_out()
+    }
+    /// One image's output after 2×2 max-pooling.
+    pub(crate) fn pooled_image(&self) -> usize {
+        self.o * (self.ho / 2) * (self.wo / 2)
+    }
+    /// For kernel column `kj`: the output columns `ow` whose input column
+    /// `ow + kj - p` lies inside the image, and that input column for the first.
+    pub(crate) fn valid_cols(&self, kj: usize) -> (usize, usize, usize) {
+        let lo = self.p.saturating_sub(kj).min(self.wo);
+        let hi = (self.w + self.p).saturating_sub(kj).min(self.wo).max(lo);
+        let iw0 = if hi > lo { lo + kj - self.p } else { 0 };
+        (lo, hi, iw0)
+    }
+}
+
+/// Images are spread over rayon's threads, each running single-threaded
+/// gemms; a batch smaller than the pool hands the threads to gemm instead.
+pub(crate) fn gemm_parallelism(batch: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if batch >= threads || threads == 1 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads)
+    }
+}
+
+/// Runs of images that [`backward`] hands out as one task each: enough for
+/// rayon to balance them over the threads, fixed so that the sums over the
+/// batch do not depend on the thread count.
+pub(crate) const BACKWARD_RUNS: usize = 16;
+
+/// Which gradients [`backward`] computes: only those of tracked inputs (the
+/// first layer's images need none, which skips a whole convolution).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wanted {
+    pub dx: bool,
+    pub dk: bool,
+    pub db: bool,
+}
+
+/// Image `i`'s output gradient from `dy`: masked by the ReLU's output `y`
+/// when the forward applied it (written into `masked`, which it returns),
+/// with its per-channel sums added to `db` when given.
+pub(crate) fn image_grad<'a, T: Float>(
+    g: &Geom,
+    i: usize,
+    dy: &'a [T],
+    y: Option<&[T]>,
+    masked: &'a mut [T],
+    db: Option<&mut [f64]>,
+) -> &'a [T] {
+    let at = i * g.y_image()..(i + 1) * g.y_image();
+    let dy_n: &[T] = match y {
+        Some(y) => {
+            for ((m, &d), &v) in masked.iter_mut().zip(&dy[at.clone()]).zip(&y[at]) {
+                *m = T::relu_grad(d, v);
+            }
+            masked
+        }
+        None => &dy[at],
+    };
+    if let Some(db) = db {
+        for (s, plane) in db.iter_mut().zip(dy_n.chunks_exact(g.hw_out())) {
+            *s += plane_sum(plane);
+        }
+    }
+    dy_n
+}
+
+/// The runs' partial kernel gradients (`len` values each, or none) and bias
+/// sums (`o` each), added in run order.
+pub(crate) fn sum_runs<T: WithDType>(
+    partials: &[(Vec<T>, Vec<f64>)],
+    len: usize,
+    o: usize,
+) -> (Vec<T>, Vec<f64>) {
+    let mut dk = vec![T::zero(); len];
+    let mut db = vec![0f64; o];
+    for (dk_run, db_run) in partials {
+        dk.iter_mut().zip(dk_run).for_each(|(a, &b)| *a += b);
+        db.iter_mut().zip(db_run).for_each(|(a, &b)| *a += b);
+    }
+    (dk, db)
+}
+
+/// The first `len` elements of `out`'s spare capacity in `runs` chunks of
+/// `chunk`, one per run of images, for the runs to fill in parallel; all
+/// `None` when `len` is 0 (no input gradient wanted).
+pub(crate) fn data_chunks<T>(
+    out: &mut Vec<T>,
+    len: usize,
+    chunk: usize,
+    runs: usize,
+) -> Vec<Option<&mut [MaybeUninit<T>]>> {
+    if len == 0 {
+        return (0..runs).map(|_| None).collect();
+    }
+    out.reserve(len);
+    out.spare_capacity_mut()[..len]
+        .chunks_mut(chunk)
+        .map(Some)
+        .collect()
+}
+
+/// `buf` filled with zeros, as initialized values.
+pub(crate) fn zeroed<T: WithDType>(buf: &mut [MaybeUninit<T>]) -> &mut [T] {
+    buf.fill(MaybeUninit::new(T::zero()));
+    // SAFETY: every element was written just above, and MaybeUninit<T> has
+    // T's layout.
+    unsafe { &mut *(buf as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// Sum of one plane, in 16 lanes so that it vectorizes.
+pub(crate) fn plane_sum<T: WithDType>(v: &[T]) -> f64 {
+    let mut lanes = [T::zero(); 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        lanes.iter_mut().zip(c).for_each(|(l, &x)| *l += x);
+    }
+    lanes.iter().chain(rest).map(|x| x.to_f64()).sum()
+}

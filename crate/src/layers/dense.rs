@@ -1,0 +1,106 @@
+//! Keras's `Dense`: `y = x · kernel + bias` on a flat input, with a ReLU
+//! fused into it where the plan says.
+
+use super::{
+    Activation, CpuGrad, CpuOut, Fused, Init, Layer, LayerKind, ParamSpec, Run, Shape, StepShape,
+};
+use crate::kernels::matmul::{column_sums, matmul, Mat};
+use crate::kernels::simd::Float;
+use anyhow::{bail, ensure, Result};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dense {
+    pub units: usize,
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+/// `Dense(units)`, no activation.
+pub fn dense(units: usize) -> Layer {
+    Dense {
+        units,
+        activation: Activation::Linear,
+    }
+    .into()
+}
+
+impl LayerKind for Dense {
+    fn class_name(&self) -> &'static str {
+        "Dense"
+    }
+    fn base_name(&self) -> &'static str {
+        "dense"
+    }
+    fn output_shape(&self, input: Shape) -> Result<Shape> {
+        if let Shape::Image(..) = input {
+            bail!("Dense needs a flat input, got an image {input}: add a Flatten layer before it")
+        }
+        ensure!(self.units > 0, "Dense needs units above 0");
+        Ok(Shape::Flat(self.units))
+    }
+    /// Kernel `[in, out]`, as Keras keeps it.
+    fn params(&self, input: Shape) -> Vec<ParamSpec> {
+        let (inputs, units) = (input.size(), self.units);
+        vec![
+            ParamSpec {
+                name: "kernel",
+                shape: vec![inputs, units],
+                init: Init::GlorotUniform {
+                    fan_in: inputs,
+                    fan_out: units,
+                },
+                trainable: true,
+            },
+            ParamSpec {
+                name: "bias",
+                shape: vec![units],
+                init: Init::Zeros,
+                trainable: true,
+            },
+        ]
+    }
+    fn activation(&self) -> Activation {
+        self.activation
+    }
+    fn fusable(&self, _: Shape) -> Fused {
+        Fused {
+            relu: true,
+            max_pool2: false,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, p: &[Tensor], s: &StepShape, _: &mut Run) -> Result<Tensor> {
+        let y = x.matmul(&p[0])?.broadcast_add(&p[1])?; // [N, units]
+        Ok(if s.fused.relu { y.relu()? } else { y })
+    }
+
+    fn cpu_forward(&self, x: &[f32], p: &[&[f32]], s: &StepShape, _: &mut Run) -> Result<CpuOut> {
+        let (kernel, bias) = (p[0], p[1]);
+        let (n, inputs, units) = (s.n, s.input.size(), self.units);
+        let mut y = matmul(Mat::new(x, n, inputs), Mat::new(kernel, inputs, units)); // [N, units]
+        for row in y.chunks_exact_mut(units) {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v = if s.fused.relu { f32::relu(*v + b) } else { *v + b };
+            }
+        }
+        Ok(CpuOut::new(y))
+    }
+
+    fn cpu_backward(&self, g: CpuGrad) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let mut dy = g.dy;
+        if g.step.fused.relu {
+            super::activation::relu_grad(&mut dy, g.y);
+        }
+        let (n, inputs, units) = (g.step.n, g.step.input.size(), self.units);
+        let dk = matmul(Mat::new(g.x, n, inputs).t(), Mat::new(&dy, n, units)); // [in, units]
+        let db = column_sums(&dy, units);
+        let dx = match g.wants_dx {
+            true => matmul(Mat::new(&dy, n, units), Mat::new(g.params[0], inputs, units).t()),
+            false => Vec::new(),
+        };
+        Ok((dx, vec![dk, db]))
+    }
+}

@@ -1,0 +1,320 @@
+//! The layer kinds, one file each, and what they all answer to.
+//!
+//! A kind's file holds everything about it side by side: its config (the
+//! architecture JSON's `config`), the Keras-like constructor, its output
+//! shape, its parameters (named, shaped, initialized, trainable or not), its
+//! portable forward in candle ops (what CUDA and the f64 gradient checks
+//! run, differentiated by candle's autograd), and its CPU f32 forward and
+//! backward on buffers (the fast training step and inference).
+//!
+//! The model never looks inside a kind: it asks [`LayerKind`]. To add one,
+//! write its file and register it in the `layer_kinds!` list below (see
+//! `docs/ARCHITECTURE.md`).
+
+use anyhow::Result;
+use candle_core::Tensor;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use std::any::Any;
+
+/// Declares the layer kinds: `Variant(Type) => module` for each. Makes the
+/// modules, re-exports their contents, the [`Layer`] enum with a variant per
+/// kind, its dispatch to [`LayerKind`], and its JSON form.
+macro_rules! layer_kinds {
+    ($($variant:ident($ty:ident) => $module:ident),* $(,)?) => {
+        $(mod $module; pub use $module::*;)*
+
+        /// One layer of a `Sequential`, as saved in the architecture JSON:
+        /// `{"class_name": "Conv2D", "config": {...}}`.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Layer {
+            $($variant($ty)),*
+        }
+
+        impl Layer {
+            /// What the model asks of the layer.
+            pub fn kind(&self) -> &dyn LayerKind {
+                match self {
+                    $(Layer::$variant(l) => l),*
+                }
+            }
+            /// The Keras class names this crate knows.
+            pub const CLASS_NAMES: &'static [&'static str] = &[$(stringify!($variant)),*];
+
+            fn config_json(&self) -> serde_json::Result<serde_json::Value> {
+                match self {
+                    $(Layer::$variant(l) => serde_json::to_value(l)),*
+                }
+            }
+            fn from_config(class_name: &str, config: serde_json::Value) -> Result<Layer, String> {
+                match class_name {
+                    $(stringify!($variant) => serde_json::from_value(config)
+                        .map(Layer::$variant)
+                        .map_err(|e| format!("{class_name}: {e}")),)*
+                    other => Err(format!(
+                        "unknown layer class_name {other:?}: this version knows {}",
+                        Layer::CLASS_NAMES.join(", ")
+                    )),
+                }
+            }
+        }
+
+        $(impl From<$ty> for Layer {
+            fn from(l: $ty) -> Layer {
+                Layer::$variant(l)
+            }
+        })*
+    };
+}
+
+layer_kinds! {
+    Conv2D(Conv2D) => conv2d,
+    Activation(ActivationLayer) => activation,
+    MaxPooling2D(MaxPooling2D) => max_pooling2d,
+    Dropout(Dropout) => dropout,
+    Flatten(Flatten) => flatten,
+    Dense(Dense) => dense,
+}
+
+/// What every layer kind tells the model.
+pub trait LayerKind: std::fmt::Debug {
+    /// Keras's class name, e.g. `"Conv2D"` (summaries, the JSON).
+    fn class_name(&self) -> &'static str;
+    /// The base of Keras's unique layer names, e.g. `"conv2d"`, `"conv2d_1"`.
+    fn base_name(&self) -> &'static str;
+    /// The shape this layer outputs for `input`, or why it cannot take it.
+    fn output_shape(&self, input: Shape) -> Result<Shape>;
+    /// Its parameters for `input`, in the order its forward takes them.
+    fn params(&self, _input: Shape) -> Vec<ParamSpec> {
+        Vec::new()
+    }
+    /// The activation given inline (`Dense(10, activation='softmax')`). The
+    /// plan runs it: fused into this layer's kernel as [`Fused::relu`]
+    /// when it can be, else as a step of its own.
+    fn activation(&self) -> Activation {
+        Activation::Linear
+    }
+    /// Which of the next layers' work this kind's kernels can take on for
+    /// `input`; the plan decides from this, once.
+    fn fusable(&self, _input: Shape) -> Fused {
+        Fused::default()
+    }
+    /// The portable forward, in candle ops: any device, any float type,
+    /// differentiable by candle's autograd. `p` as [`LayerKind::params`].
+    fn forward(&self, x: &Tensor, p: &[Tensor], step: &StepShape, run: &mut Run) -> Result<Tensor>;
+    /// The CPU forward in f32 on a contiguous batch `x` `[N, ..input]`.
+    fn cpu_forward(
+        &self,
+        x: &[f32],
+        p: &[&[f32]],
+        step: &StepShape,
+        run: &mut Run,
+    ) -> Result<CpuOut>;
+    /// The CPU backward: from the output's gradient, the input's (when
+    /// [`CpuGrad::wants_dx`]) and every parameter's, in `params` order.
+    fn cpu_backward(&self, g: CpuGrad) -> Result<(Vec<f32>, Vec<Vec<f32>>)>;
+}
+
+/// What flows between layers, without the batch dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// channels, height, width
+    Image(usize, usize, usize),
+    Flat(usize),
+}
+
+impl Shape {
+    pub fn size(&self) -> usize {
+        match *self {
+            Shape::Image(c, h, w) => c * h * w,
+            Shape::Flat(n) => n,
+        }
+    }
+    pub fn dims(&self) -> Vec<usize> {
+        match *self {
+            Shape::Image(c, h, w) => vec![c, h, w],
+            Shape::Flat(n) => vec![n],
+        }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shape::Image(c, h, w) => write!(f, "(None, {c}, {h}, {w})"),
+            Shape::Flat(n) => write!(f, "(None, {n})"),
+        }
+    }
+}
+
+/// Padding, as in Keras: `valid` shrinks the image by the window size
+/// minus one, `same` keeps its size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    #[default]
+    Valid,
+    Same,
+}
+
+/// One parameter of a layer: its name within the layer (`"kernel"`), shape,
+/// initial values and whether the optimizer trains it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub shape: Vec<usize>,
+    pub init: Init,
+    pub trainable: bool,
+}
+
+/// How a parameter starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// U(-l, l), l = sqrt(6 / (fan_in + fan_out)): Keras's default kernels.
+    GlorotUniform {
+        fan_in: usize,
+        fan_out: usize,
+    },
+    Zeros,
+    Ones,
+}
+
+/// The work of the next layers a step does inside its own kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fused {
+    /// a ReLU on the output
+    pub relu: bool,
+    /// after the ReLU, a 2×2 max-pooling (stride 2, valid)
+    pub max_pool2: bool,
+}
+
+/// The sizes of one step of the plan as it runs: batch, input and output
+/// (after what it fused), and what it fused.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepShape {
+    pub n: usize,
+    pub input: Shape,
+    pub output: Shape,
+    pub fused: Fused,
+}
+
+/// The run a forward belongs to: training (dropout active) or inference,
+/// and the model's generator (dropout masks), so that a seed repeats a run.
+pub struct Run<'a> {
+    pub training: bool,
+    pub rng: &'a mut StdRng,
+}
+
+/// What a step's CPU forward kept for its backward, besides its input and
+/// output (the pooling argmax, a dropout mask's seed), in the kind's own type.
+pub type Kept = Option<Box<dyn Any + Send + Sync>>;
+
+/// A CPU forward's result.
+pub struct CpuOut {
+    /// `None`: the output is the input unchanged (Flatten, inference dropout).
+    pub y: Option<Vec<f32>>,
+    pub kept: Kept,
+}
+
+impl CpuOut {
+    pub fn new(y: Vec<f32>) -> Self {
+        CpuOut {
+            y: Some(y),
+            kept: None,
+        }
+    }
+    pub fn unchanged() -> Self {
+        CpuOut {
+            y: None,
+            kept: None,
+        }
+    }
+}
+
+/// What a CPU backward gets.
+pub struct CpuGrad<'a> {
+    pub step: &'a StepShape,
+    /// the forward's input and output
+    pub x: &'a [f32],
+    pub y: &'a [f32],
+    /// the gradient of the output, which the backward may reuse for `dx`
+    pub dy: Vec<f32>,
+    pub kept: &'a Kept,
+    pub params: &'a [&'a [f32]],
+    /// false for the first step with parameters: nothing needs its `dx`
+    pub wants_dx: bool,
+}
+
+/// The kind's own [`Kept`] value.
+pub fn kept<'a, T: 'static>(kept: &'a Kept, what: &str) -> Result<&'a T> {
+    kept.as_ref()
+        .and_then(|k| k.downcast_ref::<T>())
+        .ok_or_else(|| anyhow::anyhow!("{what}: backward without its forward"))
+}
+
+/// The image a layer needs, or a clear error naming it.
+pub(crate) fn image_input(kind: &str, input: Shape) -> Result<(usize, usize, usize)> {
+    match input {
+        Shape::Image(c, h, w) => Ok((c, h, w)),
+        Shape::Flat(n) => anyhow::bail!(
+            "{kind} needs an image input (channels, height, width), got a flat vector of {n}"
+        ),
+    }
+}
+
+impl Serialize for Layer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeStruct};
+        let config = self.config_json().map_err(S::Error::custom)?;
+        // A kind without settings (Flatten) is written without a config,
+        // as Keras-shaped files of earlier versions have it.
+        let empty = config.as_object().is_some_and(|m| m.is_empty());
+        let mut st = s.serialize_struct("Layer", 2 - empty as usize)?;
+        st.serialize_field("class_name", self.kind().class_name())?;
+        if !empty {
+            st.serialize_field("config", &config)?;
+        }
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Layer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            class_name: String,
+            #[serde(default)]
+            config: Option<serde_json::Value>,
+        }
+        let raw = Raw::deserialize(d)?;
+        let config = raw
+            .config
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        Layer::from_config(&raw.class_name, config).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The article's model, layer by layer (1,250,858 parameters on CIFAR-10).
+pub fn article_layers(num_classes: usize) -> Vec<Layer> {
+    vec![
+        conv2d(32, 3).same(),
+        relu(),
+        conv2d(32, 3),
+        relu(),
+        max_pooling2d(2),
+        dropout(0.25),
+        conv2d(64, 3).same(),
+        relu(),
+        conv2d(64, 3),
+        relu(),
+        max_pooling2d(2),
+        dropout(0.25),
+        flatten(),
+        dense(512),
+        relu(),
+        dropout(0.5),
+        dense(num_classes),
+        softmax(),
+    ]
+}

@@ -1,0 +1,394 @@
+//! The model: an [`Architecture`] (layers as data, the counterpart of
+//! Keras's `model.to_json()`), a `Sequential` that owns their parameters by
+//! name, Keras's initialization and `summary()`, and the [`plan`] every
+//! forward pass runs.
+
+pub(crate) mod params;
+pub(crate) mod plan;
+mod save;
+
+pub use crate::layers::{self, article_layers, Activation, Layer, Padding, Shape};
+pub use params::{Param, Params};
+pub use save::model_paths;
+
+use crate::kernels;
+use crate::layers::Run;
+use crate::optim::Optimizer;
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use plan::Plan;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+/// Largest number of values per image between layers, and of one
+/// parameter: far above any model this crate is for, far below what overflows.
+const MAX_ACTIVATIONS: usize = 1 << 26;
+const MAX_WEIGHTS: usize = 1 << 30;
+
+fn check_size(what: &str, dims: &[usize], max: usize) -> Result<()> {
+    let n = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    ensure!(
+        n.is_some_and(|n| n <= max),
+        "{what} {dims:?} is too large (at most {max} values)"
+    );
+    Ok(())
+}
+
+/// Everything needed to rebuild a model: what `cifar10_cnn.json` holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Architecture {
+    pub name: String,
+    /// channels, height, width of one input image
+    pub input_shape: [usize; 3],
+    pub layers: Vec<Layer>,
+}
+
+impl Architecture {
+    /// The shape of one input image.
+    pub fn input(&self) -> Shape {
+        let [c, h, w] = self.input_shape;
+        Shape::Image(c, h, w)
+    }
+
+    /// The output shape of every layer, checking that each fits the next.
+    pub fn shapes(&self) -> Result<Vec<Shape>> {
+        let [c, h, w] = self.input_shape;
+        ensure!(
+            c > 0 && h > 0 && w > 0,
+            "input_shape must be positive, got {:?}",
+            self.input_shape
+        );
+        check_size("the input", &[c, h, w], MAX_ACTIVATIONS)?;
+        let mut shape = self.input();
+        let mut shapes = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kind = layer.kind();
+            let context = || format!("layer {i} ({})", kind.class_name());
+            // Sizes come from files too: bound them before anything is allocated.
+            let out = kind.output_shape(shape).with_context(context)?;
+            for p in kind.params(shape) {
+                check_size(&format!("its {}", p.name), &p.shape, MAX_WEIGHTS)
+                    .with_context(context)?;
+            }
+            check_size("its output", &out.dims(), MAX_ACTIVATIONS).with_context(context)?;
+            shape = out;
+            shapes.push(shape);
+        }
+        Ok(shapes)
+    }
+
+    /// Keras-style unique layer names: conv2d, conv2d_1, ..., dense, dense_1.
+    pub fn layer_names(&self) -> Vec<String> {
+        let mut counts = std::collections::HashMap::<&str, usize>::new();
+        self.layers
+            .iter()
+            .map(|l| {
+                let base = l.kind().base_name();
+                let n = counts.entry(base).or_default();
+                let name = match *n {
+                    0 => base.to_string(),
+                    _ => format!("{base}_{n}"),
+                };
+                *n += 1;
+                name
+            })
+            .collect()
+    }
+
+    /// `(tensor name, shape)` of every parameter, in layer order.
+    pub fn weight_specs(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let shapes = self.shapes()?;
+        let mut input = self.input();
+        let mut specs = Vec::new();
+        for ((layer, name), out) in self.layers.iter().zip(self.layer_names()).zip(shapes) {
+            for p in layer.kind().params(input) {
+                specs.push((format!("{name}.{}", p.name), p.shape));
+            }
+            input = out;
+        }
+        Ok(specs)
+    }
+
+    /// Whether the model ends in a softmax, which categorical cross-entropy needs.
+    pub fn ends_in_softmax(&self) -> bool {
+        self.layers.last().is_some_and(|l| match l {
+            Layer::Activation(a) => a.activation == Activation::Softmax,
+            other => other.kind().activation() == Activation::Softmax,
+        })
+    }
+}
+
+/// A stack of layers with their parameters, on one device: Keras's `Sequential`.
+pub struct Sequential {
+    pub(crate) architecture: Architecture,
+    pub(crate) params: Params,
+    /// Rebuilt whenever a layer is added.
+    pub(crate) plan: Plan,
+    pub(crate) device: Device,
+    /// Draws initial weights, dropout masks and the shuffling order, so that
+    /// the same seed gives the same run.
+    pub(crate) rng: StdRng,
+    pub(crate) optimizer: Option<Box<dyn Optimizer>>,
+}
+
+impl Sequential {
+    /// An empty model for inputs of shape (channels, height, width), e.g.
+    /// `&x_train.dims()[1..]`, on the device [`crate::device::pick_device`] picks.
+    pub fn new(input_shape: &[usize], seed: u64) -> Result<Self> {
+        Self::on(input_shape, seed, &crate::device::pick_device()?)
+    }
+
+    /// Like [`Sequential::new`], on the given device.
+    pub fn on(input_shape: &[usize], seed: u64, device: &Device) -> Result<Self> {
+        let input_shape: [usize; 3] = input_shape.try_into().map_err(|_| {
+            anyhow::anyhow!("input_shape must be (channels, height, width), got {input_shape:?}")
+        })?;
+        kernels::keep_freed_memory();
+        let architecture = Architecture {
+            name: "sequential".into(),
+            input_shape,
+            layers: vec![],
+        };
+        architecture.shapes()?;
+        Ok(Self {
+            architecture,
+            params: Params::default(),
+            plan: Plan::default(),
+            device: device.clone(),
+            rng: StdRng::seed_from_u64(seed),
+            optimizer: None,
+        })
+    }
+
+    /// The article's CNN for `num_classes` classes, built and initialized.
+    pub fn article(
+        input_shape: &[usize],
+        num_classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut model = Self::on(input_shape, seed, device)?;
+        for layer in article_layers(num_classes) {
+            model.add(layer)?;
+        }
+        Ok(model)
+    }
+
+    /// Appends a layer and initializes its parameters as its kind says
+    /// (Keras's defaults: glorot-uniform kernels, zero biases). Fails,
+    /// leaving the model as it was, when the layer cannot take the previous
+    /// layer's output.
+    pub fn add(&mut self, layer: impl Into<Layer>) -> Result<&mut Self> {
+        let layer = layer.into();
+        let input = self.output_shape()?;
+        let kind = layer.kind();
+        let context = || format!("cannot add {} after {input}", kind.class_name());
+        kind.output_shape(input).with_context(context)?;
+        let mut architecture = self.architecture.clone();
+        architecture.layers.push(layer.clone());
+        architecture.shapes().with_context(context)?;
+        let name = architecture.layer_names().pop().expect("just added");
+        let new = Params::create(&name, &kind.params(input), &mut self.rng, &self.device)?;
+        let mut params = self.params.clone();
+        params.extend(new);
+        self.plan = Plan::build(&architecture, &params)?;
+        self.architecture = architecture;
+        self.params = params;
+        // Adding a layer after compile() invalidates the optimizer state.
+        if let Some(o) = self.optimizer.as_mut() {
+            o.reset();
+        }
+        Ok(self)
+    }
+
+    /// Builds a model from an architecture with fresh weights.
+    pub fn from_architecture(
+        architecture: Architecture,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut model = Self::on(&architecture.input_shape, seed, device)?;
+        model.architecture.name = architecture.name.clone();
+        for (i, layer) in architecture.layers.into_iter().enumerate() {
+            model
+                .add(layer)
+                .with_context(|| format!("layer {i} of the architecture"))?;
+        }
+        Ok(model)
+    }
+
+    pub fn architecture(&self) -> &Architecture {
+        &self.architecture
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The shape of what the last layer outputs (the input's shape when empty).
+    pub fn output_shape(&self) -> Result<Shape> {
+        Ok(self
+            .architecture
+            .shapes()?
+            .last()
+            .copied()
+            .unwrap_or(self.architecture.input()))
+    }
+
+    /// The parameters, by name (Keras's `model.weights`).
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Every parameter's variable with its tensor name, in layer order:
+    /// what `save` writes.
+    pub fn named_vars(&self) -> Vec<(String, &Var)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), &p.var))
+            .collect()
+    }
+
+    /// The float type of the weights (f32 unless changed with `to_dtype`).
+    pub fn dtype(&self) -> DType {
+        self.params
+            .iter()
+            .next()
+            .map_or(DType::F32, |p| p.var.dtype())
+    }
+
+    /// Converts the weights, e.g. to f64 for a precise gradient check.
+    /// Resets the optimizer state.
+    pub fn to_dtype(&mut self, dtype: DType) -> Result<()> {
+        self.params
+            .map_vars(|v| Ok(Var::from_tensor(&v.to_dtype(dtype)?)?))?;
+        if let Some(o) = self.optimizer.as_mut() {
+            o.reset();
+        }
+        Ok(())
+    }
+
+    /// Gives every weight a new variable (same values) made by the code that
+    /// runs now. Why: evcxr links a copy of candle into each notebook cell,
+    /// and each copy numbers tensors from its own counter, so weights made in
+    /// one cell can share ids with tensors made in another, and candle's
+    /// backward pass, which keys gradients by id, would mix them up. Calling
+    /// this before a backward pass keeps every id of that pass from one counter.
+    pub(crate) fn renew_vars(&mut self) -> Result<()> {
+        self.params
+            .map_vars(|v| Ok(Var::from_tensor(&v.as_tensor().detach())?))
+    }
+
+    pub fn count_params(&self) -> usize {
+        self.params.count(false)
+    }
+
+    /// Keras's `model.summary()`, as text.
+    pub fn summary_string(&self) -> Result<String> {
+        use std::fmt::Write;
+        let shapes = self.architecture.shapes()?;
+        let rule = "_".repeat(72);
+        let mut s = String::new();
+        writeln!(s, "Model: \"{}\"", self.architecture.name)?;
+        writeln!(s, "{rule}")?;
+        writeln!(
+            s,
+            "{:<32}{:<26}{:>12}",
+            "Layer (type)", "Output Shape (N, C, H, W)", "Param #"
+        )?;
+        writeln!(s, "{}", "=".repeat(72))?;
+        let names = self.architecture.layer_names();
+        for ((layer, shape), name) in self.architecture.layers.iter().zip(&shapes).zip(&names) {
+            let prefix = format!("{name}.");
+            let params: usize = self
+                .params
+                .iter()
+                .filter(|p| p.name.starts_with(&prefix))
+                .map(|p| p.var.elem_count())
+                .sum();
+            let label = format!("{name} ({})", layer.kind().class_name());
+            writeln!(s, "{label:<32}{:<26}{params:>12}", shape.to_string())?;
+        }
+        let (total, trainable) = (self.params.count(false), self.params.count(true));
+        writeln!(s, "{}", "=".repeat(72))?;
+        writeln!(s, "Total params: {}", thousands(total))?;
+        writeln!(s, "Trainable params: {}", thousands(trainable))?;
+        writeln!(s, "Non-trainable params: {}", thousands(total - trainable))?;
+        write!(s, "{rule}")?;
+        Ok(s)
+    }
+
+    /// Prints the summary, as Keras's `model.summary()` does.
+    pub fn summary(&self) -> Result<()> {
+        println!("{}", self.summary_string()?);
+        Ok(())
+    }
+
+    /// The forward pass up to the logits, i.e. without a final softmax (the
+    /// loss and `predict` apply it, which is numerically safer), in candle
+    /// ops: the portable path, differentiable by autograd. With `train`,
+    /// dropout is active.
+    pub fn logits(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut run = Run {
+            training: train,
+            rng: &mut self.rng,
+        };
+        self.plan.forward(&self.params, x, &mut run)
+    }
+
+    /// Whether the plan's CPU f32 path runs this model (else the portable one).
+    pub(crate) fn runs_on_cpu_f32(&self) -> bool {
+        self.device.is_cpu() && self.dtype() == DType::F32
+    }
+
+    /// The logits of a batch at inference: the plan's CPU path for f32 on
+    /// the CPU, the portable path elsewhere.
+    pub(crate) fn infer_logits(&mut self, x: &Tensor) -> Result<Tensor> {
+        if !self.runs_on_cpu_f32() {
+            return self.logits(x, false);
+        }
+        let n = x.dim(0)?;
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let data = params::f32_data(&storage, layout)?;
+        let mut run = Run {
+            training: false,
+            rng: &mut self.rng,
+        };
+        let plan = &self.plan;
+        let logits = self
+            .params
+            .with_cpu_data(|p| plan.cpu_infer(p, data, n, &mut run))?;
+        let out = self
+            .plan
+            .steps
+            .last()
+            .map_or(self.architecture.input(), |s| s.output);
+        let dims: Vec<usize> = std::iter::once(n).chain(out.dims()).collect();
+        Ok(Tensor::from_vec(logits, dims, &self.device)?)
+    }
+
+    /// Class probabilities of a batch, `[N, classes]`, on the model's device.
+    pub(crate) fn probabilities(&mut self, x: &Tensor) -> Result<Tensor> {
+        let logits = self.infer_logits(x)?;
+        match self.plan.softmax {
+            true => Ok(candle_nn::ops::softmax_last_dim(&logits)?),
+            false => Ok(logits),
+        }
+    }
+}
+
+/// 1250858 → "1,250,858"
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,250 @@
+//! The plan: the model's layers as they run, worked out once when the model
+//! changes, and run by every path (the portable forward that CUDA and the
+//! f64 checks take, the CPU inference, the CPU training step).
+//!
+//! Building it is the one place where
+//! * shapes are settled (from [`Architecture::shapes`]),
+//! * fusions are decided: a Conv2D or Dense takes the ReLU after it (inline
+//!   or the next layer) into its kernel, and a Conv2D also the
+//!   MaxPooling2D(2) after that where its kernel can ([`LayerKind::fusable`]);
+//!   an inline activation that is not fused runs as a step of its own;
+//! * parameters are found by name;
+//! * the final softmax is set aside: the loss and `predict` apply it to
+//!   the logits, which is numerically safer.
+
+use super::params::Params;
+use super::Architecture;
+use crate::layers::{
+    relu, Activation, ActivationLayer, CpuGrad, Fused, Kept, Layer, LayerKind, Run, Shape,
+    StepShape,
+};
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+
+/// One step: a layer, with what it fused.
+#[derive(Clone, Debug)]
+pub(crate) struct Step {
+    pub layer: Layer,
+    pub input: Shape,
+    /// after the fused layers
+    pub output: Shape,
+    pub fused: Fused,
+    /// positions in [`Params`] of the layer's parameters, in its order
+    pub params: Vec<usize>,
+}
+
+impl Step {
+    fn kind(&self) -> &dyn LayerKind {
+        self.layer.kind()
+    }
+    fn shape(&self, n: usize) -> StepShape {
+        StepShape {
+            n,
+            input: self.input,
+            output: self.output,
+            fused: self.fused,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Plan {
+    /// up to the logits
+    pub steps: Vec<Step>,
+    /// Whether the model ends in a softmax (left out of `steps`).
+    pub softmax: bool,
+}
+
+/// What the CPU forward leaves for the backward: each step's output
+/// (`None`: its input passed through) and what it kept.
+pub(crate) struct Trace {
+    outputs: Vec<Option<Vec<f32>>>,
+    kept: Vec<Kept>,
+}
+
+impl Trace {
+    /// The output of the steps up to `k` (exclusive): the last one written, or `x`.
+    fn latest<'a>(&'a self, k: usize, x: &'a [f32]) -> &'a [f32] {
+        self.outputs[..k]
+            .iter()
+            .rev()
+            .find_map(|o| o.as_deref())
+            .unwrap_or(x)
+    }
+    /// The logits.
+    pub fn output<'a>(&'a self, x: &'a [f32]) -> &'a [f32] {
+        self.latest(self.outputs.len(), x)
+    }
+}
+
+impl Plan {
+    pub fn build(arch: &Architecture, params: &Params) -> Result<Plan> {
+        let shapes = arch.shapes()?;
+        let names = arch.layer_names();
+        let layers = &arch.layers;
+        let mut input = arch.input();
+        let mut steps = Vec::with_capacity(layers.len());
+        let mut i = 0;
+        while i < layers.len() {
+            let kind = layers[i].kind();
+            let can = kind.fusable(input);
+            let inline = kind.activation();
+            let mut fused = Fused::default();
+            let mut last = i; // the last layer this step takes
+            if can.relu {
+                if inline == Activation::Relu {
+                    fused.relu = true;
+                } else if inline == Activation::Linear && layers.get(i + 1) == Some(&relu()) {
+                    fused.relu = true;
+                    last += 1;
+                }
+            }
+            if fused.relu && can.max_pool2 && is_max_pool2(layers.get(last + 1)) {
+                fused.max_pool2 = true;
+                last += 1;
+            }
+            let params = kind
+                .params(input)
+                .iter()
+                .map(|spec| {
+                    let name = format!("{}.{}", names[i], spec.name);
+                    params
+                        .index(&name)
+                        .with_context(|| format!("the model has no parameter {name}"))
+                })
+                .collect::<Result<_>>()?;
+            let output = shapes[last];
+            steps.push(Step {
+                layer: layers[i].clone(),
+                input,
+                output,
+                fused,
+                params,
+            });
+            if inline != Activation::Linear && !(inline == Activation::Relu && fused.relu) {
+                steps.push(Step {
+                    layer: ActivationLayer { activation: inline }.into(),
+                    input: output,
+                    output,
+                    fused: Fused::default(),
+                    params: vec![],
+                });
+            }
+            input = output;
+            i = last + 1;
+        }
+        let softmax = matches!(
+            steps.last().map(|s| &s.layer),
+            Some(Layer::Activation(ActivationLayer {
+                activation: Activation::Softmax
+            }))
+        );
+        if softmax {
+            steps.pop();
+        }
+        Ok(Plan { steps, softmax })
+    }
+
+    /// The portable forward up to the logits, in candle ops.
+    pub fn forward(&self, params: &Params, x: &Tensor, run: &mut Run) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let mut x = x.clone();
+        for step in &self.steps {
+            let p: Vec<Tensor> = step
+                .params
+                .iter()
+                .map(|&i| params.at(i).var.as_tensor().clone())
+                .collect();
+            x = step
+                .kind()
+                .forward(&x, &p, &step.shape(n), run)
+                .with_context(|| step.kind().class_name())?;
+        }
+        Ok(x)
+    }
+
+    /// The CPU f32 forward up to the logits of a contiguous batch `x` of
+    /// `n` images, keeping only the latest output (inference).
+    pub fn cpu_infer(
+        &self,
+        data: &[&[f32]],
+        x: &[f32],
+        n: usize,
+        run: &mut Run,
+    ) -> Result<Vec<f32>> {
+        let mut latest: Option<Vec<f32>> = None;
+        for step in &self.steps {
+            let p = step_params(step, data);
+            let input = latest.as_deref().unwrap_or(x);
+            let out = step.kind().cpu_forward(input, &p, &step.shape(n), run)?;
+            if out.y.is_some() {
+                latest = out.y;
+            }
+        }
+        Ok(latest.unwrap_or_else(|| x.to_vec()))
+    }
+
+    /// The CPU f32 forward, keeping what the backward needs.
+    pub fn cpu_forward(
+        &self,
+        data: &[&[f32]],
+        x: &[f32],
+        n: usize,
+        run: &mut Run,
+    ) -> Result<Trace> {
+        let mut trace = Trace {
+            outputs: Vec::with_capacity(self.steps.len()),
+            kept: Vec::with_capacity(self.steps.len()),
+        };
+        for (k, step) in self.steps.iter().enumerate() {
+            let p = step_params(step, data);
+            let input = trace.latest(k, x);
+            let out = step.kind().cpu_forward(input, &p, &step.shape(n), run)?;
+            trace.outputs.push(out.y);
+            trace.kept.push(out.kept);
+        }
+        Ok(trace)
+    }
+
+    /// The CPU backward from the logits' gradient `dy`, down to the first
+    /// step with parameters (whose input needs no gradient): the gradient
+    /// of every parameter, by position in [`Params`] (`None`: not reached).
+    pub fn cpu_backward(
+        &self,
+        data: &[&[f32]],
+        trace: &Trace,
+        x: &[f32],
+        n: usize,
+        mut dy: Vec<f32>,
+    ) -> Result<Vec<Option<Vec<f32>>>> {
+        let mut grads = vec![None; data.len()];
+        let first = self.steps.iter().position(|s| !s.params.is_empty());
+        for k in (first.unwrap_or(self.steps.len())..self.steps.len()).rev() {
+            let step = &self.steps[k];
+            let p = step_params(step, data);
+            let shape = step.shape(n);
+            let (dx, param_grads) = step.kind().cpu_backward(CpuGrad {
+                step: &shape,
+                x: trace.latest(k, x),
+                y: trace.latest(k + 1, x),
+                dy,
+                kept: &trace.kept[k],
+                params: &p,
+                wants_dx: Some(k) != first,
+            })?;
+            for (&i, g) in step.params.iter().zip(param_grads) {
+                grads[i] = Some(g);
+            }
+            dy = dx;
+        }
+        Ok(grads)
+    }
+}
+
+fn step_params<'a>(step: &Step, data: &[&'a [f32]]) -> Vec<&'a [f32]> {
+    step.params.iter().map(|&i| data[i]).collect()
+}
+
+fn is_max_pool2(layer: Option<&Layer>) -> bool {
+    matches!(layer, Some(Layer::MaxPooling2D(m)) if m.pool_size == 2)
+}

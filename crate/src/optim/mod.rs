@@ -1,0 +1,36 @@
+//! Optimizers: how parameters move given their gradients. Their state is
+//! keyed by parameter name, so that backups (and, later, saved models) can
+//! carry it and a model that changes shape never mixes one parameter's
+//! moments with another's. A leaf above the kernels: it knows nothing of
+//! models or training.
+
+mod adam;
+
+pub use adam::Adam;
+
+use anyhow::Result;
+use candle_core::{Tensor, Var};
+use std::collections::HashMap;
+
+/// One trainable parameter in an update: its name, variable and gradient
+/// (`None`: it got none this step, and is left as it is).
+pub type Update<'a> = (&'a str, &'a Var, Option<&'a Tensor>);
+
+/// What `compile` takes: Keras's optimizer interface, reduced to what
+/// training, backups and the summary need.
+pub trait Optimizer: Send + std::fmt::Debug {
+    /// Keras's name (`"adam"`): the prefix of its state in backups.
+    fn name(&self) -> &'static str;
+    /// The names of its per-parameter state (`["m", "v"]` for Adam).
+    fn slots(&self) -> &'static [&'static str];
+    /// One step over the trainable parameters.
+    fn update(&mut self, params: &[Update]) -> Result<()>;
+    /// Number of updates applied so far (Keras's `optimizer.iterations`).
+    fn iterations(&self) -> u64;
+    /// Forgets its state (moments, step count), keeping its settings.
+    fn reset(&mut self);
+    /// Its state as `("{slot}.{parameter}", tensor)`, e.g. `("m.dense.kernel", m)`.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Puts back a state that [`Optimizer::state`] gave, with its step count.
+    fn load_state(&mut self, iterations: u64, state: HashMap<String, Tensor>) -> Result<()>;
+}
