@@ -175,3 +175,38 @@ fn predictions_are_probabilities() {
         argmax.iter().map(|&c| c as usize).collect::<Vec<_>>()
     );
 }
+
+/// Files written by version 0.1 (commit 5cf63b8, before the layers became
+/// self-contained kinds, by `make_fixture` in that tree): a small trained
+/// model with every layer kind and inline activations loads, predicts the
+/// same f32 bits, and writes the same architecture JSON back; the article
+/// model's JSON is written byte for byte as then.
+#[test]
+fn models_saved_by_version_0_1_load_and_predict_bit_identically() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut model = Sequential::load_on(dir.join("v0.1-small"), &Device::Cpu).unwrap();
+    let x: Vec<f32> = (0..5 * 3 * 8 * 8)
+        .map(|i| ((i as f32) * 0.37).sin() * 0.5 + 0.5)
+        .collect();
+    let x = Tensor::from_vec(x, (5, 3, 8, 8), &Device::Cpu).unwrap();
+    let p: Vec<u32> = model
+        .predict(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    let expected: Vec<u32> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("v0.1-small-predictions.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(p, expected, "predictions differ from version 0.1's");
+    let json = std::fs::read_to_string(dir.join("v0.1-small.json")).unwrap();
+    assert_eq!(model.to_json().unwrap(), json);
+    let article = Sequential::article(&[3, 32, 32], 10, 0, &Device::Cpu).unwrap();
+    let json = std::fs::read_to_string(dir.join("v0.1-article.json")).unwrap();
+    assert_eq!(article.to_json().unwrap(), json);
+}

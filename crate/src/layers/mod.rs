@@ -41,11 +41,6 @@ macro_rules! layer_kinds {
             /// The Keras class names this crate knows.
             pub const CLASS_NAMES: &'static [&'static str] = &[$(stringify!($variant)),*];
 
-            fn config_json(&self) -> serde_json::Result<serde_json::Value> {
-                match self {
-                    $(Layer::$variant(l) => serde_json::to_value(l)),*
-                }
-            }
             fn from_config(class_name: &str, config: serde_json::Value) -> Result<Layer, String> {
                 match class_name {
                     $(stringify!($variant) => serde_json::from_value(config)
@@ -55,6 +50,26 @@ macro_rules! layer_kinds {
                         "unknown layer class_name {other:?}: this version knows {}",
                         Layer::CLASS_NAMES.join(", ")
                     )),
+                }
+            }
+        }
+
+        impl Serialize for Layer {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct;
+                match self {
+                    $(Layer::$variant(config) => {
+                        // A kind without settings (Flatten) is written
+                        // without a config, as earlier versions wrote it.
+                        let empty = serde_json::to_value(config)
+                            .is_ok_and(|v| v.as_object().is_some_and(|m| m.is_empty()));
+                        let mut st = s.serialize_struct("Layer", 2 - empty as usize)?;
+                        st.serialize_field("class_name", config.class_name())?;
+                        if !empty {
+                            st.serialize_field("config", config)?;
+                        }
+                        st.end()
+                    })*
                 }
             }
         }
@@ -262,22 +277,6 @@ pub(crate) fn image_input(kind: &str, input: Shape) -> Result<(usize, usize, usi
     }
 }
 
-impl Serialize for Layer {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{Error, SerializeStruct};
-        let config = self.config_json().map_err(S::Error::custom)?;
-        // A kind without settings (Flatten) is written without a config,
-        // as Keras-shaped files of earlier versions have it.
-        let empty = config.as_object().is_some_and(|m| m.is_empty());
-        let mut st = s.serialize_struct("Layer", 2 - empty as usize)?;
-        st.serialize_field("class_name", self.kind().class_name())?;
-        if !empty {
-            st.serialize_field("config", &config)?;
-        }
-        st.end()
-    }
-}
-
 impl<'de> Deserialize<'de> for Layer {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -317,4 +316,49 @@ pub fn article_layers(num_classes: usize) -> Vec<Layer> {
         dense(num_classes),
         softmax(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind: its JSON names it by its class name, which the reader
+    /// knows, and reads back to the same layer; a kind without settings has
+    /// no config; unknown kinds and fields are clear errors.
+    #[test]
+    fn layers_round_trip_through_their_json() {
+        let mut layers = article_layers(10);
+        layers.push(
+            Dense {
+                units: 3,
+                activation: Activation::Softmax,
+            }
+            .into(),
+        );
+        for layer in layers {
+            let json = serde_json::to_value(&layer).unwrap();
+            let name = json["class_name"].as_str().unwrap();
+            assert_eq!(name, layer.kind().class_name());
+            assert!(
+                Layer::CLASS_NAMES.contains(&name),
+                "{name} is not registered"
+            );
+            assert_eq!(json.get("config").is_none(), layer == flatten(), "{json}");
+            let back: Layer = serde_json::from_value(json).unwrap();
+            assert_eq!(back, layer);
+        }
+        let e = serde_json::from_str::<Layer>(r#"{"class_name": "Conv3D", "config": {}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown layer class_name \"Conv3D\"") && e.contains("Dense"),
+            "{e}"
+        );
+        let e = serde_json::from_str::<Layer>(
+            r#"{"class_name": "Dropout", "config": {"rate": 0.5, "seed": 1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("Dropout") && e.contains("seed"), "{e}");
+    }
 }

@@ -248,3 +248,100 @@ fn step_params<'a>(step: &Step, data: &[&'a [f32]]) -> Vec<&'a [f32]> {
 fn is_max_pool2(layer: Option<&Layer>) -> bool {
     matches!(layer, Some(Layer::MaxPooling2D(m)) if m.pool_size == 2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{dense, softmax, Dense};
+    use crate::model::Sequential;
+    use candle_core::Device;
+
+    /// (class name, fused ReLU, fused pooling, input, output) of each step.
+    fn steps(model: &Sequential) -> Vec<(&'static str, bool, bool, Shape, Shape)> {
+        let plan = &model.plan;
+        plan.steps
+            .iter()
+            .map(|s| {
+                let k = s.layer.kind().class_name();
+                (k, s.fused.relu, s.fused.max_pool2, s.input, s.output)
+            })
+            .collect()
+    }
+
+    /// The article's 18 layers run as 10 steps: each ReLU inside its
+    /// convolution or dense layer, the 2×2 poolings inside the Winograd
+    /// convolutions (32 and 64 channels in), the softmax left to the loss.
+    #[test]
+    fn the_article_plan_fuses_relus_and_poolings() {
+        let model = Sequential::article(&[3, 32, 32], 10, 0, &Device::Cpu).unwrap();
+        use Shape::{Flat, Image};
+        let expected = [
+            ("Conv2D", true, false, Image(3, 32, 32), Image(32, 32, 32)),
+            ("Conv2D", true, true, Image(32, 32, 32), Image(32, 15, 15)),
+            (
+                "Dropout",
+                false,
+                false,
+                Image(32, 15, 15),
+                Image(32, 15, 15),
+            ),
+            ("Conv2D", true, false, Image(32, 15, 15), Image(64, 15, 15)),
+            ("Conv2D", true, true, Image(64, 15, 15), Image(64, 6, 6)),
+            ("Dropout", false, false, Image(64, 6, 6), Image(64, 6, 6)),
+            ("Flatten", false, false, Image(64, 6, 6), Flat(2304)),
+            ("Dense", true, false, Flat(2304), Flat(512)),
+            ("Dropout", false, false, Flat(512), Flat(512)),
+            ("Dense", false, false, Flat(512), Flat(10)),
+        ];
+        assert_eq!(steps(&model), expected);
+        assert!(model.plan.softmax);
+        let names: Vec<&str> = model.plan.steps[1]
+            .params
+            .iter()
+            .map(|&i| model.params.at(i).name.as_str())
+            .collect();
+        assert_eq!(names, ["conv2d_1.kernel", "conv2d_1.bias"]);
+    }
+
+    /// An inline softmax inside the model is a step of its own; one at the
+    /// end is left to the loss; a pooling the kernel cannot take (too few
+    /// channels) stays a step of its own.
+    #[test]
+    fn unfused_activations_and_poolings_are_steps_of_their_own() {
+        let mut model = Sequential::on(&[3, 8, 8], 0, &Device::Cpu).unwrap();
+        let inline_softmax = Dense {
+            units: 4,
+            activation: Activation::Softmax,
+        };
+        for l in [
+            crate::layers::conv2d(4, 3),
+            relu(),
+            crate::layers::max_pooling2d(2),
+            crate::layers::flatten(),
+            inline_softmax.clone().into(),
+            dense(3),
+            softmax(),
+        ] {
+            model.add(l).unwrap();
+        }
+        let kinds: Vec<_> = steps(&model).iter().map(|s| (s.0, s.1, s.2)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("Conv2D", true, false),
+                ("MaxPooling2D", false, false),
+                ("Flatten", false, false),
+                ("Dense", false, false),
+                ("Activation", false, false),
+                ("Dense", false, false),
+            ]
+        );
+        assert!(model.plan.softmax);
+        model.add(inline_softmax).unwrap();
+        assert!(
+            model.plan.softmax,
+            "an inline softmax at the end is the loss's"
+        );
+        assert_eq!(model.plan.steps.len(), 8);
+    }
+}

@@ -115,15 +115,17 @@ pub(crate) fn softmax_cross_entropy(
     (loss / n as f64, correct, grad)
 }
 
+/// Checks every layer kind's tests run: the CPU f32 paths against the
+/// portable path and candle's autograd in f64.
 #[cfg(test)]
-mod tests {
-    use crate::model::{layers::*, Layer, Sequential};
+pub(crate) mod check {
+    use crate::model::{Layer, Sequential};
     use candle_core::{DType, Device, Tensor};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
     /// `n` random images `[n, 3, side, side]` and one-hot labels over `classes`.
-    fn batch(n: usize, side: usize, classes: usize) -> (Tensor, Tensor) {
+    pub(crate) fn batch(n: usize, side: usize, classes: usize) -> (Tensor, Tensor) {
         let mut rng = StdRng::seed_from_u64(11);
         let x: Vec<f32> = (0..n * 3 * side * side).map(|_| rng.random()).collect();
         let mut y = vec![0f32; n * classes];
@@ -139,7 +141,7 @@ mod tests {
 
     /// The f32 step here against candle's autograd in f64 on the same
     /// weights and the same dropout masks: loss, accuracy and every gradient.
-    fn assert_matches_autograd(layers: &[Layer], side: usize, n: usize) {
+    pub(crate) fn assert_matches_autograd(layers: &[Layer], side: usize, n: usize) {
         let build = || {
             let mut m = Sequential::on(&[3, side, side], 5, &Device::Cpu).unwrap();
             for l in layers {
@@ -196,6 +198,33 @@ mod tests {
         }
     }
 
+    /// The plan's CPU inference against its portable forward (candle ops)
+    /// on the same weights: the logits agree to f32 rounding.
+    pub(crate) fn assert_inference_matches_portable(layers: &[Layer], side: usize, n: usize) {
+        let mut m = Sequential::on(&[3, side, side], 5, &Device::Cpu).unwrap();
+        for l in layers {
+            m.add(l.clone()).unwrap();
+        }
+        let (x, _) = batch(n, side, 2);
+        let values = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let fast = values(m.infer_logits(&x).unwrap());
+        let portable = values(m.logits(&x, false).unwrap());
+        assert_eq!(fast.len(), portable.len());
+        let scale = portable.iter().fold(0f32, |s, v| s.max(v.abs()));
+        for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * scale.max(1.0),
+                "logit {i}: {a} on the CPU path, {b} portable"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check::{assert_inference_matches_portable, assert_matches_autograd};
+    use crate::model::{layers::*, Layer};
+
     /// The article's layers (fused Conv + ReLU + pooling on the Winograd
     /// path, dropout, Dense + ReLU), on 18×18 images: the second pooling
     /// gets an odd 7×7 map.
@@ -204,11 +233,24 @@ mod tests {
         assert_matches_autograd(&crate::model::article_layers(10), 18, 6);
     }
 
+    /// Inference through the plan's CPU path (what `evaluate` and
+    /// `predict` run) gives the portable path's logits, on the article's
+    /// model and on every other combination below.
+    #[test]
+    fn inference_matches_the_portable_path() {
+        assert_inference_matches_portable(&crate::model::article_layers(10), 18, 6);
+        assert_inference_matches_portable(&other_layers(), 13, 5);
+    }
+
     /// Every other way the stages can come: pooling the im2col path cannot
     /// fuse (few channels) and a 3×3 pool, inline activations, a linear
     /// activation, a softmax inside the model, a standalone ReLU.
     #[test]
     fn other_layer_combinations_match_autograd() {
+        assert_matches_autograd(&other_layers(), 13, 5);
+    }
+
+    fn other_layers() -> Vec<Layer> {
         let inline_relu: Layer = crate::layers::Conv2D {
             filters: 6,
             kernel_size: 3,
@@ -240,6 +282,6 @@ mod tests {
             dense(3),
             softmax(),
         ];
-        assert_matches_autograd(&layers, 13, 5);
+        layers.to_vec()
     }
 }
