@@ -7,7 +7,7 @@
 //! portable forward.
 
 pub mod callbacks;
-mod step;
+pub(crate) mod step;
 
 pub use crate::data::augment;
 pub use crate::optim::{Adam, Optimizer};
