@@ -89,6 +89,7 @@ layer_kinds! {
     Dropout(Dropout) => dropout,
     Flatten(Flatten) => flatten,
     Dense(Dense) => dense,
+    AveragePooling2D(AveragePooling2D) => average_pooling2d,
 }
 
 /// What every layer kind tells the model.
