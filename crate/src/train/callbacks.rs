@@ -54,6 +54,43 @@ pub trait Callback {
     }
 }
 
+/// Callbacks called in order, as one.
+pub struct Callbacks(pub Vec<Box<dyn Callback>>);
+
+impl Callback for Callbacks {
+    fn on_train_begin(&mut self, model: &mut Sequential, run: &mut RunState) -> Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|c| c.on_train_begin(model, run))
+    }
+    fn on_epoch_begin(&mut self, model: &Sequential, epoch: usize) -> Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|c| c.on_epoch_begin(model, epoch))
+    }
+    fn on_batch_end(
+        &mut self,
+        m: &mut Sequential,
+        epoch: usize,
+        b: usize,
+        loss: f64,
+    ) -> Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|c| c.on_batch_end(m, epoch, b, loss))
+    }
+    fn on_epoch_end(&mut self, model: &mut Sequential, run: &RunState) -> Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|c| c.on_epoch_end(model, run))
+    }
+    fn on_train_end(&mut self, model: &mut Sequential, run: &RunState) -> Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|c| c.on_train_end(model, run))
+    }
+}
+
 /// Keras's `TerminateOnNaN`, keeping the last good weights: a batch whose
 /// loss is not finite stops training and puts the weights back to those of
 /// the end of the last epoch.

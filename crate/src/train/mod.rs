@@ -11,7 +11,7 @@ pub(crate) mod step;
 
 pub use crate::data::augment;
 pub use crate::optim::{Adam, Optimizer};
-pub use callbacks::{BackupAndRestore, Callback, RunState, TerminateOnNaN};
+pub use callbacks::{BackupAndRestore, Callback, Callbacks, RunState, TerminateOnNaN};
 
 use crate::data::split_sizes;
 use crate::history::{EpochMetrics, History};
@@ -108,6 +108,63 @@ impl Sequential {
     /// Keras's `fit`: trains on `x` (`[N, C, H, W]`) and one-hot `y`
     /// (`[N, classes]`), printing one line per epoch, and returns the history.
     pub fn fit(&mut self, x: &Tensor, y: &Tensor, args: Fit) -> Result<History> {
+        let (train, val) = self.fit_data(x, y, &args)?;
+        let mut callbacks = Callbacks(vec![Box::new(TerminateOnNaN::default())]);
+        if let Some(dir) = &args.backup_dir {
+            callbacks.0.push(Box::new(BackupAndRestore::new(dir)));
+        }
+        let mut run = RunState {
+            history: History::default(),
+            rng_seed: 0,
+            train_samples: train.0.dim(0)?,
+            batch_size: args.batch_size,
+            verbose: args.verbose,
+        };
+        callbacks.on_train_begin(self, &mut run)?;
+        for epoch in run.history.epochs() + 1..=args.epochs {
+            let start = Instant::now();
+            callbacks.on_epoch_begin(self, epoch)?;
+            let (loss, acc) = self.train_epoch(&train, &args, epoch, &mut callbacks)?;
+            let val = match &val {
+                Some((xv, yv)) => Some(self.evaluate_on_device(xv, yv, args.batch_size)?),
+                None => None,
+            };
+            let metrics = EpochMetrics {
+                loss,
+                acc,
+                val: val.map(|s| (s.loss, s.accuracy)),
+                seconds: start.elapsed().as_secs_f64(),
+            };
+            if args.verbose {
+                let steps = run.train_samples.div_ceil(args.batch_size);
+                println!(
+                    "Epoch {epoch}/{}\n{}",
+                    args.epochs,
+                    epoch_line(steps, &metrics)
+                );
+                let _ = std::io::stdout().flush();
+            }
+            run.history.push(metrics);
+            // A fresh generator per epoch, seeded from the last, so that a run
+            // resumed from a backup continues exactly as it would have.
+            run.rng_seed = self.rng.random();
+            self.rng = StdRng::seed_from_u64(run.rng_seed);
+            callbacks.on_epoch_end(self, &run)?;
+        }
+        callbacks.on_train_end(self, &run)?;
+        Ok(run.history)
+    }
+
+    /// `fit`'s checks and data: compiles with Adam if not compiled, checks
+    /// the arguments and the arrays, and splits off the validation set (the
+    /// last fraction, before shuffling) on the model's device.
+    #[allow(clippy::type_complexity)]
+    fn fit_data(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        args: &Fit,
+    ) -> Result<((Tensor, Tensor), Option<(Tensor, Tensor)>)> {
         if self.optimizer.is_none() {
             self.compile(Adam::default())?;
         }
@@ -131,58 +188,7 @@ impl Sequential {
         if args.verbose && n_val > 0 {
             println!("Train on {n_train} samples, validate on {n_val} samples");
         }
-        let mut callbacks: Vec<Box<dyn Callback>> = vec![Box::new(TerminateOnNaN::default())];
-        if let Some(dir) = &args.backup_dir {
-            callbacks.push(Box::new(BackupAndRestore::new(dir)));
-        }
-        let mut run = RunState {
-            history: History::default(),
-            rng_seed: 0,
-            train_samples: n_train,
-            batch_size: args.batch_size,
-            verbose: args.verbose,
-        };
-        for cb in &mut callbacks {
-            cb.on_train_begin(self, &mut run)?;
-        }
-        let steps = n_train.div_ceil(args.batch_size);
-        for epoch in run.history.epochs() + 1..=args.epochs {
-            let start = Instant::now();
-            for cb in &mut callbacks {
-                cb.on_epoch_begin(self, epoch)?;
-            }
-            let (loss, acc) = self.train_epoch(&train, &args, epoch, &mut callbacks)?;
-            let val = match &val {
-                Some((xv, yv)) => {
-                    let s = self.evaluate_on_device(xv, yv, args.batch_size)?;
-                    Some((s.loss, s.accuracy))
-                }
-                None => None,
-            };
-            let metrics = EpochMetrics {
-                loss,
-                acc,
-                val,
-                seconds: start.elapsed().as_secs_f64(),
-            };
-            if args.verbose {
-                println!("Epoch {epoch}/{}", args.epochs);
-                println!("{}", epoch_line(steps, &metrics));
-                let _ = std::io::stdout().flush();
-            }
-            run.history.push(metrics);
-            // A fresh generator per epoch, seeded from the last, so that a run
-            // resumed from a backup continues exactly as it would have.
-            run.rng_seed = self.rng.random();
-            self.rng = StdRng::seed_from_u64(run.rng_seed);
-            for cb in &mut callbacks {
-                cb.on_epoch_end(self, &run)?;
-            }
-        }
-        for cb in &mut callbacks {
-            cb.on_train_end(self, &run)?;
-        }
-        Ok(run.history)
+        Ok((train, val))
     }
 
     /// One pass over the training data in shuffled batches: the epoch's
@@ -192,7 +198,7 @@ impl Sequential {
         (x, y): &(Tensor, Tensor),
         args: &Fit,
         epoch: usize,
-        callbacks: &mut [Box<dyn Callback>],
+        callbacks: &mut Callbacks,
     ) -> Result<(f64, f64)> {
         let mut order: Vec<u32> = (0..x.dim(0)? as u32).collect();
         if args.shuffle {
@@ -207,9 +213,7 @@ impl Sequential {
             }
             let yb = y.index_select(&idx, 0)?;
             let (loss, correct) = self.train_step(&xb, &yb)?;
-            for cb in callbacks.iter_mut() {
-                cb.on_batch_end(self, epoch, b, loss)?;
-            }
+            callbacks.on_batch_end(self, epoch, b, loss)?;
             totals.add(loss, correct, batch.len());
         }
         Ok((totals.loss(), totals.accuracy()))
