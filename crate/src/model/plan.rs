@@ -12,8 +12,8 @@
 //! * the final softmax is set aside: the loss and `predict` apply it to
 //!   the logits, which is numerically safer.
 
+use super::architecture::Architecture;
 use super::params::Params;
-use super::Architecture;
 use crate::layers::{
     relu, Activation, ActivationLayer, CpuGrad, Fused, Kept, Layer, LayerKind, Run, Shape,
     StepShape,

@@ -1,0 +1,106 @@
+//! The architecture: the layers as data, what `cifar10_cnn.json` holds
+//! (Keras's `model.to_json()`), with the shapes, names and parameter specs
+//! that follow from it.
+
+use crate::layers::{Activation, Layer, Shape};
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Largest number of values per image between layers, and of one
+/// parameter: far above any model this crate is for, far below what overflows.
+const MAX_ACTIVATIONS: usize = 1 << 26;
+const MAX_WEIGHTS: usize = 1 << 30;
+
+fn check_size(what: &str, dims: &[usize], max: usize) -> Result<()> {
+    let n = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    ensure!(
+        n.is_some_and(|n| n <= max),
+        "{what} {dims:?} is too large (at most {max} values)"
+    );
+    Ok(())
+}
+
+/// Everything needed to rebuild a model: what `cifar10_cnn.json` holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Architecture {
+    pub name: String,
+    /// channels, height, width of one input image
+    pub input_shape: [usize; 3],
+    pub layers: Vec<Layer>,
+}
+
+impl Architecture {
+    /// The shape of one input image.
+    pub fn input(&self) -> Shape {
+        let [c, h, w] = self.input_shape;
+        Shape::Image(c, h, w)
+    }
+
+    /// The output shape of every layer, checking that each fits the next.
+    pub fn shapes(&self) -> Result<Vec<Shape>> {
+        let [c, h, w] = self.input_shape;
+        ensure!(
+            c > 0 && h > 0 && w > 0,
+            "input_shape must be positive, got {:?}",
+            self.input_shape
+        );
+        check_size("the input", &[c, h, w], MAX_ACTIVATIONS)?;
+        let mut shape = self.input();
+        let mut shapes = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kind = layer.kind();
+            let context = || format!("layer {i} ({})", kind.class_name());
+            // Sizes come from files too: bound them before anything is allocated.
+            let out = kind.output_shape(shape).with_context(context)?;
+            for p in kind.params(shape) {
+                check_size(&format!("its {}", p.name), &p.shape, MAX_WEIGHTS)
+                    .with_context(context)?;
+            }
+            check_size("its output", &out.dims(), MAX_ACTIVATIONS).with_context(context)?;
+            shape = out;
+            shapes.push(shape);
+        }
+        Ok(shapes)
+    }
+
+    /// Keras-style unique layer names: conv2d, conv2d_1, ..., dense, dense_1.
+    pub fn layer_names(&self) -> Vec<String> {
+        let mut counts = std::collections::HashMap::<&str, usize>::new();
+        self.layers
+            .iter()
+            .map(|l| {
+                let base = l.kind().base_name();
+                let n = counts.entry(base).or_default();
+                let name = match *n {
+                    0 => base.to_string(),
+                    _ => format!("{base}_{n}"),
+                };
+                *n += 1;
+                name
+            })
+            .collect()
+    }
+
+    /// `(tensor name, shape)` of every parameter, in layer order.
+    pub fn weight_specs(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let shapes = self.shapes()?;
+        let mut input = self.input();
+        let mut specs = Vec::new();
+        for ((layer, name), out) in self.layers.iter().zip(self.layer_names()).zip(shapes) {
+            for p in layer.kind().params(input) {
+                specs.push((format!("{name}.{}", p.name), p.shape));
+            }
+            input = out;
+        }
+        Ok(specs)
+    }
+
+    /// Whether the model ends in a softmax, which categorical cross-entropy needs.
+    pub fn ends_in_softmax(&self) -> bool {
+        self.layers.last().is_some_and(|l| match l {
+            Layer::Activation(a) => a.activation == Activation::Softmax,
+            other => other.kind().activation() == Activation::Softmax,
+        })
+    }
+}
