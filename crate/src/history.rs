@@ -5,16 +5,29 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// What `fit` measured, one entry per epoch (`history.history` in Keras).
+///
+/// JSON has no NaN or infinity: serde_json writes them as `null`, and they
+/// read back as NaN, so that a history of a run that diverged still loads.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
+    #[serde(deserialize_with = "nullable")]
     pub loss: Vec<f64>,
+    #[serde(deserialize_with = "nullable")]
     pub acc: Vec<f64>,
     /// Empty when `fit` ran without a validation split.
+    #[serde(deserialize_with = "nullable")]
     pub val_loss: Vec<f64>,
+    #[serde(deserialize_with = "nullable")]
     pub val_acc: Vec<f64>,
     /// Wall-clock seconds of each epoch.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub epoch_seconds: Vec<f64>,
+}
+
+/// Numbers, with `null` (how JSON writes NaN and infinities) as NaN.
+fn nullable<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
+    let values: Vec<Option<f64>> = Deserialize::deserialize(d)?;
+    Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 /// The metrics of one epoch.
@@ -60,5 +73,28 @@ impl History {
         let json = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read history {}", path.display()))?;
         Self::from_json(&json).with_context(|| format!("in {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run whose loss became NaN or infinite still saves and loads.
+    #[test]
+    fn non_finite_values_round_trip_as_nan() {
+        let mut h = History::default();
+        for loss in [1.5, f64::NAN, f64::INFINITY] {
+            h.push(EpochMetrics {
+                loss,
+                acc: 0.5,
+                val: Some((loss, 0.25)),
+                seconds: 1.0,
+            });
+        }
+        let back = History::from_json(&h.to_json().unwrap()).unwrap();
+        assert_eq!(back.loss[0], 1.5);
+        assert!(back.loss[1].is_nan() && back.val_loss[2].is_nan());
+        assert_eq!(back.acc, h.acc);
     }
 }

@@ -412,3 +412,121 @@ fn training_does_not_keep_old_steps_alive() {
 fn training_through_autograd_does_not_keep_old_steps_alive() {
     assert_steps_are_freed(candle_core::DType::F64, 16);
 }
+
+/// A NaN or infinite value in the data is refused before the first step,
+/// by `fit` and `train_on_batch`, naming where it is; the weights are
+/// untouched.
+#[test]
+fn non_finite_inputs_are_refused_before_training() {
+    let data = common::synthetic(40, 4, 8, 9);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    let mut v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    v[5 * 3 * 8 * 8 + 17] = f32::NAN;
+    let bad = Tensor::from_vec(v, x.shape(), &Device::Cpu).unwrap();
+    let mut model = small_model(4, 4);
+    let before: Vec<Vec<f32>> = weights(&model);
+    let fit = Fit {
+        verbose: false,
+        ..Fit::default()
+    };
+    let e = format!("{:#}", model.fit(&bad, &y, fit).err().unwrap());
+    assert!(
+        e.contains("x holds 1 NaN or infinite values (the first in row 5)"),
+        "{e}"
+    );
+    let e = format!("{:#}", model.train_on_batch(&bad, &y).err().unwrap());
+    assert!(e.contains("NaN or infinite"), "{e}");
+    assert_eq!(weights(&model), before);
+    assert_eq!(model.optimizer_iterations(), 0);
+}
+
+fn weights(model: &Sequential) -> Vec<Vec<f32>> {
+    model
+        .named_vars()
+        .iter()
+        .map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap())
+        .collect()
+}
+
+/// However training diverges (a loss that overflows, or weights that turn
+/// NaN while the ReLUs keep the loss finite), `fit` stops with an error and
+/// leaves the model as it was at the end of the last good epoch: finite
+/// weights, and the optimizer's step count (and moments) of then.
+#[test]
+fn divergence_stops_training_and_restores_the_last_good_epoch() {
+    let data = common::synthetic(64, 4, 8, 7);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    for lr in [1e4, 1e12, 1e20, 1e30, 1e36, 1e38] {
+        let mut model = small_model(3, 4);
+        model.compile(Adam::new(lr)).unwrap();
+        let initial = weights(&model);
+        let fit = Fit {
+            batch_size: 16,
+            epochs: 4,
+            verbose: false,
+            ..Fit::default()
+        };
+        let finite = |m: &Sequential| weights(m).iter().flatten().all(|v| v.is_finite());
+        match model.fit(&x, &y, fit) {
+            Ok(_) => assert!(
+                finite(&model),
+                "lr {lr}: fit returned Ok with non-finite weights"
+            ),
+            Err(e) => {
+                let e = format!("{e:#}");
+                assert!(e.contains("training stopped"), "lr {lr}: {e}");
+                let good: usize = e
+                    .split("end of epoch ")
+                    .nth(1)
+                    .and_then(|s| s.split('.').next())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("lr {lr}: {e}"));
+                assert!(finite(&model), "lr {lr}: non-finite weights after {e}");
+                assert_eq!(
+                    model.optimizer_iterations(),
+                    4 * good as u64,
+                    "lr {lr}: {e}"
+                );
+                if good == 0 {
+                    assert_eq!(weights(&model), initial, "lr {lr}");
+                }
+                println!("lr {lr}: {e}");
+            }
+        }
+    }
+}
+
+/// TerminateOnNaN on its own: weights that became NaN while the loss stayed
+/// finite (what a NaN behind a ReLU does) stop training and are put back.
+#[test]
+fn terminate_on_nan_catches_non_finite_weights_behind_a_finite_loss() {
+    use cifar10_cnn::train::{BatchLogs, Callback, TerminateOnNaN};
+    let mut model = small_model(5, 4);
+    model.compile(Adam::default()).unwrap();
+    let before = weights(&model);
+    let mut cb = TerminateOnNaN::default();
+    cb.on_epoch_begin(&model, 3).unwrap();
+    let (name, var) = model.named_vars()[2].clone();
+    let var = var.clone();
+    let mut poisoned: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
+    poisoned[1] = f32::NAN;
+    var.set(&Tensor::from_vec(poisoned, var.shape(), &Device::Cpu).unwrap())
+        .unwrap();
+    let logs = BatchLogs {
+        loss: 0.7,
+        correct: 3,
+        size: 16,
+        skipped: None,
+    };
+    let e = format!(
+        "{:#}",
+        cb.on_batch_end(&mut model, 3, 7, &logs).unwrap_err()
+    );
+    assert!(
+        e.contains(&format!("1 values of {name} became NaN or infinite"))
+            && e.contains("epoch 3 after 7 batches")
+            && e.contains("end of epoch 2"),
+        "{e}"
+    );
+    assert_eq!(weights(&model), before);
+}

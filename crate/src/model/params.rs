@@ -105,6 +105,17 @@ impl Params {
         Ok(())
     }
 
+    /// The first parameter holding NaN or infinite values, with how many.
+    pub(crate) fn first_non_finite(&self) -> Result<Option<(&str, usize)>> {
+        for p in &self.list {
+            let (count, _) = non_finite(p.var.as_tensor())?;
+            if count > 0 {
+                return Ok(Some((&p.name, count)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Runs `f` on every parameter's f32 data on the CPU, borrowed for the
     /// call (indexed as the parameters).
     pub(crate) fn with_cpu_data<R>(&self, f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
@@ -121,6 +132,21 @@ impl Params {
             .collect::<Result<Vec<_>>>()?;
         f(&data)
     }
+}
+
+/// How many values of `t` are NaN or infinite, and the flat index of the
+/// first (known on the CPU for f32; elsewhere counted with tensor ops).
+pub(crate) fn non_finite(t: &Tensor) -> Result<(usize, Option<usize>)> {
+    if t.device().is_cpu() && t.dtype() == DType::F32 {
+        let t = t.contiguous()?;
+        let (storage, layout) = t.storage_and_layout();
+        let data = f32_data(&storage, layout)?;
+        let count = data.iter().filter(|v| !v.is_finite()).count();
+        return Ok((count, data.iter().position(|v| !v.is_finite())));
+    }
+    // x - x is 0 for every finite x, NaN otherwise.
+    let bad = t.sub(t)?.ne(0.0)?.to_dtype(DType::U32)?.sum_all()?;
+    Ok((bad.to_scalar::<u32>()? as usize, None))
 }
 
 /// A tensor's data, which must be contiguous f32 on the CPU.

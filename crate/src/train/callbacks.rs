@@ -35,13 +35,13 @@ pub trait Callback {
     fn on_epoch_begin(&mut self, _model: &Sequential, _epoch: usize) -> Result<()> {
         Ok(())
     }
-    /// After the update of batch `batch` (0-based) of `epoch` (1-based).
+    /// After the step of batch `batch` (0-based) of `epoch` (1-based).
     fn on_batch_end(
         &mut self,
         _model: &mut Sequential,
         _epoch: usize,
         _batch: usize,
-        _loss: f64,
+        _logs: &BatchLogs,
     ) -> Result<()> {
         Ok(())
     }
@@ -52,6 +52,19 @@ pub trait Callback {
     fn on_train_end(&mut self, _model: &mut Sequential, _run: &RunState) -> Result<()> {
         Ok(())
     }
+}
+
+/// What one training step measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchLogs {
+    /// mean loss over the batch
+    pub loss: f64,
+    /// how many of its images were classified right
+    pub correct: usize,
+    pub size: usize,
+    /// Why the step made no update, when it made none (a gradient that is
+    /// not finite).
+    pub skipped: Option<String>,
 }
 
 /// Callbacks called in order, as one.
@@ -73,11 +86,11 @@ impl Callback for Callbacks {
         m: &mut Sequential,
         epoch: usize,
         b: usize,
-        loss: f64,
+        logs: &BatchLogs,
     ) -> Result<()> {
         self.0
             .iter_mut()
-            .try_for_each(|c| c.on_batch_end(m, epoch, b, loss))
+            .try_for_each(|c| c.on_batch_end(m, epoch, b, logs))
     }
     fn on_epoch_end(&mut self, model: &mut Sequential, run: &RunState) -> Result<()> {
         self.0
@@ -91,17 +104,31 @@ impl Callback for Callbacks {
     }
 }
 
-/// Keras's `TerminateOnNaN`, keeping the last good weights: a batch whose
-/// loss is not finite stops training and puts the weights back to those of
-/// the end of the last epoch.
+/// Keras's `TerminateOnNaN`, and more: a step whose loss, gradients or
+/// updated weights are not finite stops training, and the weights and the
+/// optimizer's state go back to those of the end of the last epoch. (A NaN
+/// can leave the loss finite: the ReLU turns it into 0, and `0 · NaN` puts
+/// it into the gradients, so the weights are checked as well.)
 #[derive(Default)]
 pub struct TerminateOnNaN {
-    last_good: Vec<Tensor>,
+    weights: Vec<Tensor>,
+    optimizer: Option<(u64, Vec<(String, Tensor)>)>,
 }
 
 impl Callback for TerminateOnNaN {
     fn on_epoch_begin(&mut self, model: &Sequential, _: usize) -> Result<()> {
-        self.last_good = model.params.snapshot()?;
+        self.weights = model.params.snapshot()?;
+        // Copies: the optimizer updates its state in place.
+        self.optimizer = match &model.optimizer {
+            Some(o) => Some((
+                o.iterations(),
+                o.state()
+                    .into_iter()
+                    .map(|(n, t)| Ok((n, t.copy()?)))
+                    .collect::<Result<_>>()?,
+            )),
+            None => None,
+        };
         Ok(())
     }
 
@@ -110,14 +137,29 @@ impl Callback for TerminateOnNaN {
         model: &mut Sequential,
         epoch: usize,
         batch: usize,
-        loss: f64,
+        logs: &BatchLogs,
     ) -> Result<()> {
-        if loss.is_finite() {
+        let loss = logs.loss;
+        let problem = if !loss.is_finite() {
+            Some(format!("the loss became {loss}"))
+        } else if let Some(why) = &logs.skipped {
+            Some(why.clone())
+        } else {
+            model.params.first_non_finite()?.map(|(name, k)| {
+                format!(
+                    "{k} values of {name} became NaN or infinite (the loss was still {loss:.4})"
+                )
+            })
+        };
+        let Some(problem) = problem else {
             return Ok(());
+        };
+        model.params.restore(&self.weights)?;
+        if let (Some(o), Some((iterations, state))) = (model.optimizer.as_mut(), &self.optimizer) {
+            o.load_state(*iterations, state.iter().cloned().collect())?;
         }
-        model.params.restore(&self.last_good)?;
         bail!(
-            "the loss became {loss} in epoch {epoch} after {batch} batches: training stopped, and the weights are back to those of the end of epoch {}. Try a smaller learning rate, or check the inputs for NaN",
+            "{problem} in epoch {epoch} after {batch} batches: training stopped, and the weights and the optimizer's state are back to those of the end of epoch {}. Try a smaller learning rate, or check the inputs for NaN",
             epoch - 1
         )
     }

@@ -11,12 +11,12 @@ pub(crate) mod step;
 
 pub use crate::data::augment;
 pub use crate::optim::{Adam, Optimizer};
-pub use callbacks::{BackupAndRestore, Callback, Callbacks, RunState, TerminateOnNaN};
+pub use callbacks::{BackupAndRestore, BatchLogs, Callback, Callbacks, RunState, TerminateOnNaN};
 
 use crate::data::split_sizes;
 use crate::history::{EpochMetrics, History};
 use crate::model::Sequential;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor, D};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -170,6 +170,8 @@ impl Sequential {
         }
         ensure!(args.batch_size > 0, "batch_size must be at least 1");
         let n = self.check_inputs(x, Some(y))?;
+        check_finite("x", x)?;
+        check_finite("y", y)?;
         let (n_train, n_val) = split_sizes(n, args.validation_split)?;
         ensure!(
             n_train > 0,
@@ -212,27 +214,55 @@ impl Sequential {
                 xb = augment(&xb, 4, &mut self.rng)?;
             }
             let yb = y.index_select(&idx, 0)?;
-            let (loss, correct) = self.train_step(&xb, &yb)?;
-            callbacks.on_batch_end(self, epoch, b, loss)?;
-            totals.add(loss, correct, batch.len());
+            let logs = self.train_step(&xb, &yb)?;
+            callbacks.on_batch_end(self, epoch, b, &logs)?;
+            totals.add(logs.loss, logs.correct, batch.len());
         }
         Ok((totals.loss(), totals.accuracy()))
     }
 
-    /// Keras's `train_on_batch`: forward, loss, backward and one Adam update
-    /// on a batch already on the model's device; returns the batch's mean loss
-    /// and how many it classified correctly. The update is skipped when the
-    /// loss is not finite.
+    /// Keras's `train_on_batch`: forward, loss, backward and one optimizer
+    /// update on a batch already on the model's device; returns the batch's
+    /// mean loss and how many it classified correctly. Inputs that are not
+    /// finite are refused; the update is skipped when the loss is not
+    /// finite, and refused (an error) when a gradient is not.
     pub fn train_on_batch(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, usize)> {
+        self.check_inputs(x, Some(y))?;
+        check_finite("x", x)?;
+        check_finite("y", y)?;
         self.renew_vars()?;
-        self.train_step(x, y)
+        let logs = self.train_step(x, y)?;
+        match logs.skipped {
+            Some(why) => bail!("{why}: the update was skipped, the weights are unchanged"),
+            None => Ok((logs.loss, logs.correct)),
+        }
     }
 
-    /// `train_on_batch` without renewing the variables, for `fit`'s loop.
-    fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, usize)> {
+    /// `train_on_batch` without the checks, for `fit`'s loop: no update when
+    /// the loss or a gradient is not finite (the logs say why).
+    fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<BatchLogs> {
         let (loss, correct, grads) = self.gradients(x, y)?;
+        let mut logs = BatchLogs {
+            loss,
+            correct,
+            size: x.dim(0)?,
+            skipped: None,
+        };
         if !loss.is_finite() {
-            return Ok((loss, correct));
+            return Ok(logs);
+        }
+        for (p, g) in self.params.iter().zip(&grads) {
+            let (bad, _) = match g {
+                Some(g) => crate::model::params::non_finite(g)?,
+                None => (0, None),
+            };
+            if bad > 0 {
+                logs.skipped = Some(format!(
+                    "the gradient of {} has {bad} NaN or infinite values (the loss was still {loss:.4})",
+                    p.name
+                ));
+                return Ok(logs);
+            }
         }
         let updates: Vec<_> = self
             .params
@@ -245,7 +275,7 @@ impl Sequential {
             .as_mut()
             .context("compile() the model first")?
             .update(&updates)?;
-        Ok((loss, correct))
+        Ok(logs)
     }
 
     /// The batch's mean loss (dropout active), how many it classified right,
@@ -352,6 +382,21 @@ impl Sequential {
         }
         Ok(dims[0])
     }
+}
+
+/// Refuses arrays with NaN or infinite values, which would corrupt the
+/// weights in the first step (a NaN pixel survives the ReLU as 0 and puts
+/// NaN into the gradients).
+fn check_finite(what: &str, t: &Tensor) -> Result<()> {
+    let (bad, first) = crate::model::params::non_finite(t)?;
+    if bad == 0 {
+        return Ok(());
+    }
+    let per_row = t.elem_count() / t.dim(0)?.max(1);
+    let at = first.map_or(String::new(), |i| {
+        format!(" (the first in row {})", i / per_row)
+    });
+    bail!("{what} holds {bad} NaN or infinite values{at}: training on them would corrupt the weights; fix or drop those rows first")
 }
 
 /// Categorical cross-entropy of softmax(`logits`) against one-hot `y`,
