@@ -36,7 +36,7 @@ impl Settings {
     /// `RESULTS_DIR` taken from the environment when set.
     pub fn from_env() -> Result<Self> {
         let d = Self::default();
-        Ok(Self {
+        let settings = Self {
             epochs: var("EPOCHS")?.unwrap_or(d.epochs),
             batch_size: var("BATCH_SIZE")?.unwrap_or(d.batch_size),
             train_size: var("TRAIN_SIZE")?.unwrap_or(d.train_size),
@@ -44,7 +44,26 @@ impl Settings {
             results_dir: std::env::var_os("RESULTS_DIR")
                 .filter(|v| !v.is_empty())
                 .map_or(d.results_dir, PathBuf::from),
-        })
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Refuses settings that cannot run, before anything trains.
+    pub fn check(&self) -> Result<()> {
+        for (name, value) in [
+            ("EPOCHS", self.epochs),
+            ("BATCH_SIZE", self.batch_size),
+            ("TRAIN_SIZE", self.train_size),
+        ] {
+            anyhow::ensure!(value > 0, "{name}=0: it must be at least 1");
+        }
+        anyhow::ensure!(
+            !self.results_dir.is_file(),
+            "RESULTS_DIR={} is a file: it must be a folder (it is created if missing)",
+            self.results_dir.display()
+        );
+        Ok(())
     }
 }
 

@@ -530,3 +530,128 @@ fn terminate_on_nan_catches_non_finite_weights_behind_a_finite_loss() {
     );
     assert_eq!(weights(&model), before);
 }
+
+/// A model whose output is not one vector of class scores per image (a
+/// convolution ending in (10, 1, 1), no Flatten) cannot be compiled,
+/// trained, evaluated or asked to predict: a softmax over its last axis
+/// would be over the wrong thing.
+#[test]
+fn outputs_that_are_not_class_vectors_are_refused() {
+    let mut model = Sequential::on(&[3, 8, 8], 0, &Device::Cpu).unwrap();
+    model.add(conv2d(10, 8)).unwrap().add(softmax()).unwrap();
+    let e = format!("{:#}", model.compile(Adam::default()).err().unwrap());
+    assert!(
+        e.contains("(None, 10, 1, 1)") && e.contains("flatten()"),
+        "{e}"
+    );
+    let data = common::synthetic(8, 10, 8, 1);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    let fit = Fit {
+        verbose: false,
+        ..Fit::default()
+    };
+    assert!(format!("{:#}", model.fit(&x, &y, fit).err().unwrap()).contains("flatten()"));
+    assert!(format!("{:#}", model.predict(&x).err().unwrap()).contains("flatten()"));
+    assert!(format!("{:#}", model.evaluate(&x, &y).err().unwrap()).contains("flatten()"));
+}
+
+/// Settings that cannot train are refused when they are given, not in
+/// the middle of `fit`.
+#[test]
+fn impossible_settings_are_refused_up_front() {
+    let mut model = small_model(0, 4);
+    for lr in [-1e-3, 0.0, f64::NAN, f64::INFINITY] {
+        let e = format!("{:#}", model.compile(Adam::new(lr)).err().unwrap());
+        assert!(
+            e.contains("learning_rate must be a positive number"),
+            "{lr}: {e}"
+        );
+    }
+    let mut adam = Adam::default();
+    adam.beta_2 = 1.0;
+    assert!(format!("{:#}", model.compile(adam).err().unwrap()).contains("beta_2"));
+    use cifar10_cnn::config::Settings;
+    for (name, s) in [
+        (
+            "BATCH_SIZE=0",
+            Settings {
+                batch_size: 0,
+                ..Settings::default()
+            },
+        ),
+        (
+            "TRAIN_SIZE=0",
+            Settings {
+                train_size: 0,
+                ..Settings::default()
+            },
+        ),
+        (
+            "EPOCHS=0",
+            Settings {
+                epochs: 0,
+                ..Settings::default()
+            },
+        ),
+    ] {
+        let e = format!("{:#}", s.check().err().unwrap());
+        assert!(e.contains(name) && e.contains("at least 1"), "{e}");
+    }
+    assert!(Settings::default().check().is_ok());
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let s = Settings {
+        results_dir: file.path().to_path_buf(),
+        ..Settings::default()
+    };
+    assert!(format!("{:#}", s.check().err().unwrap()).contains("is a file"));
+}
+
+/// The CLI checks its arguments before it loads or trains anything: a bad
+/// one fails at once and writes nothing.
+#[test]
+fn the_cli_refuses_bad_arguments_before_training() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let file = work.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (&["--epochs", "0"], "--epochs 0"),
+        (&["--test-size", "0"], "--test-size 0"),
+        (&["--train-size", "0"], "--train-size 0"),
+        (&["--batch-size", "0"], "--batch-size 0"),
+        (&["--validation-split", "1.5"], "validation_split"),
+        (&["--backup-dir", file.to_str().unwrap()], "is a file"),
+    ];
+    for (args, expected) in cases {
+        let start = std::time::Instant::now();
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_cifar10-cnn"))
+            .arg("train")
+            .args(["--data", "/nonexistent-cifar10"])
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("nonexistent"),
+            "{args:?}: checked after loading: {stderr}"
+        );
+        assert!(start.elapsed().as_secs() < 10, "{args:?}");
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_cifar10-cnn"))
+        .args(["train", "--data", "/nonexistent-cifar10", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && stderr.contains("--out") && stderr.contains("is a file"),
+        "{stderr}"
+    );
+}

@@ -45,6 +45,26 @@ impl Optimizer for Adam {
         "adam"
     }
 
+    fn check(&self) -> Result<()> {
+        let lr = self.learning_rate;
+        anyhow::ensure!(
+            lr.is_finite() && lr > 0.0,
+            "Adam's learning_rate must be a positive number, got {lr} (Keras's default is 0.001)"
+        );
+        for (name, beta) in [("beta_1", self.beta_1), ("beta_2", self.beta_2)] {
+            anyhow::ensure!(
+                (0.0..1.0).contains(&beta),
+                "Adam's {name} must be in [0, 1), got {beta}"
+            );
+        }
+        anyhow::ensure!(
+            self.epsilon.is_finite() && self.epsilon > 0.0,
+            "Adam's epsilon must be a small positive number, got {}",
+            self.epsilon
+        );
+        Ok(())
+    }
+
     fn slots(&self) -> &'static [&'static str] {
         &["m", "v"]
     }

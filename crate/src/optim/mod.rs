@@ -19,6 +19,11 @@ pub type Update<'a> = (&'a str, &'a Var, Option<&'a Tensor>);
 /// What `compile` takes: Keras's optimizer interface, reduced to what
 /// training, backups and the summary need.
 pub trait Optimizer: Send + std::fmt::Debug {
+    /// Refuses settings that cannot train (a learning rate that is not a
+    /// positive number, ...), with what is wrong; `compile` calls it.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
     /// Keras's name (`"adam"`): the prefix of its state in backups.
     fn name(&self) -> &'static str;
     /// The names of its per-parameter state (`["m", "v"]` for Adam).

@@ -92,11 +92,29 @@ impl Sequential {
     /// cross-entropy and the metric accuracy, as in the article, so the model
     /// must end in a softmax.
     pub fn compile(&mut self, optimizer: impl Optimizer + 'static) -> Result<()> {
+        self.check_loss_fits()?;
+        optimizer.check()?;
+        self.optimizer = Some(Box::new(optimizer));
+        Ok(())
+    }
+
+    /// Categorical cross-entropy needs class probabilities: one softmax
+    /// over a flat output `(None, classes)`.
+    fn check_loss_fits(&self) -> Result<()> {
         ensure!(
             self.plan.softmax,
             "categorical cross-entropy needs class probabilities: end the model with a softmax (layers::softmax())"
         );
-        self.optimizer = Some(Box::new(optimizer));
+        self.check_flat_output()
+    }
+
+    /// The model's output must be one vector per image.
+    fn check_flat_output(&self) -> Result<()> {
+        let out = self.output_shape()?;
+        ensure!(
+            matches!(out, crate::model::Shape::Flat(_)),
+            "the model outputs an image {out} per input, not a vector of class scores (None, classes): add flatten() before its last Dense layer"
+        );
         Ok(())
     }
 
@@ -168,6 +186,8 @@ impl Sequential {
         if self.optimizer.is_none() {
             self.compile(Adam::default())?;
         }
+        // Layers may have been added since compile().
+        self.check_loss_fits()?;
         ensure!(args.batch_size > 0, "batch_size must be at least 1");
         let n = self.check_inputs(x, Some(y))?;
         check_finite("x", x)?;
@@ -353,6 +373,7 @@ impl Sequential {
 
     /// Checks `x` (and `y`) against the model and returns the sample count.
     fn check_inputs(&self, x: &Tensor, y: Option<&Tensor>) -> Result<usize> {
+        self.check_flat_output()?;
         let [c, h, w] = self.architecture.input_shape;
         let dims = x.dims();
         ensure!(

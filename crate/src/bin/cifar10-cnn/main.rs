@@ -80,7 +80,33 @@ fn main() -> Result<()> {
     }
 }
 
+/// Everything the run needs, checked before anything is loaded or trained.
+fn check_train_args(args: &TrainArgs) -> Result<()> {
+    for (flag, value) in [
+        ("--epochs", Some(args.epochs)),
+        ("--batch-size", Some(args.batch_size)),
+        ("--train-size", args.train_size),
+        ("--test-size", args.test_size),
+    ] {
+        anyhow::ensure!(value != Some(0), "{flag} 0: it must be at least 1");
+    }
+    data::split_sizes(1, args.validation_split)?;
+    let backup = args
+        .backup_dir
+        .clone()
+        .unwrap_or_else(|| args.out.join("backup"));
+    for (what, dir) in [("--out", &args.out), ("the backup folder", &backup)] {
+        anyhow::ensure!(
+            !dir.is_file(),
+            "{what} {} is a file: it must be a folder (it is created if missing)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn train(args: TrainArgs) -> Result<()> {
+    check_train_args(&args)?;
     let device = pick_device()?;
     println!("device: {}", describe(&device));
 
