@@ -121,14 +121,28 @@ impl Gallery {
                     test.class_names.len()
                 )
             })?;
-            let answer = test.class_name(i);
-            images.push(test.image(i));
+            let answer = test.class_name(i)?;
+            images.push(test.image(i)?);
             captions.push(format!("predict: {guess}, answer: {answer}"));
             mistakes.push(p != test.labels[i] as usize);
         }
         let mut gallery = Gallery::new(images, captions)?;
         gallery.mistakes = mistakes;
         Ok(gallery)
+    }
+
+    /// The first `n` images of a dataset (all when it has fewer), each
+    /// captioned with its class.
+    pub fn first(data: &Dataset, n: usize) -> Result<Gallery> {
+        let first = 0..n.min(data.len());
+        let images = first
+            .clone()
+            .map(|i| data.image(i))
+            .collect::<Result<_>>()?;
+        let names = first
+            .map(|i| Ok(data.class_name(i)?.to_string()))
+            .collect::<Result<_>>()?;
+        Gallery::new(images, names)
     }
 
     /// `n` distinct test images picked at random (reproducibly, from

@@ -109,17 +109,20 @@ pub fn mistakes_gallery(
     );
     wrong.sort_by(|a, b| b.2.total_cmp(&a.2));
     wrong.truncate(n);
-    let images = wrong.iter().map(|&(i, _, _)| test.image(i)).collect();
+    let images = wrong
+        .iter()
+        .map(|&(i, _, _)| test.image(i))
+        .collect::<Result<_>>()?;
     let captions = wrong
         .iter()
         .map(|&(i, p, conf)| {
-            format!(
+            Ok(format!(
                 "predict: {} ({:.0}%), answer: {}",
                 test.class_names[p],
                 conf * 100.0,
-                test.class_name(i)
-            )
+                test.class_name(i)?
+            ))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Gallery::new(images, captions)
 }

@@ -51,11 +51,11 @@ fn reads_the_binary_format_exactly() {
     assert_eq!(train.class_names, CLASS_NAMES);
     // record 3 of data_batch_2 is training image 10003
     assert_eq!(train.labels[10_003], 4);
-    assert_eq!(train.image_bytes(10_003)[..3], [4, 5, 6]);
+    assert_eq!(train.image_bytes(10_003).unwrap()[..3], [4, 5, 6]);
     // planar: pixel (y=0, x=1) has R at 1, G at 1024 + 1, B at 2048 + 1
-    let row = train.image_row(10_003, 0);
+    let row = train.image_row(10_003, 0).unwrap();
     assert_eq!(row.0[1], [5, (3 + 1025 + 1) as u8, (3 + 2049 + 1) as u8]);
-    let img = test.image(7);
+    let img = test.image(7).unwrap();
     assert_eq!(
         img.get_pixel(2, 1).0,
         [
@@ -74,16 +74,16 @@ fn real_cifar10_pixels_come_out_exactly() {
     };
     let (train, test) = load_dir(&dir).unwrap();
     assert_eq!((train.len(), test.len()), (50_000, 10_000));
-    assert_eq!(train.class_name(0), "frog");
+    assert_eq!(train.class_name(0).unwrap(), "frog");
     assert_eq!(train.labels[0], 6);
-    let row = train.image_row(0, 0);
+    let row = train.image_row(0, 0).unwrap();
     assert_eq!(row.0[0], [59, 62, 63]);
     assert_eq!(
         row.0[..5].iter().map(|p| p[0]).collect::<Vec<_>>(),
         [59, 43, 50, 68, 98]
     );
     assert_eq!(test.labels[0], 3);
-    assert_eq!(test.class_name(0), "cat");
+    assert_eq!(test.class_name(0).unwrap(), "cat");
     // every class appears 5,000 times in training and 1,000 in test
     for k in 0..10u8 {
         assert_eq!(train.labels.iter().filter(|&&l| l == k).count(), 5_000);
@@ -135,7 +135,7 @@ fn one_hot_and_split_follow_keras() {
 #[test]
 fn printed_rows_look_like_numpy() {
     let d = Dataset::new(vec![59; 3 * 2 * 2], vec![0], vec!["a".into()], 2, 2).unwrap();
-    let row = d.image_row(0, 0);
+    let row = d.image_row(0, 0).unwrap();
     assert_eq!(row.to_string(), "[[ 59  59  59]\n [ 59  59  59]]");
     assert_eq!(
         row.normalized().to_string(),
@@ -233,4 +233,29 @@ fn record_files_of_any_whole_length_read_back() {
     assert!(e.contains("whole number"), "{e}");
     let e = err_text(load_records(dir.path().join("missing.bin")));
     assert!(e.contains("missing.bin"), "{e}");
+}
+
+/// Indices past the end are errors that say how many images there are,
+/// never panics.
+#[test]
+fn out_of_range_indices_are_errors_not_panics() {
+    let d = common::synthetic(5, 3, 8, 1);
+    let says = |e: anyhow::Error, what: &str| {
+        let e = format!("{e:#}");
+        assert!(e.contains(what), "{e}");
+    };
+    says(
+        d.image(5).unwrap_err(),
+        "image 5 does not exist: the dataset has 5 images (0 to 4)",
+    );
+    says(d.image_bytes(9).unwrap_err(), "image 9 does not exist");
+    says(d.class_name(5).unwrap_err(), "image 5 does not exist");
+    says(
+        d.image_row(0, 8).unwrap_err(),
+        "row 8 does not exist: the images have 8 rows",
+    );
+    says(d.image_row(7, 0).unwrap_err(), "image 7 does not exist");
+    says(d.select(&[0, 4, 5]).unwrap_err(), "image 5 does not exist");
+    assert_eq!(d.select(&[4, 0]).unwrap().len(), 2);
+    assert_eq!(d.take(99).len(), 5);
 }

@@ -265,7 +265,7 @@ fn check_dataset(d: &Dataset, images: &[usize], labels: &[u8]) {
     assert_eq!(d.len(), images.len());
     for (i, &k) in images.iter().enumerate() {
         assert!(
-            d.image_bytes(i) == planar(k).as_slice(),
+            d.image_bytes(i).unwrap() == planar(k).as_slice(),
             "image {i} differs from test image {k}"
         );
     }
@@ -285,8 +285,8 @@ fn loads_train_and_test_from_an_hf_hub_cache() {
     let (train, test) = hub::load_hub_from(hub.cache()).unwrap();
     check_dataset(&train, &[0, 1, 2, 3, 4], &[6, 9, 0, 3, 1]);
     check_dataset(&test, &[5, 6], &[3, 8]);
-    assert_eq!(train.class_name(1), "truck");
-    assert_eq!(train.image_row(0, 0).0[1], pixel(0, 1, 0));
+    assert_eq!(train.class_name(1).unwrap(), "truck");
+    assert_eq!(train.image_row(0, 0).unwrap().0[1], pixel(0, 1, 0));
 }
 
 #[test]

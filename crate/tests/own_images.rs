@@ -38,7 +38,7 @@ fn image_folders_load_resized_with_class_names_from_subfolders() {
     assert_eq!(data.class_names, ["apples", "leaves", "sky"]);
     assert_eq!((data.height, data.width), (32, 32));
     // a uniform image stays that colour after resizing (JPEG within a few levels)
-    let px = data.image(7).get_pixel(16, 16).0; // leaves, 1.jpg
+    let px = data.image(7).unwrap().get_pixel(16, 16).0; // leaves, 1.jpg
     assert_eq!(data.labels[7], 1);
     assert!(
         px.iter()

@@ -655,3 +655,39 @@ fn the_cli_refuses_bad_arguments_before_training() {
         "{stderr}"
     );
 }
+
+/// `train_on_batch` checks its batch against the model: another image
+/// size (smaller or larger), other channels, no images, labels of another
+/// shape; nothing is trained.
+#[test]
+fn train_on_batch_checks_its_inputs() {
+    let mut model = small_model(0, 4);
+    model.compile(Adam::default()).unwrap();
+    let zeros =
+        |dims: &[usize]| Tensor::zeros(dims, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y = zeros(&[2, 4]);
+    for dims in [[2, 3, 7, 8], [2, 3, 16, 16], [2, 1, 8, 8]] {
+        let e = format!(
+            "{:#}",
+            model.train_on_batch(&zeros(&dims), &y).err().unwrap()
+        );
+        assert!(e.contains("the model takes [N, 3, 8, 8]"), "{dims:?}: {e}");
+    }
+    let e = format!(
+        "{:#}",
+        model
+            .train_on_batch(&zeros(&[0, 3, 8, 8]), &zeros(&[0, 4]))
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("no images"), "{e}");
+    let e = format!(
+        "{:#}",
+        model
+            .train_on_batch(&zeros(&[2, 3, 8, 8]), &zeros(&[2, 5]))
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("to_categorical"), "{e}");
+    assert_eq!(model.optimizer_iterations(), 0);
+}

@@ -131,6 +131,6 @@ impl Dataset {
         // the training arrays) is not one class.
         train.shuffle(&mut rng);
         test.shuffle(&mut rng);
-        Ok((self.select(&train), self.select(&test)))
+        Ok((self.select(&train)?, self.select(&test)?))
     }
 }

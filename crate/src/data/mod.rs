@@ -14,7 +14,7 @@ pub use folder::{load_image_folder, load_image_folders};
 #[cfg(feature = "hub")]
 pub use hub::{load_hub, load_hub_from, read_parquet, HUB_DATASET, HUB_TEST_FILE, HUB_TRAIN_FILE};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
 /// A set of labelled images, kept as the raw bytes the files hold.
@@ -93,52 +93,82 @@ impl Dataset {
         CHANNELS * self.height * self.width
     }
 
+    /// Image `i`, or an error saying how many there are.
+    fn check_index(&self, i: usize) -> Result<()> {
+        ensure!(
+            i < self.len(),
+            "image {i} does not exist: the dataset has {} images (0 to {})",
+            self.len(),
+            self.len().saturating_sub(1)
+        );
+        Ok(())
+    }
+
     /// The planar bytes of image `i`.
-    pub fn image_bytes(&self, i: usize) -> &[u8] {
+    pub fn image_bytes(&self, i: usize) -> Result<&[u8]> {
+        self.check_index(i)?;
         let n = self.image_len();
-        &self.images[i * n..(i + 1) * n]
+        Ok(&self.images[i * n..(i + 1) * n])
     }
 
     /// Image `i` as an RGB picture (for galleries and for saving).
-    pub fn image(&self, i: usize) -> image::RgbImage {
+    pub fn image(&self, i: usize) -> Result<image::RgbImage> {
         let (h, w) = (self.height, self.width);
-        let planes = self.image_bytes(i);
-        image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let planes = self.image_bytes(i)?;
+        Ok(image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
             let p = y as usize * w + x as usize;
             image::Rgb([planes[p], planes[h * w + p], planes[2 * h * w + p]])
-        })
+        }))
     }
 
     /// The name of the class of image `i`.
-    pub fn class_name(&self, i: usize) -> &str {
-        &self.class_names[self.labels[i] as usize]
+    pub fn class_name(&self, i: usize) -> Result<&str> {
+        self.check_index(i)?;
+        let label = self.labels[i] as usize;
+        self.class_names
+            .get(label)
+            .map(String::as_str)
+            .with_context(|| format!("image {i} has label {label}, which has no class name"))
     }
 
     /// Row `row` of image `i` as `[[R G B] ...]`, the way the article prints
     /// `x_train[0][0]` before normalizing.
-    pub fn image_row(&self, i: usize, row: usize) -> PixelRow {
+    pub fn image_row(&self, i: usize, row: usize) -> Result<PixelRow> {
         let (h, w) = (self.height, self.width);
-        let planes = self.image_bytes(i);
+        let planes = self.image_bytes(i)?;
+        ensure!(
+            row < h,
+            "row {row} does not exist: the images have {h} rows (0 to {})",
+            h - 1
+        );
         let pixels = (0..w)
             .map(|x| {
                 let p = row * w + x;
                 [planes[p], planes[h * w + p], planes[2 * h * w + p]]
             })
             .collect();
-        PixelRow(pixels)
+        Ok(PixelRow(pixels))
     }
 
     /// The first `n` images (all of them when `n` is larger).
     pub fn take(&self, n: usize) -> Dataset {
-        self.select(&(0..n.min(self.len())).collect::<Vec<_>>())
+        self.gather(&(0..n.min(self.len())).collect::<Vec<_>>())
     }
 
     /// The images at `indices`, in that order.
-    pub fn select(&self, indices: &[usize]) -> Dataset {
+    pub fn select(&self, indices: &[usize]) -> Result<Dataset> {
+        for &i in indices {
+            self.check_index(i)?;
+        }
+        Ok(self.gather(indices))
+    }
+
+    /// [`Dataset::select`] of indices known to be in range.
+    fn gather(&self, indices: &[usize]) -> Dataset {
         let n = self.image_len();
         let mut images = Vec::with_capacity(indices.len() * n);
         for &i in indices {
-            images.extend_from_slice(self.image_bytes(i));
+            images.extend_from_slice(&self.images[i * n..(i + 1) * n]);
         }
         Dataset {
             images,

@@ -162,7 +162,7 @@ fn train(args: TrainArgs) -> Result<()> {
         println!(
             "test image {i}: predict: {}, answer: {}",
             test.class_names[p],
-            test.class_name(i)
+            test.class_name(i)?
         );
     }
     Ok(())
