@@ -312,9 +312,36 @@ fn ties_send_the_gradient_to_the_first_maximum() {
     let x2 = [1.0f32, 3.0, 3.0, 2.0];
     let g2 = autograd(max_pool2d, &x2, (1, 1, 2, 2), 2, &[1.0]);
     assert_eq!(g2, vec![0.0, 1.0, 0.0, 0.0]);
-    // The portable version gives every tied maximum the full gradient.
+    // The portable version (what CUDA runs) too, on both.
     let gp = autograd(max_pool2d_portable, &x2, (1, 1, 2, 2), 2, &[1.0]);
-    assert_eq!(gp, vec![0.0, 1.0, 1.0, 0.0]);
+    assert_eq!(gp, vec![0.0, 1.0, 0.0, 0.0]);
+    assert_eq!(autograd(max_pool2d_portable, &x, dims, 2, &w), g);
+}
+
+/// Inputs full of ties (a few distinct values, as after a ReLU or in flat
+/// image regions): the portable op's gradient is the custom op's exactly,
+/// one input per window, on every case.
+#[test]
+fn portable_routes_tied_gradients_like_the_custom_op() {
+    for (k, &(dims, p)) in CASES.iter().enumerate() {
+        let x: Vec<f32> = random(dims, 700 + k as u64)
+            .iter()
+            .map(|v| (v * 2.0).round().max(0.0))
+            .collect();
+        let w = random(out_dims(dims, p), 600 + k as u64);
+        let custom = autograd(max_pool2d, &x, dims, p, &w);
+        let portable = autograd(max_pool2d_portable, &x, dims, p, &w);
+        assert_eq!(portable, custom, "{dims:?} pool {p}");
+        let t = tensor(&x, dims);
+        assert_eq!(
+            flat(&max_pool2d_portable(&t, p).unwrap()),
+            flat(&max_pool2d(&t, p).unwrap())
+        );
+    }
+    // A NaN wins its window in the forward, as in the custom op.
+    let x = [1.0f32, f32::NAN, 3.0, 2.0];
+    let y = flat(&max_pool2d_portable(&tensor(&x, (1, 1, 2, 2)), 2).unwrap());
+    assert!(y[0].is_nan(), "{y:?}");
 }
 
 #[test]

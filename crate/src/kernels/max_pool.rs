@@ -54,20 +54,43 @@ pub fn max_pool2d(x: &Tensor, pool: usize) -> Result<Tensor> {
 }
 
 /// The same pooling as [`max_pool2d`], composed from candle ops that exist
-/// (with a correct backward) on every device: `narrow` to whole windows,
-/// reshape to `[N, C, H/p, p, W/p, p]`, then `max` over the two pool axes.
-///
-/// Its gradient equals [`max_pool2d`]'s except on exact ties inside a window,
-/// where candle's `max` backward gives the full gradient to *every* maximal
-/// element instead of only the first.
+/// (with a correct backward) on every device: the whole windows as
+/// `[N, C, Ho, Wo, p·p]`, a one-hot mask of each window's first maximum
+/// (row-major; a NaN wins, as in [`max_pool2d`]), and the masked values
+/// summed. The gradient goes through the mask to exactly one input per
+/// window, as in Keras and the CPU op: candle's own `max` would give it to
+/// every tied maximum, and ties are common (equal pixels, zeros after a ReLU).
 pub fn max_pool2d_portable(x: &Tensor, pool: usize) -> Result<Tensor> {
     let (n, c, h, w) = check_dims(x.dims(), pool)?;
-    let (ho, wo) = (h / pool, w / pool);
-    x.narrow(2, 0, ho * pool)?
+    let (ho, wo, pp) = (h / pool, w / pool, pool * pool);
+    let windows = x
+        .narrow(2, 0, ho * pool)?
         .narrow(3, 0, wo * pool)?
         .reshape((n, c, ho, pool, wo, pool))?
-        .max(5)?
-        .max(3)
+        .permute((0, 1, 2, 4, 3, 5))?
+        .contiguous()?
+        .reshape((n, c, ho, wo, pp))?; // [N, C, Ho, Wo, p·p]
+    let first = first_maximum(&windows.detach(), pp)?;
+    first.where_cond(&windows, &windows.zeros_like()?)?.sum(4) // [N, C, Ho, Wo]
+}
+
+/// A `u8` one-hot mask over the last axis of `windows` `[.., pp]`: the first
+/// maximum of each window, or its first NaN. Each candidate scores
+/// `pp - index` (a NaN `pp` more), so the best score is unique and no
+/// device's tie-breaking matters.
+fn first_maximum(windows: &Tensor, pp: usize) -> Result<Tensor> {
+    let (dev, f32) = (windows.device(), candle_core::DType::F32);
+    let nan = windows.ne(windows)?;
+    let inf = Tensor::new(f64::INFINITY, dev)?
+        .to_dtype(windows.dtype())?
+        .broadcast_as(windows.shape())?;
+    let key = nan.where_cond(&inf, windows)?;
+    let is_max = key.broadcast_ge(&key.max_keepdim(4)?)?.to_dtype(f32)?;
+    let rank = Tensor::arange(0u32, pp as u32, dev)?
+        .to_dtype(f32)?
+        .affine(-1.0, pp as f64)?; // pp - index
+    let score = (is_max.broadcast_mul(&rank)? + (nan.to_dtype(f32)? * pp as f64)?)?;
+    score.broadcast_eq(&score.max_keepdim(4)?)
 }
 
 /// Validates the arguments; returns `(N, C, H, W)`.
