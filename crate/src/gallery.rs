@@ -184,6 +184,11 @@ impl Gallery {
     }
 
     /// Which images are wrong predictions (all `false` for [`Gallery::new`]).
+    /// Frames every image in red, as the mistakes of a gallery of mistakes.
+    pub fn mark_all_mistakes(&mut self) {
+        self.mistakes.iter_mut().for_each(|m| *m = true);
+    }
+
     pub fn mistakes(&self) -> &[bool] {
         &self.mistakes
     }

@@ -124,5 +124,8 @@ pub fn mistakes_gallery(
             ))
         })
         .collect::<Result<_>>()?;
-    Gallery::new(images, captions)
+    // Every image here is a mistake: each gets the red frame.
+    let mut gallery = Gallery::new(images, captions)?;
+    gallery.mark_all_mistakes();
+    Ok(gallery)
 }

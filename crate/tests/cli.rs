@@ -28,7 +28,7 @@ fn check_times_epochs_trains_on_a_sample_and_compares_with_the_cpu() {
             "--timed-epochs",
             "1",
             "--epochs",
-            "2",
+            "8",
             "--batch-size",
             "32",
         ])
@@ -59,8 +59,11 @@ fn check_times_epochs_trains_on_a_sample_and_compares_with_the_cpu() {
         ),
         (200.into(), 50.into())
     );
+    // Each label has its own brightness: eight epochs learn it well above
+    // chance (accuracy 0.1, loss ln 10 = 2.30); measured 0.40 and 1.55.
     let accuracy = report["test_accuracy"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&accuracy), "{report}");
+    let loss = report["test_loss"].as_f64().unwrap();
+    assert!(accuracy >= 0.3 && loss < 2.0, "not learning: {report}");
     // On the CPU the comparison is the save/load round trip: identical.
     assert_eq!(report["cpu_agreement"], 1.0);
     assert_eq!(report["cpu_max_prob_diff"], 0.0);

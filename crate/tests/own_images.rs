@@ -108,6 +108,17 @@ fn mistakes_gallery_shows_the_most_confident_errors_first() {
     .unwrap();
     let g = mistakes_gallery(&data, &probs, 10).unwrap();
     assert_eq!(g.captions(), ["predict: class0 (70%), answer: class1"]);
+    // The notebook says mistakes are framed in red: so are these, and the
+    // picture has the frame's colour.
+    assert_eq!(g.mistakes(), [true]);
+    let png = image::load_from_memory(&g.png().unwrap())
+        .unwrap()
+        .to_rgb8();
+    let red = cifar10_cnn::gallery::MISTAKE_COLOR;
+    assert!(
+        png.pixels().any(|p| p.0 == red),
+        "no red frame in the picture"
+    );
     let right = Tensor::new(
         &[[0.9f32, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.3, 0.6]],
         &Device::Cpu,
