@@ -44,6 +44,20 @@ impl History {
         self.loss.len()
     }
 
+    /// The metrics of epoch `i` (0-based), if it was recorded.
+    pub fn epoch(&self, i: usize) -> Option<EpochMetrics> {
+        Some(EpochMetrics {
+            loss: *self.loss.get(i)?,
+            acc: *self.acc.get(i)?,
+            val: self
+                .val_loss
+                .get(i)
+                .copied()
+                .zip(self.val_acc.get(i).copied()),
+            seconds: self.epoch_seconds.get(i).copied().unwrap_or(0.0),
+        })
+    }
+
     pub fn push(&mut self, m: EpochMetrics) {
         self.loss.push(m.loss);
         self.acc.push(m.acc);
@@ -74,6 +88,18 @@ impl History {
             .with_context(|| format!("cannot read history {}", path.display()))?;
         Self::from_json(&json).with_context(|| format!("in {}", path.display()))
     }
+}
+
+/// Keras's `verbose=2` line: `352/352 - 41s - loss: 0.9208 - acc: 0.6753 - val_loss: 0.8062 - val_acc: 0.7172`.
+pub fn epoch_line(steps: usize, m: &EpochMetrics) -> String {
+    let mut line = format!(
+        "{steps}/{steps} - {:.0}s - loss: {:.4} - acc: {:.4}",
+        m.seconds, m.loss, m.acc
+    );
+    if let Some((loss, acc)) = m.val {
+        line += &format!(" - val_loss: {loss:.4} - val_acc: {acc:.4}");
+    }
+    line
 }
 
 #[cfg(test)]

@@ -354,65 +354,6 @@ fn nan_keeps_the_last_good_weights() {
         .all(|p| p.is_finite()));
 }
 
-/// Resident memory of this process, in MiB (Linux).
-fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
-/// Each step's memory must be freed. On the CPU in f32 (the plan's own
-/// step) nothing of a step may outlive it; on the portable path (candle's
-/// autograd, what CUDA runs; here in f64 on the CPU) the optimizer's
-/// moments once kept every step's gradients, and through them every
-/// forward pass, alive (23 GB into the article's first epoch).
-fn assert_steps_are_freed(dtype: candle_core::DType, images: usize) {
-    let Some(_) = rss_mib() else { return };
-    let data = common::synthetic(images, 10, 32, 8);
-    let x = data.images_f32().unwrap().to_dtype(dtype).unwrap();
-    let y = data.labels_one_hot().unwrap().to_dtype(dtype).unwrap();
-    let mut model = Sequential::article(&[3, 32, 32], 10, 0, &Device::Cpu).unwrap();
-    model.to_dtype(dtype).unwrap();
-    model.compile(Adam::default()).unwrap();
-    let fit = || Fit {
-        batch_size: images,
-        epochs: 5,
-        verbose: false,
-        ..Fit::default()
-    };
-    model.fit(&x, &y, fit()).unwrap();
-    let before = rss_mib().unwrap();
-    model
-        .fit(
-            &x,
-            &y,
-            Fit {
-                epochs: 30,
-                ..fit()
-            },
-        )
-        .unwrap();
-    let grown = rss_mib().unwrap() - before;
-    // one step of these batches holds about 60 MiB of activations and gradients
-    assert!(grown < 60.0, "memory grew by {grown:.0} MiB over 30 steps");
-}
-
-#[test]
-fn training_does_not_keep_old_steps_alive() {
-    assert_steps_are_freed(candle_core::DType::F32, 64);
-}
-
-#[test]
-fn training_through_autograd_does_not_keep_old_steps_alive() {
-    assert_steps_are_freed(candle_core::DType::F64, 16);
-}
-
 /// A NaN or infinite value in the data is refused before the first step,
 /// by `fit` and `train_on_batch`, naming where it is; the weights are
 /// untouched.
@@ -690,4 +631,86 @@ fn train_on_batch_checks_its_inputs() {
     );
     assert!(e.contains("to_categorical"), "{e}");
     assert_eq!(model.optimizer_iterations(), 0);
+}
+
+/// A finished run is not lost if saving fails afterwards: `fit` keeps its
+/// backup, so the same cell run again (a new model, the same seed) trains
+/// nothing and returns the finished model and history; the backup goes once
+/// the caller removes it after saving.
+#[test]
+fn a_finished_run_survives_until_the_caller_has_saved_it() {
+    use cifar10_cnn::train::BackupAndRestore;
+    let data = common::synthetic(96, 4, 8, 11);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("backup");
+    let fit = || Fit {
+        batch_size: 32,
+        epochs: 2,
+        validation_split: 0.25,
+        verbose: false,
+        backup_dir: Some(dir.clone()),
+        ..Fit::default()
+    };
+    let mut first = small_model(6, 4);
+    let h1 = first.fit(&x, &y, fit()).unwrap();
+    assert!(
+        BackupAndRestore::file(&dir).exists(),
+        "the backup was removed before saving"
+    );
+    // The save fails (its path is taken by a folder): nothing is lost.
+    let taken = work.path().join("model");
+    std::fs::create_dir_all(taken.join("cifar10_cnn.json")).unwrap();
+    assert!(first.save(taken.join("cifar10_cnn")).is_err());
+    let mut again = small_model(6, 4);
+    let h2 = again.fit(&x, &y, fit()).unwrap();
+    assert_eq!(h1, h2);
+    assert_eq!(weights(&again), weights(&first));
+    assert_eq!(again.optimizer_iterations(), first.optimizer_iterations());
+    // A second fit of the finished model itself is a new run from there.
+    let h3 = first.fit(&x, &y, fit()).unwrap();
+    assert_eq!(h3.epochs(), 2);
+    assert_ne!(h3.loss, h1.loss);
+    BackupAndRestore::remove(&dir).unwrap();
+    assert!(!BackupAndRestore::file(&dir).exists());
+    BackupAndRestore::remove(&dir).unwrap(); // nothing there: fine
+}
+
+/// A backup is only carried on by its own run: another seed, other data,
+/// augmentation switched on, or fewer epochs than it has done are refused
+/// with what differs; the same run resumes.
+#[test]
+fn a_backup_refuses_to_resume_another_run() {
+    let data = common::synthetic(64, 4, 8, 12);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    let other = common::synthetic(64, 4, 8, 13);
+    let (x2, y2) = (other.images_f32().unwrap(), other.labels_one_hot().unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("backup");
+    let fit = |epochs, augment| Fit {
+        batch_size: 32,
+        epochs,
+        verbose: false,
+        augment,
+        backup_dir: Some(dir.clone()),
+        ..Fit::default()
+    };
+    small_model(7, 4).fit(&x, &y, fit(3, false)).unwrap();
+    let refused = |seed, x: &Tensor, y: &Tensor, f: Fit| {
+        format!("{:#}", small_model(seed, 4).fit(x, y, f).err().unwrap())
+    };
+    let e = refused(8, &x, &y, fit(3, false));
+    assert!(
+        e.contains("backup of another run") && e.contains("another seed"),
+        "{e}"
+    );
+    let e = refused(7, &x2, &y2, fit(3, false));
+    assert!(e.contains("other training data"), "{e}");
+    let e = refused(7, &x, &y, fit(3, true));
+    assert!(e.contains("augment false (this run: true)"), "{e}");
+    let e = refused(7, &x, &y, fit(2, false));
+    assert!(e.contains("3 epochs, more than the 2 asked for"), "{e}");
+    // The same run, asked for more epochs, carries on.
+    let h = small_model(7, 4).fit(&x, &y, fit(4, false)).unwrap();
+    assert_eq!(h.epochs(), 4);
 }

@@ -2,7 +2,7 @@
 //! the run, of each epoch and after each batch. `TerminateOnNaN` and
 //! `BackupAndRestore` are the two `fit` uses today.
 
-use crate::history::History;
+use crate::history::{epoch_line, History};
 use crate::io::{read_safetensors, read_safetensors_metadata, safetensors_bytes_with};
 use crate::io::{write_atomic, NamedTensor};
 use crate::model::{Architecture, Sequential};
@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,22 @@ pub struct RunState {
     pub train_samples: usize,
     pub batch_size: usize,
     pub verbose: bool,
+    /// What the run is: everything a backup must match to be carried on.
+    pub identity: RunIdentity,
+}
+
+/// What makes two runs the same run: the epochs asked for, the settings
+/// that change the updates, and fingerprints of the training data and of
+/// the model's initial weights (which the seed decides).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunIdentity {
+    pub epochs: usize,
+    pub augment: bool,
+    pub shuffle: bool,
+    /// a hash of the training images and labels
+    pub data: u64,
+    /// a hash of the weights before training
+    pub initial_weights: u64,
 }
 
 /// Something `fit` calls as it goes. Every method has a default that does
@@ -169,8 +186,10 @@ impl Callback for TerminateOnNaN {
 /// kernel died, in one safetensors file written atomically at the end of
 /// every epoch (weights and optimizer state by name; in the header the
 /// epoch, the history so far and the generator's next seed). The next
-/// `fit` with the same folder carries on from it; it is removed when `fit`
-/// completes.
+/// `fit` with the same folder carries on from it, if it is a backup of the
+/// same run (see [`RunIdentity`]). It is kept when `fit` completes, and the
+/// caller removes it ([`BackupAndRestore::remove`]) after saving the model:
+/// until then a rerun finds the run complete and trains nothing.
 pub struct BackupAndRestore {
     dir: PathBuf,
 }
@@ -189,6 +208,48 @@ struct BackupState {
     train_samples: usize,
     batch_size: usize,
     architecture: Architecture,
+    /// absent in the backups of version 0.1
+    #[serde(default)]
+    run: Option<RunIdentity>,
+    /// the fingerprint of the weights it holds
+    #[serde(default)]
+    weights: Option<u64>,
+}
+
+impl BackupState {
+    /// Why this backup is not one of the run `run` describes, if it is not.
+    fn mismatch(&self, model: &Sequential, run: &RunState) -> Option<String> {
+        let mut differs = Vec::new();
+        if self.architecture != model.architecture {
+            differs.push("another model architecture".to_string());
+        }
+        if (self.train_samples, self.batch_size) != (run.train_samples, run.batch_size) {
+            differs.push(format!(
+                "{} training samples in batches of {} (this run: {} in batches of {})",
+                self.train_samples, self.batch_size, run.train_samples, run.batch_size
+            ));
+        }
+        if let Some(saved) = &self.run {
+            let now = &run.identity;
+            if saved.data != now.data {
+                differs.push("other training data".into());
+            }
+            // A model rerun from where this backup stands is the same run.
+            let here = self.weights == Some(now.initial_weights);
+            if saved.initial_weights != now.initial_weights && !here {
+                differs.push("other initial weights (another seed)".into());
+            }
+            for (what, was, is) in [
+                ("augment", saved.augment, now.augment),
+                ("shuffle", saved.shuffle, now.shuffle),
+            ] {
+                if was != is {
+                    differs.push(format!("{what} {was} (this run: {is})"));
+                }
+            }
+        }
+        (!differs.is_empty()).then(|| differs.join(", "))
+    }
 }
 
 impl BackupAndRestore {
@@ -231,14 +292,25 @@ impl Callback for BackupAndRestore {
                     path.display()
                 )
             })?;
+        // The model already is where a finished backup ends (a second `fit`
+        // of the same model in one session): this is a new run from here.
+        let complete = state.run.as_ref().is_some_and(|r| r.epochs == state.epoch);
+        if complete && state.weights == Some(run.identity.initial_weights) {
+            return Ok(());
+        }
+        if let Some(why) = state.mismatch(model, run) {
+            bail!(
+                "{} is the backup of another run ({why}): delete it to start afresh, or use another backup folder",
+                path.display()
+            );
+        }
         ensure!(
-            state.architecture == model.architecture
-                && state.train_samples == run.train_samples
-                && state.batch_size == run.batch_size,
-            "{} is the backup of another model or run ({} samples, batch {}): delete it, or use another backup folder",
+            state.epoch <= run.identity.epochs,
+            "{} holds a run of {} epochs, more than the {} asked for: ask for at least {} epochs to use it, or delete it to start afresh",
             path.display(),
-            state.train_samples,
-            state.batch_size
+            state.epoch,
+            run.identity.epochs,
+            state.epoch
         );
         let (device, dtype) = (model.device.clone(), model.dtype());
         let optimizer = model
@@ -272,11 +344,26 @@ impl Callback for BackupAndRestore {
         }
         optimizer.load_state(state.adam_step, opt_state)?;
         if run.verbose {
+            let left = run.identity.epochs - state.epoch;
             println!(
-                "Restored the backup in {}: {} epochs done",
+                "Restored the backup in {}: {} epochs done, {left} to go{}",
                 self.dir.display(),
-                state.epoch
+                state.epoch,
+                if left == 0 {
+                    " (the run is complete: delete the backup folder to train afresh)"
+                } else {
+                    ""
+                }
             );
+            let steps = run.train_samples.div_ceil(run.batch_size);
+            for (i, m) in (0..state.epoch).filter_map(|i| Some((i, state.history.epoch(i)?))) {
+                println!(
+                    "Epoch {}/{} (restored)\n{}",
+                    i + 1,
+                    run.identity.epochs,
+                    epoch_line(steps, &m)
+                );
+            }
         }
         model.rng = StdRng::seed_from_u64(state.rng_seed);
         run.history = state.history;
@@ -304,18 +391,69 @@ impl Callback for BackupAndRestore {
             train_samples: run.train_samples,
             batch_size: run.batch_size,
             architecture: model.architecture.clone(),
+            run: Some(run.identity.clone()),
+            weights: Some(weights_fingerprint(model)?),
         };
         let meta = HashMap::from([("state".to_string(), serde_json::to_string(&state)?)]);
         write_atomic(&self.path(), &safetensors_bytes_with(&tensors, Some(meta))?)
     }
 
-    fn on_train_end(&mut self, _: &mut Sequential, _: &RunState) -> Result<()> {
-        let _ = std::fs::remove_file(self.path());
-        Ok(())
+    // No on_train_end: the backup stays until the caller has saved what
+    // it needs (see [`BackupAndRestore::remove`]). A rerun meanwhile finds
+    // the run complete and trains nothing.
+}
+
+impl BackupAndRestore {
+    /// The backup file in `dir`.
+    pub fn file(dir: &Path) -> PathBuf {
+        dir.join(BACKUP_FILE)
+    }
+
+    /// Removes the backup in `dir` (if any): call it once the trained model
+    /// and its history are saved, not before.
+    pub fn remove(dir: &Path) -> Result<()> {
+        match std::fs::remove_file(Self::file(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove the backup in {}", dir.display()))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
-/// The backup file in `dir` (for tests and tools).
-pub fn backup_path(dir: &Path) -> PathBuf {
-    dir.join(BACKUP_FILE)
+/// A 64-bit hash of tensors' values (as f32 bits), in parallel chunks but
+/// independent of the thread count: what identifies a run's data and
+/// initial weights in its backup.
+pub(crate) fn fingerprint(tensors: &[&Tensor]) -> Result<u64> {
+    use candle_core::DType;
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for t in tensors {
+        let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let chunks: Vec<u64> = v
+            .par_chunks(1 << 16)
+            .map(|c| {
+                c.iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, x| {
+                    (h ^ x.to_bits() as u64).wrapping_mul(0x0100_0000_01b3)
+                })
+            })
+            .collect();
+        for (i, c) in chunks.into_iter().enumerate() {
+            hash = (hash ^ c ^ (i as u64))
+                .wrapping_mul(0x0100_0000_01b3)
+                .rotate_left(29);
+        }
+        hash ^= v.len() as u64;
+    }
+    Ok(hash)
+}
+
+/// The fingerprint of a model's weights.
+fn weights_fingerprint(model: &Sequential) -> Result<u64> {
+    fingerprint(
+        &model
+            .params
+            .iter()
+            .map(|p| p.var.as_tensor())
+            .collect::<Vec<_>>(),
+    )
 }

@@ -10,8 +10,11 @@ pub mod callbacks;
 pub(crate) mod step;
 
 pub use crate::data::augment;
+pub use crate::history::epoch_line;
 pub use crate::optim::{Adam, Optimizer};
-pub use callbacks::{BackupAndRestore, BatchLogs, Callback, Callbacks, RunState, TerminateOnNaN};
+pub use callbacks::{
+    BackupAndRestore, BatchLogs, Callback, Callbacks, RunIdentity, RunState, TerminateOnNaN,
+};
 
 use crate::data::split_sizes;
 use crate::history::{EpochMetrics, History};
@@ -38,9 +41,10 @@ pub struct Fit {
     /// batch. Off by default: the article trains on the images as they are.
     pub augment: bool,
     /// Keras's `BackupAndRestore`: a folder where each epoch ends with an
-    /// atomic backup, from which the next `fit` carries on after the kernel
-    /// died or was interrupted (at most one epoch lost). Removed when `fit`
-    /// completes.
+    /// atomic backup, from which the next `fit` of the same run carries on
+    /// after the kernel died or was interrupted (at most one epoch lost).
+    /// It is kept when `fit` completes (a rerun then trains nothing):
+    /// remove it with `BackupAndRestore::remove` once the model is saved.
     pub backup_dir: Option<std::path::PathBuf>,
 }
 
@@ -131,12 +135,30 @@ impl Sequential {
         if let Some(dir) = &args.backup_dir {
             callbacks.0.push(Box::new(BackupAndRestore::new(dir)));
         }
+        let identity = match args.backup_dir {
+            // Hashing the data costs a pass over it: only for backups.
+            Some(_) => RunIdentity {
+                epochs: args.epochs,
+                augment: args.augment,
+                shuffle: args.shuffle,
+                data: callbacks::fingerprint(&[&train.0, &train.1])?,
+                initial_weights: callbacks::fingerprint(
+                    &self
+                        .params
+                        .iter()
+                        .map(|p| p.var.as_tensor())
+                        .collect::<Vec<_>>(),
+                )?,
+            },
+            None => RunIdentity::default(),
+        };
         let mut run = RunState {
             history: History::default(),
             rng_seed: 0,
             train_samples: train.0.dim(0)?,
             batch_size: args.batch_size,
             verbose: args.verbose,
+            identity,
         };
         callbacks.on_train_begin(self, &mut run)?;
         for epoch in run.history.epochs() + 1..=args.epochs {
@@ -441,16 +463,4 @@ fn count_correct(logits: &Tensor, y: &Tensor) -> Result<usize> {
         .to_dtype(DType::F32)?
         .sum_all()?
         .to_scalar::<f32>()? as usize)
-}
-
-/// Keras's `verbose=2` line: `352/352 - 41s - loss: 0.9208 - acc: 0.6753 - val_loss: 0.8062 - val_acc: 0.7172`.
-pub fn epoch_line(steps: usize, m: &EpochMetrics) -> String {
-    let mut line = format!(
-        "{steps}/{steps} - {:.0}s - loss: {:.4} - acc: {:.4}",
-        m.seconds, m.loss, m.acc
-    );
-    if let Some((loss, acc)) = m.val {
-        line += &format!(" - val_loss: {loss:.4} - val_acc: {acc:.4}");
-    }
-    line
 }

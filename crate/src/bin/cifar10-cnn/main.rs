@@ -11,7 +11,7 @@ use anyhow::Result;
 use cifar10_cnn::data::{self, Dataset};
 use cifar10_cnn::device::{describe, pick_device};
 use cifar10_cnn::model::Sequential;
-use cifar10_cnn::train::{Adam, Fit};
+use cifar10_cnn::train::{Adam, BackupAndRestore, Fit};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -144,11 +144,16 @@ fn train(args: TrainArgs) -> Result<()> {
         ),
         ..Fit::default()
     };
+    let backup = fit.backup_dir.clone();
     let history = model.fit(&x_train, &y_train, fit)?;
 
     let stem = args.out.join("cifar10_cnn");
     let (json, weights) = model.save(&stem)?;
     history.save(args.out.join("history.json"))?;
+    // Only now is the run safe on disk without its backup.
+    if let Some(dir) = &backup {
+        BackupAndRestore::remove(dir)?;
+    }
     cifar10_cnn::plot::learning_curves(&history)?.save_png(args.out.join("learning_curves.png"))?;
     println!("saved {} and {}", json.display(), weights.display());
 
