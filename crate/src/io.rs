@@ -23,6 +23,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .to_string_lossy();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    remove_stale_temporaries(&dir, &name);
     let tmp = dir.join(format!(
         ".{name}.{}.{}.tmp",
         std::process::id(),
@@ -56,6 +57,35 @@ pub fn model_paths(stem: impl AsRef<Path>) -> (PathBuf, PathBuf) {
         PathBuf::from(s)
     };
     (with("json"), with("safetensors"))
+}
+
+/// Removes the temporary files that writes of `name` in `dir` left when
+/// their process was killed (`.{name}.{pid}.{n}.tmp` of a process that is
+/// gone; on Linux, where /proc says which are alive). A live process's
+/// temporaries may be a write in flight and stay.
+fn remove_stale_temporaries(dir: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.strip_suffix(".tmp").and_then(|r| r.split('.').next()) else {
+            continue;
+        };
+        let gone = pid
+            .parse::<u32>()
+            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if gone {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A tensor read from a safetensors file: its shape and f32 values.

@@ -2,8 +2,10 @@
 //! and the parameters as safetensors (the article's `.h5`), by name.
 
 use super::{Architecture, Sequential};
-use crate::io::{read_safetensors, safetensors_bytes, write_atomic, NamedTensor};
+use crate::io::{read_safetensors, read_safetensors_metadata, safetensors_bytes_with};
+use crate::io::{write_atomic, NamedTensor};
 use anyhow::{ensure, Context, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The two files of a saved model: `<stem>.json` and `<stem>.safetensors`.
@@ -41,8 +43,12 @@ impl Sequential {
         Ok(serde_json::to_string_pretty(&file)?)
     }
 
-    /// Saves `<stem>.json` (architecture) and `<stem>.safetensors` (weights),
-    /// each atomically, creating the folder if needed. Returns both paths.
+    /// Saves `<stem>.json` (architecture) and `<stem>.safetensors` (weights,
+    /// with the architecture in its header too), each atomically, creating
+    /// the folder if needed; returns both paths. The weights go first and
+    /// carry their architecture, so a save killed between the two files
+    /// leaves a whole model: [`load`](Self::load) finds that the JSON is
+    /// older and repairs it.
     pub fn save(&self, stem: impl AsRef<Path>) -> Result<(PathBuf, PathBuf)> {
         let (json, weights) = model_paths(stem);
         let tensors = self
@@ -56,8 +62,10 @@ impl Sequential {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        write_atomic(&weights, &safetensors_bytes(&tensors)?)?;
-        write_atomic(&json, self.to_json()?.as_bytes())?;
+        let architecture = self.to_json()?;
+        let meta = HashMap::from([(ARCHITECTURE_KEY.to_string(), architecture.clone())]);
+        write_atomic(&weights, &safetensors_bytes_with(&tensors, Some(meta))?)?;
+        write_atomic(&json, architecture.as_bytes())?;
         Ok((json, weights))
     }
 
@@ -84,10 +92,7 @@ impl Sequential {
     /// Loads a saved model onto `device`.
     pub fn load_on(stem: impl AsRef<Path>, device: &candle_core::Device) -> Result<Self> {
         let (json_path, weights_path) = model_paths(stem);
-        let json = std::fs::read_to_string(&json_path)
-            .with_context(|| format!("cannot read model architecture {}", json_path.display()))?;
-        let architecture = Self::architecture_from_json(&json)
-            .with_context(|| format!("in {}", json_path.display()))?;
+        let architecture = Self::saved_architecture(&json_path, &weights_path)?;
         let expected = architecture.weight_specs()?;
         let tensors = read_safetensors(&weights_path, &expected)?;
         let model = Self::from_architecture(architecture, 0, device)?;
@@ -101,5 +106,52 @@ impl Sequential {
                 .set(&candle_core::Tensor::from_vec(t.data, t.shape, device)?)?;
         }
         Ok(model)
+    }
+}
+
+/// Where the weights file keeps its architecture JSON.
+const ARCHITECTURE_KEY: &str = "architecture";
+
+impl Sequential {
+    /// The architecture of a saved model. Weights of this version carry
+    /// their own: when the JSON beside them says otherwise (a save was
+    /// killed between the two files, or the JSON is missing), the weights'
+    /// is the newer, and the JSON is rewritten to match. Weights of version
+    /// 0.1 have none, and the JSON decides.
+    fn saved_architecture(json_path: &Path, weights_path: &Path) -> Result<Architecture> {
+        let embedded = match weights_path.exists() {
+            true => read_safetensors_metadata(weights_path, "model weights file")?
+                .remove(ARCHITECTURE_KEY),
+            false => None,
+        };
+        let json = match std::fs::read_to_string(json_path) {
+            Ok(json) => Some(json),
+            Err(_) if embedded.is_some() => None,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot read model architecture {}", json_path.display())
+                })
+            }
+        };
+        let Some(embedded) = embedded else {
+            let json = json.context("read above")?;
+            return Self::architecture_from_json(&json)
+                .with_context(|| format!("in {}", json_path.display()));
+        };
+        let architecture = Self::architecture_from_json(&embedded)
+            .with_context(|| format!("in the header of {}", weights_path.display()))?;
+        let agrees = json
+            .as_deref()
+            .and_then(|j| Self::architecture_from_json(j).ok())
+            .is_some_and(|a| a == architecture);
+        if !agrees {
+            eprintln!(
+                "note: {} does not describe the weights in {} (a save was interrupted between the two files); loading the model the weights file holds, and rewriting the JSON to match",
+                json_path.display(),
+                weights_path.display()
+            );
+            write_atomic(json_path, embedded.as_bytes())?;
+        }
+        Ok(architecture)
     }
 }
