@@ -135,15 +135,20 @@ def run(path, out_dir, timeout):
 LATE_OUTPUT_SECONDS = 5
 
 
+def setup_cell():
+    """The main notebook's set-up cell (`:dep`, `:efmt`, ...), as it is."""
+    nb = nbformat.read(ROOT / "notebooks" / "cifar10_cnn.ipynb", as_version=4)
+    return next(c.source for c in nb.cells if c.cell_type == "code" and ":dep cifar10-cnn" in c.source)
+
+
 def check_failing_cell(out_dir, timeout):
-    """A cell whose `?` meets an error shows a readable message, and the next
-    cell still runs in the same kernel with the earlier variables."""
+    """A cell whose `?` meets an error shows a readable message with its whole
+    chain (what failed, and why), and the next cell still runs in the same
+    kernel with the earlier variables."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "rust", "display_name": "Rust", "language": "rust"}
     nb.cells = [
-        nbformat.v4.new_code_cell(':opt 3\n:build_env CARGO_PROFILE_DEV_DEBUG_ASSERTIONS=false\n'
-                                  ':build_env CARGO_PROFILE_DEV_OVERFLOW_CHECKS=false\n:cache 4000\n'
-                                  ':dep cifar10-cnn = { path = "../crate" }'),
+        nbformat.v4.new_code_cell(setup_cell()),
         nbformat.v4.new_code_cell('use cifar10_cnn::prelude::*;\nlet answer: usize = 42;'),
         nbformat.v4.new_code_cell('let model: Sequential = Sequential::load("no/such/model")?;'),
         nbformat.v4.new_code_cell('println!("still here: {answer}");'),
@@ -176,6 +181,8 @@ def check_failing_cell(out_dir, timeout):
     problems = []
     if "cannot read model architecture no/such/model.json" not in texts[2]:
         problems.append(f"the failing cell did not say what was wrong: {texts[2]!r}")
+    if "No such file or directory" not in texts[2]:
+        problems.append(f"the failing cell did not show the error's cause (:efmt): {texts[2]!r}")
     if "panicked" in texts[2] or "stack backtrace" in texts[2].lower():
         problems.append(f"the failing cell showed a panic or a backtrace: {texts[2]!r}")
     if "still here: 42" not in texts[3]:
