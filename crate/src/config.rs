@@ -80,3 +80,51 @@ where
         _ => Ok(None),
     }
 }
+
+/// How much memory a model, a batch or a load may take: `MEMORY_LIMIT`
+/// (bytes, or with a `K`, `M`, `G` suffix: `MEMORY_LIMIT=40G`), else the
+/// machine's physical memory, else 16 GiB. Sizes past it are refused
+/// before anything is allocated, with what they would need.
+pub fn memory_limit() -> Result<u64> {
+    if let Ok(v) = std::env::var("MEMORY_LIMIT") {
+        let v = v.trim();
+        if !v.is_empty() {
+            let (digits, unit) = match v.char_indices().last() {
+                Some((i, c)) if c.is_ascii_alphabetic() => (&v[..i], c.to_ascii_uppercase()),
+                _ => (v, 'B'),
+            };
+            let scale: u64 = match unit {
+                'B' => 1,
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => anyhow::bail!("MEMORY_LIMIT={v:?}: use bytes or a K, M, G or T suffix"),
+            };
+            let n: f64 = digits
+                .trim()
+                .parse()
+                .with_context(|| format!("MEMORY_LIMIT={v:?} is not a size (e.g. 40G)"))?;
+            return Ok((n * scale as f64) as u64);
+        }
+    }
+    Ok(physical_memory().unwrap_or(16 << 30))
+}
+
+/// `MemTotal` of /proc/meminfo, in bytes (Linux).
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// `bytes` in GiB for messages: "32.0 GiB".
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}

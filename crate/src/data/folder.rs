@@ -59,8 +59,7 @@ pub fn load_image_folder(dir: impl AsRef<Path>, height: usize, width: usize) -> 
             class_dir.display()
         );
         for file in files {
-            let img = image::open(&file)
-                .with_context(|| format!("cannot read image {}", file.display()))?;
+            let img = open_image(&file)?;
             let img = img
                 .resize_exact(width as u32, height as u32, FilterType::Triangle)
                 .to_rgb8();
@@ -69,6 +68,32 @@ pub fn load_image_folder(dir: impl AsRef<Path>, height: usize, width: usize) -> 
         }
     }
     Dataset::new(images, labels, class_names, height, width)
+}
+
+/// The most pixels an image may have (a 100-megapixel photo, 300 MB
+/// decoded): it is resized to the model's few pixels anyway.
+const MAX_PIXELS: u64 = 100_000_000;
+
+/// Reads an image, refusing one whose header declares more than
+/// [`MAX_PIXELS`] before anything is decoded.
+fn open_image(file: &Path) -> Result<image::DynamicImage> {
+    let reader = || {
+        image::ImageReader::open(file)
+            .and_then(|r| r.with_guessed_format())
+            .with_context(|| format!("cannot read image {}", file.display()))
+    };
+    let (w, h) = reader()?
+        .into_dimensions()
+        .with_context(|| format!("cannot read image {}", file.display()))?;
+    ensure!(
+        w as u64 * h as u64 <= MAX_PIXELS,
+        "image {} is {w}x{h} pixels, more than the {} megapixels this loader takes: resize it first (it is resized to the model's input anyway)",
+        file.display(),
+        MAX_PIXELS / 1_000_000
+    );
+    reader()?
+        .decode()
+        .with_context(|| format!("cannot read image {}", file.display()))
 }
 
 /// A training folder and a test folder of the same classes, as

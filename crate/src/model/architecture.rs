@@ -64,6 +64,47 @@ impl Architecture {
         Ok(shapes)
     }
 
+    /// Checks that the model, with a batch of `batch` images, fits in the
+    /// memory this machine allows ([`crate::config::memory_limit`]): its
+    /// parameters (four copies while training: weights, gradients, two
+    /// moments) and its activations (while training all of them are kept
+    /// for the backward; at inference the largest input and output of one
+    /// layer). An estimate, checked before anything is allocated.
+    pub fn check_memory(&self, batch: usize, training: bool) -> Result<()> {
+        let shapes = self.shapes()?;
+        let values = |s: &Shape| s.size() as u128;
+        let params: u128 = self
+            .weight_specs()?
+            .iter()
+            .map(|(_, s)| s.iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        let mut input = self.input();
+        let (mut peak, mut all) = (0u128, values(&input));
+        for out in &shapes {
+            peak = peak.max(values(&input) + values(out));
+            all += values(out);
+            input = *out;
+        }
+        let (copies, per_image) = match training {
+            true => (4, 2 * all),
+            false => (1, peak),
+        };
+        let need_params = 4 * copies * params;
+        let need_batch = 4 * batch as u128 * per_image;
+        let limit = crate::config::memory_limit()? as u128;
+        let gib = |b: u128| crate::config::gib(b.min(u64::MAX as u128) as u64);
+        ensure!(
+            need_params + need_batch <= limit,
+            "the model needs about {} ({} for its parameters{}, {} for the activations of a batch of {batch}), more than the {} this machine allows: use a smaller model or batch, or set MEMORY_LIMIT (e.g. MEMORY_LIMIT=64G) to allow more",
+            gib(need_params + need_batch),
+            gib(need_params),
+            if training { " with their gradients and moments" } else { "" },
+            gib(need_batch),
+            gib(limit)
+        );
+        Ok(())
+    }
+
     /// Keras-style unique layer names: conv2d, conv2d_1, ..., dense, dense_1.
     pub fn layer_names(&self) -> Vec<String> {
         let mut counts = std::collections::HashMap::<&str, usize>::new();

@@ -92,6 +92,8 @@ impl Sequential {
         let mut architecture = self.architecture.clone();
         architecture.layers.push(layer.clone());
         architecture.shapes().with_context(context)?;
+        // Its parameters must fit before they are made.
+        architecture.check_memory(0, false).with_context(context)?;
         let name = architecture.layer_names().pop().expect("just added");
         let new = Params::create(&name, &kind.params(input), &mut self.rng, &self.device)?;
         let mut params = self.params.clone();
@@ -112,6 +114,8 @@ impl Sequential {
         seed: u64,
         device: &Device,
     ) -> Result<Self> {
+        // The whole model must fit before any of it is made.
+        architecture.check_memory(0, false)?;
         let mut model = Self::on(&architecture.input_shape, seed, device)?;
         model.architecture.name = architecture.name.clone();
         for (i, layer) in architecture.layers.into_iter().enumerate() {

@@ -211,6 +211,7 @@ impl Sequential {
         // Layers may have been added since compile().
         self.check_loss_fits()?;
         ensure!(args.batch_size > 0, "batch_size must be at least 1");
+        self.architecture.check_memory(args.batch_size, true)?;
         let n = self.check_inputs(x, Some(y))?;
         check_finite("x", x)?;
         check_finite("y", y)?;
@@ -270,6 +271,7 @@ impl Sequential {
     /// finite, and refused (an error) when a gradient is not.
     pub fn train_on_batch(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, usize)> {
         self.check_inputs(x, Some(y))?;
+        self.architecture.check_memory(x.dim(0)?, true)?;
         check_finite("x", x)?;
         check_finite("y", y)?;
         self.renew_vars()?;
@@ -349,7 +351,8 @@ impl Sequential {
 
     /// Keras's `evaluate`: mean categorical cross-entropy and accuracy.
     pub fn evaluate(&mut self, x: &Tensor, y: &Tensor) -> Result<Score> {
-        self.check_inputs(x, Some(y))?;
+        let n = self.check_inputs(x, Some(y))?;
+        self.architecture.check_memory(n.min(128), false)?;
         let (x, y) = (x.to_device(&self.device)?, y.to_device(&self.device)?);
         self.evaluate_on_device(&x, &y, 128)
     }
@@ -372,7 +375,8 @@ impl Sequential {
 
     /// Keras's `predict`: class probabilities `[N, classes]`, on the CPU.
     pub fn predict(&mut self, x: &Tensor) -> Result<Tensor> {
-        self.check_inputs(x, None)?;
+        let n = self.check_inputs(x, None)?;
+        self.architecture.check_memory(n.min(128), false)?;
         let n = x.dim(0)?;
         let mut out = Vec::new();
         for start in (0..n).step_by(128) {
