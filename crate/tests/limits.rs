@@ -55,6 +55,12 @@ fn a_model_that_does_not_fit_is_refused_before_allocating() {
         e.contains("for its parameters") && e.contains("MEMORY_LIMIT"),
         "{e}"
     );
+    // Refused as a whole, not at the layer where the weights made so far
+    // ran out of room.
+    assert!(
+        !e.contains("cannot add"),
+        "it made some of the weights first: {e}"
+    );
     assert!(start.elapsed().as_secs_f64() < 1.0, "it allocated first");
     // Adding layers one by one stops at the one that does not fit.
     let mut m = Sequential::on(&[3, 32, 32], 0, &Device::Cpu).unwrap();
@@ -104,7 +110,9 @@ fn an_image_too_large_to_decode_is_refused_from_its_header() {
     std::fs::write(class.join("huge.png"), &png).unwrap();
     let dog = dir.path().join("dog");
     std::fs::create_dir_all(&dog).unwrap();
-    image::RgbImage::new(4, 4).save(dog.join("small.png")).unwrap();
+    image::RgbImage::new(4, 4)
+        .save(dog.join("small.png"))
+        .unwrap();
     let start = std::time::Instant::now();
     let e = format!(
         "{:#}",
