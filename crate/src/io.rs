@@ -133,7 +133,16 @@ pub fn read_safetensors(
 ) -> Result<Vec<NamedTensor>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
+    parse_safetensors(&bytes, expected, path)
+}
+
+/// [`read_safetensors`] of bytes already read from `path` (named in errors).
+pub fn parse_safetensors(
+    bytes: &[u8],
+    expected: &[(String, Vec<usize>)],
+    path: &Path,
+) -> Result<Vec<NamedTensor>> {
+    let file = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow::anyhow!("{} is not a safetensors file: {e}", path.display()))?;
     let mut out = Vec::with_capacity(expected.len());
     for (name, shape) in expected {
@@ -187,7 +196,16 @@ pub fn read_safetensors(
 pub fn read_safetensors_metadata(path: &Path, what: &str) -> Result<HashMap<String, String>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    parse_safetensors_metadata(&bytes, what, path)
+}
+
+/// [`read_safetensors_metadata`] of bytes already read from `path`.
+pub fn parse_safetensors_metadata(
+    bytes: &[u8],
+    what: &str,
+    path: &Path,
+) -> Result<HashMap<String, String>> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| anyhow::anyhow!("{} is not a {what}: {e}", path.display()))?;
     Ok(header.metadata().clone().unwrap_or_default())
 }

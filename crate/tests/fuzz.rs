@@ -168,3 +168,155 @@ fn an_architecture_with_absurd_sizes_is_refused_before_allocating() {
         "{e}"
     );
 }
+
+/// A fuzzing campaign of the three readers, in memory, with a small
+/// seeded mutator: `FUZZ_EXECUTIONS` runs of each (default 2,000, which CI
+/// runs; the README has the command for a million). Every input must give
+/// a value or an error; what a reader accepts must be what it should.
+#[test]
+fn fuzz_campaign_of_the_three_readers() {
+    let runs: u64 = std::env::var("FUZZ_EXECUTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let start = std::time::Instant::now();
+
+    // 1. CIFAR-10 records: a few valid records, bytes changed, cut or added.
+    let valid: Vec<u8> = (0..6 * RECORD)
+        .map(|i| {
+            if i % RECORD == 0 {
+                (i / RECORD) as u8
+            } else {
+                i as u8
+            }
+        })
+        .collect();
+    let (mut accepted, mut images, mut labels) = (0u64, Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let mut bytes = valid.clone();
+        for _ in 0..next() % 4 {
+            let at = next() as usize % bytes.len();
+            bytes[at] = next() as u8;
+        }
+        match next() % 4 {
+            0 => bytes.truncate(next() as usize % (bytes.len() + 1)),
+            1 => bytes.extend((0..next() % 7000).map(|_| next() as u8)),
+            _ => {}
+        }
+        let classes = (next() % 12) as usize;
+        images.clear();
+        labels.clear();
+        let ok =
+            cifar10_cnn::data::parse_records(&bytes, classes, &mut images, &mut labels).is_ok();
+        let should = classes > 0
+            && bytes.len() % RECORD == 0
+            && bytes.chunks(RECORD).all(|r| (r[0] as usize) < classes);
+        assert_eq!(ok, should, "{} bytes, {classes} classes", bytes.len());
+        if ok {
+            accepted += 1;
+            assert_eq!(
+                (labels.len(), images.len()),
+                (bytes.len() / RECORD, bytes.len() / RECORD * 3072)
+            );
+        }
+        // The batch reader takes exactly 10,000 records, and nothing else.
+        assert!(parse_batch(&bytes, 10, &mut Vec::new(), &mut Vec::new()).is_err());
+    }
+    println!("records: {runs} runs, {accepted} accepted");
+
+    // 2. The architecture JSON: tokens replaced, removed or inserted.
+    let base = article_json();
+    let tokens = [
+        "",
+        "0",
+        "99999999999999999999",
+        "-1",
+        "\"",
+        "{",
+        "]",
+        "null",
+        "1e308",
+        "Dense",
+        "[]",
+        "2",
+        "true",
+    ];
+    let mut accepted = 0u64;
+    for _ in 0..runs {
+        let mut s = base.clone();
+        for _ in 0..1 + next() % 3 {
+            let at = next() as usize % (s.len() + 1);
+            if !s.is_char_boundary(at) {
+                continue;
+            }
+            let end = (at + (next() % 3) as usize).min(s.len());
+            if !s.is_char_boundary(end) {
+                continue;
+            }
+            s.replace_range(at..end, tokens[next() as usize % tokens.len()]);
+        }
+        if let Ok(arch) = Sequential::architecture_from_json(&s) {
+            accepted += 1;
+            let specs = arch.weight_specs().unwrap();
+            let total: usize = specs.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+            assert!(total < 1 << 34);
+        }
+    }
+    println!("architecture JSON: {runs} runs, {accepted} accepted");
+
+    // 3. Safetensors weights (with the architecture in the header), mostly
+    // the header changed, or cut anywhere.
+    let mut model = Sequential::on(&[3, 8, 8], 0, &candle_core::Device::Cpu).unwrap();
+    for l in [
+        cifar10_cnn::model::layers::conv2d(4, 3),
+        cifar10_cnn::model::layers::flatten(),
+        cifar10_cnn::model::layers::dense(3),
+    ] {
+        model.add(l).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, weights) = model.save(dir.path().join("m")).unwrap();
+    let valid = std::fs::read(&weights).unwrap();
+    let header = 8 + u64::from_le_bytes(valid[..8].try_into().unwrap()) as usize;
+    let expected = model.architecture().weight_specs().unwrap();
+    let mut accepted = 0u64;
+    for _ in 0..runs {
+        let mut bytes = valid.clone();
+        for _ in 0..next() % 6 {
+            let span = if next() % 4 == 0 {
+                bytes.len()
+            } else {
+                header.min(bytes.len())
+            };
+            let at = next() as usize % span.max(1);
+            if at < bytes.len() {
+                bytes[at] = next() as u8;
+            }
+        }
+        if next() % 3 == 0 {
+            bytes.truncate(next() as usize % (bytes.len() + 1));
+        }
+        let read = cifar10_cnn::io::parse_safetensors(&bytes, &expected, &weights);
+        let _ = cifar10_cnn::io::parse_safetensors_metadata(&bytes, "weights", &weights);
+        if let Ok(tensors) = read {
+            accepted += 1;
+            for (t, (name, shape)) in tensors.iter().zip(&expected) {
+                assert_eq!((&t.name, &t.shape), (name, shape));
+                assert_eq!(t.data.len(), shape.iter().product::<usize>());
+            }
+        }
+    }
+    println!("safetensors: {runs} runs, {accepted} accepted");
+    println!(
+        "{} runs of each reader in {:.1} s",
+        runs,
+        start.elapsed().as_secs_f64()
+    );
+}

@@ -152,12 +152,20 @@ pub fn load_records(path: impl AsRef<Path>) -> Result<Dataset> {
     )
 }
 
-fn parse_records(
+/// Appends whole CIFAR-10 records (a label byte below `classes`, then 3,072
+/// pixel bytes) to `images` and `labels`.
+pub fn parse_records(
     bytes: &[u8],
     classes: usize,
     images: &mut Vec<u8>,
     labels: &mut Vec<u8>,
 ) -> Result<()> {
+    ensure!(classes > 0, "records need at least one class");
+    ensure!(
+        bytes.len().is_multiple_of(RECORD),
+        "{} bytes are not a whole number of CIFAR-10 records ({RECORD} bytes each)",
+        bytes.len()
+    );
     for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
         let label = record[0];
         ensure!(

@@ -9,7 +9,7 @@ mod folder;
 mod hub;
 
 pub use augment::augment;
-pub use cifar10::{load_data, load_dir, load_records, parse_batch, CLASS_NAMES};
+pub use cifar10::{load_data, load_dir, load_records, parse_batch, parse_records, CLASS_NAMES};
 pub use folder::{load_image_folder, load_image_folders};
 #[cfg(feature = "hub")]
 pub use hub::{load_hub, load_hub_from, read_parquet, HUB_DATASET, HUB_TEST_FILE, HUB_TRAIN_FILE};
