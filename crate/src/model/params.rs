@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Layout, Storage, Tensor, Var};
 use rand::distr::{Distribution, Uniform};
 use rand::rngs::StdRng;
+use rayon::prelude::*;
 
 /// One parameter: its full name, variable and whether it is trained.
 #[derive(Clone, Debug)]
@@ -141,8 +142,16 @@ pub(crate) fn non_finite(t: &Tensor) -> Result<(usize, Option<usize>)> {
         let t = t.contiguous()?;
         let (storage, layout) = t.storage_and_layout();
         let data = f32_data(&storage, layout)?;
-        let count = data.iter().filter(|v| !v.is_finite()).count();
-        return Ok((count, data.iter().position(|v| !v.is_finite())));
+        // In parallel: the training step checks every gradient and weight.
+        let count = data
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().filter(|v| !v.is_finite()).count())
+            .sum();
+        let first = match count {
+            0 => None,
+            _ => data.iter().position(|v| !v.is_finite()),
+        };
+        return Ok((count, first));
     }
     // x - x is 0 for every finite x, NaN otherwise.
     let bad = t.sub(t)?.ne(0.0)?.to_dtype(DType::U32)?.sum_all()?;
