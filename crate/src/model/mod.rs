@@ -299,3 +299,40 @@ fn thousands(n: usize) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{Init, ParamSpec};
+
+    /// The summary counts from the parameter collection: a non-trainable
+    /// parameter (as BatchNormalization's moving statistics will be) shows
+    /// under "Non-trainable params", and the optimizer is never given it.
+    #[test]
+    fn the_summary_counts_non_trainable_parameters_from_the_collection() {
+        let mut model = Sequential::article(&[3, 32, 32], 10, 0, &Device::Cpu).unwrap();
+        let spec = ParamSpec {
+            name: "moving_mean",
+            shape: vec![32],
+            init: Init::Zeros,
+            trainable: false,
+        };
+        let extra = Params::create("conv2d", &[spec], &mut model.rng, &model.device).unwrap();
+        model.params.extend(extra);
+        let s = model.summary_string().unwrap();
+        assert!(s.contains("Total params: 1,250,890"), "{s}");
+        assert!(s.contains("Trainable params: 1,250,858"), "{s}");
+        assert!(s.contains("Non-trainable params: 32"), "{s}");
+        assert!(
+            s.contains(&format!(
+                "{:<32}{:<26}{:>12}",
+                "conv2d (Conv2D)", "(None, 32, 32, 32)", 928
+            )),
+            "{s}"
+        );
+        assert_eq!(
+            model.params.get("conv2d.moving_mean").map(|p| p.trainable),
+            Some(false)
+        );
+    }
+}
