@@ -428,7 +428,16 @@ pub(crate) fn fingerprint(tensors: &[&Tensor]) -> Result<u64> {
     use candle_core::DType;
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
     for t in tensors {
-        let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        // f32 on the CPU is read in place (the training images are large);
+        // anything else is copied to the CPU as f32 first.
+        let t = match t.device().is_cpu() && t.dtype() == DType::F32 {
+            true => t.contiguous()?,
+            false => t
+                .to_dtype(DType::F32)?
+                .to_device(&candle_core::Device::Cpu)?,
+        };
+        let (storage, layout) = t.storage_and_layout();
+        let v = crate::model::params::f32_data(&storage, layout)?;
         let chunks: Vec<u64> = v
             .par_chunks(1 << 16)
             .map(|c| {
