@@ -109,7 +109,7 @@ $(CUDA_VENV)/.installed-link: $(CUDA_VENV)/.installed
 	for lib in cudart cublas cublasLt curand nvrtc; do ln -sf $$(ls $$cu/lib$$lib.so.* | head -1) $$cu/lib$$lib.so; done
 	touch $@
 
-setup: $(VENV)/.installed $(KERNEL)
+setup: $(VENV)/.installed $(KERNEL) $(VENV)/.kernel-env
 
 $(VENV)/.installed: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -126,6 +126,13 @@ $(EVCXR):
 $(KERNEL): $(EVCXR) $(VENV)/.installed
 	rustup component add rust-src || echo "warning: could not add rust-src (only completions need it)"
 	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(EVCXR) --install
+
+# evcxr runs the cells with RUST_BACKTRACE=1, so an error shown with the
+# notebooks' `:efmt {:?}` would end in a stack backtrace; RUST_LIB_BACKTRACE=0
+# in the kernel's environment keeps backtraces off errors (panics keep theirs).
+$(VENV)/.kernel-env: $(KERNEL)
+	$(VENV)/bin/python -c "import json, sys; p = sys.argv[1]; k = json.load(open(p)); k.setdefault('env', {})['RUST_LIB_BACKTRACE'] = '0'; json.dump(k, open(p, 'w'), indent=1)" $(KERNEL)
+	touch $@
 
 clean:
 	rm -rf $(VENV) target/notebooks target/notebook-results
