@@ -42,23 +42,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The two files of a saved model: `<stem>.json` and `<stem>.safetensors`.
-/// `stem` may be given with either extension or none.
-pub fn model_paths(stem: impl AsRef<Path>) -> (PathBuf, PathBuf) {
-    let stem = stem.as_ref();
-    let stem = match stem.extension().and_then(|e| e.to_str()) {
-        Some("json" | "safetensors") => stem.with_extension(""),
-        _ => stem.to_path_buf(),
-    };
-    let with = |ext: &str| {
-        let mut s = stem.clone().into_os_string();
-        s.push(".");
-        s.push(ext);
-        PathBuf::from(s)
-    };
-    (with("json"), with("safetensors"))
-}
-
 /// Removes the temporary files that writes of `name` in `dir` left when
 /// their process was killed (`.{name}.{pid}.{n}.tmp` of a process that is
 /// gone; on Linux, where /proc says which are alive). A live process's

@@ -2,8 +2,8 @@
 //! stride = pool, valid padding (rows and columns past the last whole
 //! window are dropped, and get no gradient).
 
-use super::{image_input, CpuGrad, CpuOut, Layer, LayerKind, Run, Shape, StepShape};
-use anyhow::{ensure, Result};
+use super::{image_input, pooled_shape, CpuGrad, CpuOut, Layer, LayerKind, Run, Shape, StepShape};
+use anyhow::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -30,14 +30,7 @@ impl LayerKind for AveragePooling2D {
         "average_pooling2d"
     }
     fn output_shape(&self, input: Shape) -> Result<Shape> {
-        let (c, h, w) = image_input("AveragePooling2D", input)?;
-        let p = self.pool_size;
-        ensure!(p > 0, "AveragePooling2D needs a pool_size above 0");
-        ensure!(
-            p <= h && p <= w,
-            "AveragePooling2D pool {p}x{p} is larger than its {h}x{w} input"
-        );
-        Ok(Shape::Image(c, h / p, w / p))
+        pooled_shape("AveragePooling2D", input, self.pool_size)
     }
 
     /// Whole windows, reshaped to `[N, C, Ho, p, Wo, p]`, averaged over the

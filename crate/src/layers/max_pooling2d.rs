@@ -1,9 +1,9 @@
 //! Keras's `MaxPooling2D(pool_size)`: stride = pool, valid padding; the
 //! gradient goes to each window's first maximum ([`crate::kernels::max_pool`]).
 
-use super::{image_input, CpuGrad, CpuOut, Layer, LayerKind, Run, Shape, StepShape};
+use super::{image_input, pooled_shape, CpuGrad, CpuOut, Layer, LayerKind, Run, Shape, StepShape};
 use crate::kernels::{self, max_pool};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -26,14 +26,7 @@ impl LayerKind for MaxPooling2D {
         "max_pooling2d"
     }
     fn output_shape(&self, input: Shape) -> Result<Shape> {
-        let (c, h, w) = image_input("MaxPooling2D", input)?;
-        let p = self.pool_size;
-        ensure!(p > 0, "MaxPooling2D needs a pool_size above 0");
-        ensure!(
-            p <= h && p <= w,
-            "MaxPooling2D pool {p}x{p} is larger than its {h}x{w} input"
-        );
-        Ok(Shape::Image(c, h / p, w / p))
+        pooled_shape("MaxPooling2D", input, self.pool_size)
     }
     fn forward(&self, x: &Tensor, _: &[Tensor], _: &StepShape, _: &mut Run) -> Result<Tensor> {
         Ok(kernels::max_pool2d(x, self.pool_size)?)

@@ -268,6 +268,19 @@ pub fn kept<'a, T: 'static>(kept: &'a Kept, what: &str) -> Result<&'a T> {
         .ok_or_else(|| anyhow::anyhow!("{what}: backward without its forward"))
 }
 
+/// The shape rule of a `p × p` pooling with stride `p` and valid padding
+/// (MaxPooling2D, AveragePooling2D): rows and columns past the last whole
+/// window are dropped.
+pub(crate) fn pooled_shape(kind: &str, input: Shape, p: usize) -> Result<Shape> {
+    let (c, h, w) = image_input(kind, input)?;
+    anyhow::ensure!(p > 0, "{kind} needs a pool_size above 0");
+    anyhow::ensure!(
+        p <= h && p <= w,
+        "{kind} pool {p}x{p} is larger than its {h}x{w} input"
+    );
+    Ok(Shape::Image(c, h / p, w / p))
+}
+
 /// The image a layer needs, or a clear error naming it.
 pub(crate) fn image_input(kind: &str, input: Shape) -> Result<(usize, usize, usize)> {
     match input {
