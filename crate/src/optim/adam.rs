@@ -1,6 +1,6 @@
 //! Keras's Adam.
 
-use super::{Optimizer, Update};
+use super::{LearningRate, Optimizer, Update};
 use crate::kernels::{adam_runs_on, adam_update, AdamStep};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 /// update exactly: `w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`.
 #[derive(Clone, Debug)]
 pub struct Adam {
-    pub learning_rate: f64,
+    pub learning_rate: LearningRate,
     pub beta_1: f64,
     pub beta_2: f64,
     pub epsilon: f64,
@@ -28,9 +28,9 @@ impl Default for Adam {
 
 impl Adam {
     /// Adam with Keras's defaults (betas 0.9 / 0.999, epsilon 1e-7).
-    pub fn new(learning_rate: f64) -> Self {
+    pub fn new(learning_rate: impl Into<LearningRate>) -> Self {
         Self {
-            learning_rate,
+            learning_rate: learning_rate.into(),
             beta_1: 0.9,
             beta_2: 0.999,
             epsilon: 1e-7,
@@ -46,11 +46,7 @@ impl Optimizer for Adam {
     }
 
     fn check(&self) -> Result<()> {
-        let lr = self.learning_rate;
-        anyhow::ensure!(
-            lr.is_finite() && lr > 0.0,
-            "Adam's learning_rate must be a positive number, got {lr} (Keras's default is 0.001)"
-        );
+        self.learning_rate.check("Adam")?;
         for (name, beta) in [("beta_1", self.beta_1), ("beta_2", self.beta_2)] {
             anyhow::ensure!(
                 (0.0..1.0).contains(&beta),
@@ -76,10 +72,11 @@ impl Optimizer for Adam {
                 self.moments.insert(name.to_string(), zeros);
             }
         }
+        let lr = self.learning_rate.at(self.step);
         self.step += 1;
         let t = self.step as i32;
         let alpha =
-            self.learning_rate * (1.0 - self.beta_2.powi(t)).sqrt() / (1.0 - self.beta_1.powi(t));
+            lr * (1.0 - self.beta_2.powi(t)).sqrt() / (1.0 - self.beta_1.powi(t));
         for (name, var, g) in params {
             let Some(g) = g else { continue };
             let (m, v) = self.moments.get_mut(*name).context("moments made above")?;
@@ -99,6 +96,14 @@ impl Optimizer for Adam {
             var.set(&(var.as_tensor() - (update * alpha)?)?)?;
         }
         Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.learning_rate.at(self.step)
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        self.learning_rate.set(lr)
     }
 
     fn iterations(&self) -> u64 {

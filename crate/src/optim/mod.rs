@@ -5,8 +5,10 @@
 //! models or training.
 
 mod adam;
+mod schedule;
 
 pub use adam::Adam;
+pub use schedule::{LearningRate, Schedule};
 
 use anyhow::Result;
 use candle_core::{Tensor, Var};
@@ -30,6 +32,12 @@ pub trait Optimizer: Send + std::fmt::Debug {
     fn slots(&self) -> &'static [&'static str];
     /// One step over the trainable parameters.
     fn update(&mut self, params: &[Update]) -> Result<()>;
+    /// The learning rate of the next update (a schedule's value at
+    /// [`Optimizer::iterations`]); `fit` records it in the History.
+    fn learning_rate(&self) -> f64;
+    /// Sets a constant learning rate (Keras's `optimizer.learning_rate = lr`);
+    /// an error when the rate is a schedule.
+    fn set_learning_rate(&mut self, lr: f64) -> Result<()>;
     /// Number of updates applied so far (Keras's `optimizer.iterations`).
     fn iterations(&self) -> u64;
     /// Forgets its state (moments, step count), keeping its settings.
