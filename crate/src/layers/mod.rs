@@ -173,6 +173,127 @@ pub enum Padding {
     Same,
 }
 
+/// A size in two dimensions, as Keras takes `kernel_size`, `strides` and
+/// `pool_size`: `3` or `(3, 5)` (height, width). Written as one number when
+/// square, as earlier versions wrote it, else as `[h, w]`; both are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size2 {
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Size2 {
+    pub fn square(n: usize) -> Self {
+        Size2 { h: n, w: n }
+    }
+    pub fn is_square(&self) -> bool {
+        self.h == self.w
+    }
+}
+
+impl From<usize> for Size2 {
+    fn from(n: usize) -> Self {
+        Size2::square(n)
+    }
+}
+
+impl From<(usize, usize)> for Size2 {
+    fn from((h, w): (usize, usize)) -> Self {
+        Size2 { h, w }
+    }
+}
+
+impl From<[usize; 2]> for Size2 {
+    fn from([h, w]: [usize; 2]) -> Self {
+        Size2 { h, w }
+    }
+}
+
+impl std::fmt::Display for Size2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.h, self.w)
+    }
+}
+
+impl Serialize for Size2 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.is_square() {
+            s.serialize_u64(self.h as u64)
+        } else {
+            [self.h, self.w].serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Size2 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(usize),
+            Two([usize; 2]),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a size: a number or [height, width]"))?
+        {
+            Raw::One(n) => Ok(Size2::square(n)),
+            Raw::Two(hw) => Ok(hw.into()),
+        }
+    }
+}
+
+/// Where a sliding window (a convolution's kernel, a pooling's pool) goes
+/// along one axis of `input` values, as TensorFlow places it: `valid` takes
+/// the whole windows, `out = (input - k) / stride + 1`; `same` gives
+/// `out = ceil(input / stride)` and pads `total = max((out - 1) * stride + k
+/// - input, 0)`, the smaller half before (`before = total / 2`) and the rest
+/// after (Keras's asymmetric "same").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window1 {
+    pub out: usize,
+    /// padding before the first value (the rest of the padding is after)
+    pub before: usize,
+}
+
+/// One axis of a window, or a clear error naming `kind` and `axis`.
+pub(crate) fn window1(
+    kind: &str,
+    axis: &str,
+    input: usize,
+    k: usize,
+    stride: usize,
+    padding: Padding,
+) -> Result<Window1> {
+    anyhow::ensure!(
+        k > 0,
+        "{kind}: the window's {axis} must be at least 1, got 0"
+    );
+    anyhow::ensure!(
+        stride > 0,
+        "{kind}: strides must be at least 1, got 0 along the {axis}"
+    );
+    match padding {
+        Padding::Valid => {
+            anyhow::ensure!(
+                k <= input,
+                "{kind}: the window's {axis} {k} is larger than the input's {input} with padding=\"valid\" (use padding=\"same\" or a smaller window)"
+            );
+            Ok(Window1 {
+                out: (input - k) / stride + 1,
+                before: 0,
+            })
+        }
+        Padding::Same => {
+            let out = input.div_ceil(stride);
+            let total = ((out - 1) * stride + k).saturating_sub(input);
+            Ok(Window1 {
+                out,
+                before: total / 2,
+            })
+        }
+    }
+}
+
 /// One parameter of a layer: its name within the layer (`"kernel"`), shape,
 /// initial values and whether the optimizer trains it.
 #[derive(Clone, Debug, PartialEq)]
@@ -374,5 +495,42 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("Dropout") && e.contains("seed"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    /// TensorFlow's placement: "same" pads the smaller half before.
+    #[test]
+    fn windows_are_placed_as_tensorflow_places_them() {
+        let w = |i, k, s, p| window1("T", "height", i, k, s, p).unwrap();
+        assert_eq!(w(32, 3, 1, Padding::Same), Window1 { out: 32, before: 1 });
+        assert_eq!(w(32, 3, 2, Padding::Same), Window1 { out: 16, before: 0 });
+        assert_eq!(w(7, 3, 2, Padding::Same), Window1 { out: 4, before: 1 });
+        assert_eq!(w(6, 2, 2, Padding::Same), Window1 { out: 3, before: 0 });
+        assert_eq!(w(5, 4, 1, Padding::Same), Window1 { out: 5, before: 1 });
+        assert_eq!(w(32, 3, 1, Padding::Valid), Window1 { out: 30, before: 0 });
+        assert_eq!(w(7, 3, 2, Padding::Valid), Window1 { out: 3, before: 0 });
+        assert_eq!(w(8, 2, 2, Padding::Valid), Window1 { out: 4, before: 0 });
+        let e = window1("MaxPooling2D", "height", 2, 3, 1, Padding::Valid).unwrap_err();
+        assert!(e.to_string().contains("larger than the input's 2"), "{e}");
+        let e = window1("Conv2D", "width", 8, 3, 0, Padding::Same).unwrap_err();
+        assert!(e.to_string().contains("strides must be at least 1"), "{e}");
+    }
+
+    #[test]
+    fn sizes_read_as_numbers_or_pairs() {
+        let s: Size2 = serde_json::from_str("3").unwrap();
+        assert_eq!(s, Size2::square(3));
+        let s: Size2 = serde_json::from_str("[3, 5]").unwrap();
+        assert_eq!(s, Size2 { h: 3, w: 5 });
+        assert_eq!(serde_json::to_string(&Size2::square(2)).unwrap(), "2");
+        assert_eq!(
+            serde_json::to_string(&Size2::from((1, 4))).unwrap(),
+            "[1,4]"
+        );
+        assert!(serde_json::from_str::<Size2>("[1, 2, 3]").is_err());
     }
 }

@@ -75,8 +75,7 @@ impl Optimizer for Adam {
         let lr = self.learning_rate.at(self.step);
         self.step += 1;
         let t = self.step as i32;
-        let alpha =
-            lr * (1.0 - self.beta_2.powi(t)).sqrt() / (1.0 - self.beta_1.powi(t));
+        let alpha = lr * (1.0 - self.beta_2.powi(t)).sqrt() / (1.0 - self.beta_1.powi(t));
         for (name, var, g) in params {
             let Some(g) = g else { continue };
             let (m, v) = self.moments.get_mut(*name).context("moments made above")?;
