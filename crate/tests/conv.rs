@@ -291,7 +291,7 @@ fn f64_check(case: Case) {
     // Central differences of the same loss on a few entries of each input.
     let (x, k, b) = inputs(case, 7, DType::F64);
     let w = random(
-        conv2d(&x, &k, &b, case.pad).unwrap().dims(),
+        conv2d(&x, &k, &b, case.pad).unwrap().dims().into(),
         7 + 3,
         DType::F64,
     );

@@ -265,9 +265,9 @@ fn fuzz_campaign_of_the_three_readers() {
     // the header changed, or cut anywhere.
     let mut model = Sequential::on(&[3, 8, 8], 0, &candle_core::Device::Cpu).unwrap();
     for l in [
-        cifar10_cnn::model::layers::conv2d(4, 3),
+        cifar10_cnn::model::layers::conv2d(4, 3).into(),
         cifar10_cnn::model::layers::flatten(),
-        cifar10_cnn::model::layers::dense(3),
+        cifar10_cnn::model::layers::dense(3).into(),
     ] {
         model.add(l).unwrap();
     }

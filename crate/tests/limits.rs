@@ -36,8 +36,8 @@ fn a_batch_that_does_not_fit_is_refused() {
 #[test]
 fn a_model_that_does_not_fit_is_refused_before_allocating() {
     limit_to_1_gib();
-    let mut layers = vec![flatten(), dense(20_000)];
-    layers.extend((0..12).map(|_| dense(20_000)));
+    let mut layers = vec![flatten(), dense(20_000).into()];
+    layers.extend((0..12).map(|_| dense(20_000).into()));
     layers.push(softmax());
     let arch = Architecture {
         name: "huge".into(),

@@ -11,14 +11,14 @@ use cifar10_cnn::train::{Adam, Fit};
 fn small_model(seed: u64, classes: usize) -> Sequential {
     let mut m = Sequential::on(&[3, 8, 8], seed, &Device::Cpu).unwrap();
     for l in [
-        conv2d(8, 3).same(),
+        conv2d(8, 3).same().into(),
         relu(),
-        max_pooling2d(2),
+        max_pooling2d(2).into(),
         dropout(0.25),
         flatten(),
-        dense(32),
+        dense(32).into(),
         relu(),
-        dense(classes),
+        dense(classes).into(),
         softmax(),
     ] {
         m.add(l).unwrap();

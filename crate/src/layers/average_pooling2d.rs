@@ -2,7 +2,7 @@
 //! stride = pool, valid padding (rows and columns past the last whole
 //! window are dropped, and get no gradient).
 
-use super::{image_input, pooled_shape, CpuGrad, CpuOut, Layer, LayerKind, Run, Shape, StepShape};
+use super::{image_input, pooled_shape, CpuGrad, CpuOut, LayerKind, Run, Shape, StepShape};
 use anyhow::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -15,8 +15,8 @@ pub struct AveragePooling2D {
 }
 
 /// `AveragePooling2D(pool_size=(p, p))`
-pub fn average_pooling2d(pool_size: usize) -> Layer {
-    AveragePooling2D { pool_size }.into()
+pub fn average_pooling2d(pool_size: usize) -> AveragePooling2D {
+    AveragePooling2D { pool_size }
 }
 
 /// Planes a rayon task takes at least: a plane is only a few hundred values.
@@ -101,13 +101,13 @@ mod tests {
     /// and after convolutions, with the gradient flowing through to them.
     fn layers() -> Vec<Layer> {
         vec![
-            conv2d(4, 3).same(),
+            conv2d(4, 3).same().into(),
             relu(),
-            average_pooling2d(2),
-            conv2d(5, 2),
-            average_pooling2d(3),
+            average_pooling2d(2).into(),
+            conv2d(5, 2).into(),
+            average_pooling2d(3).into(),
             flatten(),
-            dense(3),
+            dense(3).into(),
             softmax(),
         ]
     }
@@ -135,6 +135,6 @@ mod tests {
         assert!(e.contains("pool_size above 0"), "{e}");
         let json = serde_json::to_string(&average_pooling2d(3)).unwrap();
         assert_eq!(json, r#"{"class_name":"AveragePooling2D","config":{"pool_size":3}}"#);
-        assert_eq!(serde_json::from_str::<Layer>(&json).unwrap(), average_pooling2d(3));
+        assert_eq!(serde_json::from_str::<Layer>(&json).unwrap(), average_pooling2d(3).into());
     }
 }

@@ -3,7 +3,7 @@
 //! a ReLU and a following 2×2 max-pooling fused into it where the plan says.
 
 use super::{
-    image_input, kept, Activation, CpuGrad, CpuOut, Fused, Init, Layer, LayerKind, Padding,
+    image_input, kept, Activation, CpuGrad, CpuOut, Fused, Init, LayerKind, Padding,
     ParamSpec, Run, Shape, StepShape,
 };
 use crate::kernels::{self, conv};
@@ -22,27 +22,23 @@ pub struct Conv2D {
     pub activation: Activation,
 }
 
-/// `Conv2D(filters, (k, k))`, valid padding; `.same()` for `padding='same'`.
-pub fn conv2d(filters: usize, kernel_size: usize) -> Layer {
+/// `Conv2D(filters, (k, k))`, valid padding. Keras's keyword arguments
+/// are methods: `.same()` for `padding='same'`.
+pub fn conv2d(filters: usize, kernel_size: usize) -> Conv2D {
     Conv2D {
         filters,
         kernel_size,
         padding: Padding::Valid,
         activation: Activation::Linear,
     }
-    .into()
 }
 
-impl Layer {
-    /// `padding='same'` for a convolution (other layers are returned as they are).
-    pub fn same(self) -> Layer {
-        match self {
-            Layer::Conv2D(c) => Conv2D {
-                padding: Padding::Same,
-                ..c
-            }
-            .into(),
-            other => other,
+impl Conv2D {
+    /// `padding='same'`
+    pub fn same(self) -> Conv2D {
+        Conv2D {
+            padding: Padding::Same,
+            ..self
         }
     }
 }

@@ -2,7 +2,7 @@
 //! fused into it where the plan says.
 
 use super::{
-    Activation, CpuGrad, CpuOut, Fused, Init, Layer, LayerKind, ParamSpec, Run, Shape, StepShape,
+    Activation, CpuGrad, CpuOut, Fused, Init, LayerKind, ParamSpec, Run, Shape, StepShape,
 };
 use crate::kernels::matmul::{column_sums, matmul, Mat};
 use crate::kernels::simd::Float;
@@ -19,12 +19,11 @@ pub struct Dense {
 }
 
 /// `Dense(units)`, no activation.
-pub fn dense(units: usize) -> Layer {
+pub fn dense(units: usize) -> Dense {
     Dense {
         units,
         activation: Activation::Linear,
     }
-    .into()
 }
 
 impl LayerKind for Dense {

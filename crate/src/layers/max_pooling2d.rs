@@ -1,7 +1,7 @@
 //! Keras's `MaxPooling2D(pool_size)`: stride = pool, valid padding; the
 //! gradient goes to each window's first maximum ([`crate::kernels::max_pool`]).
 
-use super::{image_input, pooled_shape, CpuGrad, CpuOut, Layer, LayerKind, Run, Shape, StepShape};
+use super::{image_input, pooled_shape, CpuGrad, CpuOut, LayerKind, Run, Shape, StepShape};
 use crate::kernels::{self, max_pool};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -14,8 +14,8 @@ pub struct MaxPooling2D {
 }
 
 /// `MaxPooling2D(pool_size=(p, p))`
-pub fn max_pooling2d(pool_size: usize) -> Layer {
-    MaxPooling2D { pool_size }.into()
+pub fn max_pooling2d(pool_size: usize) -> MaxPooling2D {
+    MaxPooling2D { pool_size }
 }
 
 impl LayerKind for MaxPooling2D {

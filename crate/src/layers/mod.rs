@@ -256,6 +256,7 @@ pub struct Window1 {
 }
 
 /// One axis of a window, or a clear error naming `kind` and `axis`.
+#[allow(dead_code)] // until strides land
 pub(crate) fn window1(
     kind: &str,
     axis: &str,
@@ -432,23 +433,23 @@ impl<'de> Deserialize<'de> for Layer {
 /// The article's model, layer by layer (1,250,858 parameters on CIFAR-10).
 pub fn article_layers(num_classes: usize) -> Vec<Layer> {
     vec![
-        conv2d(32, 3).same(),
+        conv2d(32, 3).same().into(),
         relu(),
-        conv2d(32, 3),
+        conv2d(32, 3).into(),
         relu(),
-        max_pooling2d(2),
+        max_pooling2d(2).into(),
         dropout(0.25),
-        conv2d(64, 3).same(),
+        conv2d(64, 3).same().into(),
         relu(),
-        conv2d(64, 3),
+        conv2d(64, 3).into(),
         relu(),
-        max_pooling2d(2),
+        max_pooling2d(2).into(),
         dropout(0.25),
         flatten(),
-        dense(512),
+        dense(512).into(),
         relu(),
         dropout(0.5),
-        dense(num_classes),
+        dense(num_classes).into(),
         softmax(),
     ]
 }

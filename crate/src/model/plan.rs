@@ -314,12 +314,12 @@ mod tests {
             activation: Activation::Softmax,
         };
         for l in [
-            crate::layers::conv2d(4, 3),
+            crate::layers::conv2d(4, 3).into(),
             relu(),
-            crate::layers::max_pooling2d(2),
+            crate::layers::max_pooling2d(2).into(),
             crate::layers::flatten(),
             inline_softmax.clone().into(),
-            dense(3),
+            dense(3).into(),
             softmax(),
         ] {
             model.add(l).unwrap();

@@ -260,10 +260,10 @@ mod tests {
         .into();
         let layers = [
             inline_relu,
-            max_pooling2d(2),
-            conv2d(5, 1),
+            max_pooling2d(2).into(),
+            conv2d(5, 1).into(),
             relu(),
-            max_pooling2d(3),
+            max_pooling2d(3).into(),
             crate::layers::ActivationLayer {
                 activation: crate::model::Activation::Linear,
             }
@@ -275,11 +275,11 @@ mod tests {
                 activation: crate::model::Activation::Relu,
             }
             .into(),
-            dense(8),
+            dense(8).into(),
             softmax(),
-            dense(4),
+            dense(4).into(),
             relu(),
-            dense(3),
+            dense(3).into(),
             softmax(),
         ];
         layers.to_vec()
