@@ -133,7 +133,7 @@ mod tests {
         assert!(e.contains("larger than its 1x2 input"), "{e}");
         let e = format!("{:#}", m.add(average_pooling2d(0)).err().unwrap());
         assert!(e.contains("pool_size above 0"), "{e}");
-        let json = serde_json::to_string(&average_pooling2d(3)).unwrap();
+        let json = serde_json::to_string(&Layer::from(average_pooling2d(3))).unwrap();
         assert_eq!(json, r#"{"class_name":"AveragePooling2D","config":{"pool_size":3}}"#);
         assert_eq!(serde_json::from_str::<Layer>(&json).unwrap(), average_pooling2d(3).into());
     }
