@@ -45,13 +45,15 @@ lab: setup
 	$(VENV)/bin/jupyter lab notebooks
 
 ## bench: the article's training step and inference, release build, one JSON line
+# (BENCH_ARGS=--batch-norm: with a BatchNormalization after each convolution)
+BENCH_ARGS ?=
 bench:
-	cargo run --release -q -p cifar10-cnn -- bench
+	cargo run --release -q -p cifar10-cnn -- bench $(BENCH_ARGS)
 
 ## bench-peers: the same model in PyTorch and Keras/TensorFlow (CPU), same JSON line
 PEERS_VENV ?= .venv-peers
 bench-peers: bench $(PEERS_VENV)/.installed
-	$(PEERS_VENV)/bin/python tests/bench_peers.py
+	$(PEERS_VENV)/bin/python tests/bench_peers.py $(BENCH_ARGS)
 
 ## keras-reference: the article's own Keras program on the same CIFAR-10 (CPU, 25 epochs)
 SEED ?= 0

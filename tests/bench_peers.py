@@ -5,7 +5,7 @@ backward, Adam) and the median inference of one batch. One JSON line each.
 With --epoch-images, PyTorch instead times whole epochs on --device, like
 `cifar10-cnn check` (scripts/gpu-check.sh runs it on a GPU machine).
 
-    python tests/bench_peers.py [--steps 20] [--only torch|keras]
+    python tests/bench_peers.py [--steps 20] [--only torch|keras] [--batch-norm]
     python tests/bench_peers.py --epoch-images 45000 --device cuda
 """
 import argparse
@@ -27,14 +27,23 @@ def median_ms(fn, steps, warmup=3):
     return statistics.median(times) * 1e3
 
 
+BATCH_NORM = False  # --batch-norm: a BatchNormalization after each convolution
+
+
 def torch_model(device="cpu"):
     import torch
     from torch import nn
 
     torch.manual_seed(0)
+
+    def conv(c_in, c_out, padding):
+        # Keras's BatchNormalization defaults: epsilon 1e-3, momentum 0.99 (PyTorch's 0.01)
+        bn = [nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.01)] if BATCH_NORM else []
+        return [nn.Conv2d(c_in, c_out, 3, padding=padding), *bn, nn.ReLU()]
+
     return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        *conv(3, 32, 1), *conv(32, 32, 0), nn.MaxPool2d(2), nn.Dropout(0.25),
+        *conv(32, 64, 1), *conv(64, 64, 0), nn.MaxPool2d(2), nn.Dropout(0.25),
         nn.Flatten(), nn.Linear(2304, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10),
     ).to(device)
 
@@ -96,13 +105,15 @@ def keras_model():
     import keras
     from keras import layers
 
+    def conv(filters, padding="valid"):
+        bn = [layers.BatchNormalization()] if BATCH_NORM else []
+        return [layers.Conv2D(filters, 3, padding=padding), *bn, layers.Activation("relu")]
+
     model = keras.Sequential([
         keras.Input((32, 32, 3)),
-        layers.Conv2D(32, 3, padding="same"), layers.Activation("relu"),
-        layers.Conv2D(32, 3), layers.Activation("relu"),
+        *conv(32, "same"), *conv(32),
         layers.MaxPooling2D(2), layers.Dropout(0.25),
-        layers.Conv2D(64, 3, padding="same"), layers.Activation("relu"),
-        layers.Conv2D(64, 3), layers.Activation("relu"),
+        *conv(64, "same"), *conv(64),
         layers.MaxPooling2D(2), layers.Dropout(0.25),
         layers.Flatten(), layers.Dense(512), layers.Activation("relu"), layers.Dropout(0.5),
         layers.Dense(10), layers.Activation("softmax"),
@@ -128,7 +139,10 @@ def main():
     parser.add_argument("--only", choices=["torch", "keras"])
     parser.add_argument("--epoch-images", type=int, help="PyTorch only: time epochs of this many generated images")
     parser.add_argument("--device", default="cpu", help="for --epoch-images: cpu or cuda")
+    parser.add_argument("--batch-norm", action="store_true", help="a BatchNormalization after each convolution")
     args = parser.parse_args()
+    global BATCH_NORM
+    BATCH_NORM = args.batch_norm
     if args.epoch_images:
         print(json.dumps(torch_epochs(args.epoch_images, args.device)), flush=True)
         return

@@ -90,6 +90,7 @@ layer_kinds! {
     Flatten(Flatten) => flatten,
     Dense(Dense) => dense,
     AveragePooling2D(AveragePooling2D) => average_pooling2d,
+    BatchNormalization(BatchNormalization) => batch_normalization,
 }
 
 /// What every layer kind tells the model.
@@ -114,6 +115,11 @@ pub trait LayerKind: std::fmt::Debug {
     /// `input`; the plan decides from this, once.
     fn fusable(&self, _input: Shape) -> Fused {
         Fused::default()
+    }
+    /// Refuses a training batch of `n` samples this kind cannot learn from
+    /// (BatchNormalization of one flat sample); `fit` asks before training.
+    fn check_training_batch(&self, _input: Shape, _n: usize) -> Result<()> {
+        Ok(())
     }
     /// The portable forward, in candle ops: any device, any float type,
     /// differentiable by candle's autograd. `p` as [`LayerKind::params`].
@@ -341,6 +347,32 @@ pub struct StepShape {
 pub struct Run<'a> {
     pub training: bool,
     pub rng: &'a mut StdRng,
+    /// The positions in the model's parameters of the running step's
+    /// (the plan sets them), for [`Run::update`].
+    pub(crate) step_params: Vec<usize>,
+    /// New values of non-trainable parameters computed by a training
+    /// forward (BatchNormalization's moving statistics), by position in
+    /// the model's parameters; the training step applies them with the
+    /// optimizer's update, and not when it skips the update.
+    pub updates: Vec<(usize, Tensor)>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(training: bool, rng: &'a mut StdRng) -> Self {
+        Run {
+            training,
+            rng,
+            step_params: Vec::new(),
+            updates: Vec::new(),
+        }
+    }
+    /// A new value for the running layer's parameter `slot` (its index in
+    /// the layer's [`LayerKind::params`]).
+    pub fn update(&mut self, slot: usize, value: Tensor) {
+        if let Some(&i) = self.step_params.get(slot) {
+            self.updates.push((i, value));
+        }
+    }
 }
 
 /// What a step's CPU forward kept for its backward, besides its input and

@@ -70,6 +70,19 @@ impl Architecture {
     /// moments) and its activations (while training all of them are kept
     /// for the backward; at inference the largest input and output of one
     /// layer). An estimate, checked before anything is allocated.
+    /// Refuses training batches of `n` samples a layer cannot learn from
+    /// (BatchNormalization of one flat sample), naming the layer.
+    pub fn check_training_batch(&self, n: usize) -> Result<()> {
+        let mut input = self.input();
+        for ((i, layer), out) in self.layers.iter().enumerate().zip(self.shapes()?) {
+            let kind = layer.kind();
+            kind.check_training_batch(input, n)
+                .with_context(|| format!("layer {i} ({})", kind.class_name()))?;
+            input = out;
+        }
+        Ok(())
+    }
+
     pub fn check_memory(&self, batch: usize, training: bool) -> Result<()> {
         let shapes = self.shapes()?;
         let values = |s: &Shape| s.size() as u128;

@@ -238,11 +238,24 @@ impl Sequential {
     /// ops: the portable path, differentiable by autograd. With `train`,
     /// dropout is active.
     pub fn logits(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut run = Run {
-            training: train,
-            rng: &mut self.rng,
-        };
+        let mut run = Run::new(train, &mut self.rng);
         self.plan.forward(&self.params, x, &mut run)
+    }
+
+    /// The portable training forward's logits, and the new values of the
+    /// non-trainable parameters it computed (detached), by position.
+    pub(crate) fn forward_training(
+        &mut self,
+        x: &Tensor,
+    ) -> Result<(Tensor, Vec<(usize, Tensor)>)> {
+        let mut run = Run::new(true, &mut self.rng);
+        let logits = self.plan.forward(&self.params, x, &mut run)?;
+        let updates = run
+            .updates
+            .into_iter()
+            .map(|(i, t)| (i, t.detach()))
+            .collect();
+        Ok((logits, updates))
     }
 
     /// Whether the plan's CPU f32 path runs this model (else the portable one).
@@ -260,10 +273,7 @@ impl Sequential {
         let x = x.contiguous()?;
         let (storage, layout) = x.storage_and_layout();
         let data = params::f32_data(&storage, layout)?;
-        let mut run = Run {
-            training: false,
-            rng: &mut self.rng,
-        };
+        let mut run = Run::new(false, &mut self.rng);
         let plan = &self.plan;
         let logits = self
             .params

@@ -155,6 +155,7 @@ impl Plan {
                 .iter()
                 .map(|&i| params.at(i).var.as_tensor().clone())
                 .collect();
+            run.step_params.clone_from(&step.params);
             x = step
                 .kind()
                 .forward(&x, &p, &step.shape(n), run)
@@ -176,6 +177,7 @@ impl Plan {
         for step in &self.steps {
             let p = step_params(step, data);
             let input = latest.as_deref().unwrap_or(x);
+            run.step_params.clone_from(&step.params);
             let out = step.kind().cpu_forward(input, &p, &step.shape(n), run)?;
             if out.y.is_some() {
                 latest = out.y;
@@ -199,6 +201,7 @@ impl Plan {
         for (k, step) in self.steps.iter().enumerate() {
             let p = step_params(step, data);
             let input = trace.latest(k, x);
+            run.step_params.clone_from(&step.params);
             let out = step.kind().cpu_forward(input, &p, &step.shape(n), run)?;
             trace.outputs.push(out.y);
             trace.kept.push(out.kept);
@@ -301,6 +304,36 @@ mod tests {
             .map(|&i| model.params.at(i).name.as_str())
             .collect();
         assert_eq!(names, ["conv2d_1.kernel", "conv2d_1.bias"]);
+    }
+
+    /// The article's model with a BatchNormalization after each
+    /// convolution (`bench --batch-norm`): each ReLU goes into the
+    /// BatchNormalization before it, the poolings run as their own steps.
+    #[test]
+    fn batch_normalization_takes_the_relu_after_it() {
+        let mut model = Sequential::on(&[3, 32, 32], 0, &Device::Cpu).unwrap();
+        for layer in crate::layers::article_layers(10) {
+            let conv = matches!(layer, Layer::Conv2D(_));
+            model.add(layer).unwrap();
+            if conv {
+                model.add(crate::layers::batch_normalization()).unwrap();
+            }
+        }
+        let kinds: Vec<_> = steps(&model).iter().map(|s| (s.0, s.1, s.2)).collect();
+        let conv_bn = [("Conv2D", false, false), ("BatchNormalization", true, false)];
+        let mut expected = Vec::new();
+        for _ in 0..2 {
+            expected.extend(conv_bn);
+            expected.extend(conv_bn);
+            expected.extend([("MaxPooling2D", false, false), ("Dropout", false, false)]);
+        }
+        expected.extend([
+            ("Flatten", false, false),
+            ("Dense", true, false),
+            ("Dropout", false, false),
+            ("Dense", false, false),
+        ]);
+        assert_eq!(kinds, expected);
     }
 
     /// An inline softmax inside the model is a step of its own; one at the

@@ -221,6 +221,17 @@ impl Sequential {
             "validation_split {} leaves no training samples out of {n}",
             args.validation_split
         );
+        // Every batch size the epochs will have: the full one and the last.
+        for b in [args.batch_size.min(n_train), n_train % args.batch_size] {
+            if b > 0 {
+                self.architecture.check_training_batch(b).with_context(|| {
+                    format!(
+                        "{n_train} training samples in batches of {}",
+                        args.batch_size
+                    )
+                })?;
+            }
+        }
         // Keep the data on the model's device so that a batch is a gather there.
         let x = x.to_device(&self.device)?;
         let y = y.to_device(&self.device)?;
@@ -272,6 +283,7 @@ impl Sequential {
     pub fn train_on_batch(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, usize)> {
         self.check_inputs(x, Some(y))?;
         self.architecture.check_memory(x.dim(0)?, true)?;
+        self.architecture.check_training_batch(x.dim(0)?)?;
         check_finite("x", x)?;
         check_finite("y", y)?;
         self.renew_vars()?;
@@ -285,7 +297,12 @@ impl Sequential {
     /// `train_on_batch` without the checks, for `fit`'s loop: no update when
     /// the loss or a gradient is not finite (the logs say why).
     fn train_step(&mut self, x: &Tensor, y: &Tensor) -> Result<BatchLogs> {
-        let (loss, correct, grads) = self.gradients(x, y)?;
+        let step::Gradients {
+            loss,
+            correct,
+            grads,
+            updates: moving,
+        } = self.gradients(x, y)?;
         let mut logs = BatchLogs {
             loss,
             correct,
@@ -308,7 +325,7 @@ impl Sequential {
                 return Ok(logs);
             }
         }
-        let updates: Vec<_> = self
+        let trainable: Vec<_> = self
             .params
             .iter()
             .zip(&grads)
@@ -318,7 +335,12 @@ impl Sequential {
         self.optimizer
             .as_mut()
             .context("compile() the model first")?
-            .update(&updates)?;
+            .update(&trainable)?;
+        // The moving statistics, with the update it belongs to.
+        for (i, value) in moving {
+            let var = &self.params.at(i).var;
+            var.set(&value.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
         Ok(logs)
     }
 
@@ -326,17 +348,21 @@ impl Sequential {
     /// and the loss's gradient of every parameter in the model's order (none
     /// when the loss is not finite). f32 on the CPU runs the plan's own
     /// backward pass ([`step`]); everything else candle's autograd.
-    fn gradients(&mut self, x: &Tensor, y: &Tensor) -> Result<(f64, usize, Vec<Option<Tensor>>)> {
+    fn gradients(&mut self, x: &Tensor, y: &Tensor) -> Result<step::Gradients> {
         if self.runs_on_cpu_f32() {
-            let g = step::gradients(self, x, y)?;
-            return Ok((g.loss, g.correct, g.grads));
+            return step::gradients(self, x, y);
         }
-        let logits = self.logits(x, true)?;
+        let (logits, updates) = self.forward_training(x)?;
         let loss = cross_entropy(&logits, y)?;
         let loss_value = scalar(&loss)?;
         let correct = count_correct(&logits, y)?;
         if !loss_value.is_finite() {
-            return Ok((loss_value, correct, vec![]));
+            return Ok(step::Gradients {
+                loss: loss_value,
+                correct,
+                grads: vec![],
+                updates: vec![],
+            });
         }
         let grads = loss.backward()?;
         let grads = self
@@ -346,7 +372,12 @@ impl Sequential {
             // whole forward graph: detached, the moments keep none of it alive.
             .map(|p| grads.get(p.var.as_tensor()).map(|g| g.detach()))
             .collect();
-        Ok((loss_value, correct, grads))
+        Ok(step::Gradients {
+            loss: loss_value,
+            correct,
+            grads,
+            updates,
+        })
     }
 
     /// Keras's `evaluate`: mean categorical cross-entropy and accuracy.

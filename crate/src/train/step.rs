@@ -30,6 +30,9 @@ pub(crate) struct Gradients {
     /// By position in the model's parameters; empty when the loss is not
     /// finite (there is nothing to update with).
     pub grads: Vec<Option<Tensor>>,
+    /// New values of non-trainable parameters (moving statistics), by
+    /// position, to apply with the update.
+    pub updates: Vec<(usize, Tensor)>,
 }
 
 /// Forward (dropout active), softmax cross-entropy against one-hot `y`, and
@@ -48,10 +51,7 @@ pub(crate) fn gradients(model: &mut Sequential, x: &Tensor, y: &Tensor) -> Resul
     let Sequential {
         plan, params, rng, ..
     } = model;
-    let mut run = Run {
-        training: true,
-        rng,
-    };
+    let mut run = Run::new(true, rng);
     let (loss, correct, grads) = params.with_cpu_data(|data| {
         let trace = plan.cpu_forward(data, x, n, &mut run)?;
         let logits = trace.output(x);
@@ -81,6 +81,7 @@ pub(crate) fn gradients(model: &mut Sequential, x: &Tensor, y: &Tensor) -> Resul
         loss,
         correct,
         grads,
+        updates: run.updates,
     })
 }
 
@@ -139,6 +140,29 @@ pub(crate) mod check {
         )
     }
 
+    /// Parameters that start at constants, set at random: biases and
+    /// BatchNormalization's beta away from zero (a unit whose inputs are all
+    /// zero then does not sit exactly on the ReLU's kink, where candle's own
+    /// ReLU passes the gradient and Keras's, and this step's, do not),
+    /// gamma around 1, moving statistics that are not the identity.
+    pub(crate) fn randomize(m: &Sequential) {
+        let mut rng = StdRng::seed_from_u64(3);
+        for (name, var) in m.named_vars() {
+            let range = match name.rsplit('.').next().unwrap() {
+                "bias" | "beta" => -0.1..0.1,
+                "gamma" => 0.5..1.5,
+                "moving_mean" => -0.3..0.3,
+                "moving_variance" => 0.2..2.0,
+                _ => continue,
+            };
+            let b: Vec<f32> = (0..var.elem_count())
+                .map(|_| rng.random_range(range.clone()))
+                .collect();
+            var.set(&Tensor::from_vec(b, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+
     /// The f32 step here against candle's autograd in f64 on the same
     /// weights and the same dropout masks: loss, accuracy and every gradient.
     pub(crate) fn assert_matches_autograd(layers: &[Layer], side: usize, n: usize) {
@@ -147,19 +171,7 @@ pub(crate) mod check {
             for l in layers {
                 m.add(l.clone()).unwrap();
             }
-            // Biases away from zero: a unit whose inputs are all zero then
-            // does not sit exactly on the ReLU's kink, where candle's own
-            // ReLU passes the gradient and Keras's (and this step's) do not.
-            let mut rng = StdRng::seed_from_u64(3);
-            for (name, var) in m.named_vars() {
-                if name.ends_with("bias") {
-                    let b: Vec<f32> = (0..var.elem_count())
-                        .map(|_| rng.random_range(-0.1..0.1))
-                        .collect();
-                    var.set(&Tensor::from_vec(b, var.shape(), &Device::Cpu).unwrap())
-                        .unwrap();
-                }
-            }
+            randomize(&m);
             m
         };
         let (mut fast, mut reference) = (build(), build());
@@ -167,12 +179,29 @@ pub(crate) mod check {
         assert!(fast.runs_on_cpu_f32() && !reference.runs_on_cpu_f32());
         let classes = fast.output_shape().unwrap().size();
         let (x, y) = batch(n, side, classes);
-        let (loss, correct, grads) = fast.gradients(&x, &y).unwrap();
+        let g = fast.gradients(&x, &y).unwrap();
+        let (loss, correct, grads) = (g.loss, g.correct, g.grads);
         let (x64, y64) = (
             x.to_dtype(DType::F64).unwrap(),
             y.to_dtype(DType::F64).unwrap(),
         );
-        let (loss64, correct64, grads64) = reference.gradients(&x64, &y64).unwrap();
+        let g64 = reference.gradients(&x64, &y64).unwrap();
+        let (loss64, correct64, grads64) = (g64.loss, g64.correct, g64.grads);
+        // The moving statistics a training forward computes, alike.
+        assert_eq!(g.updates.len(), g64.updates.len());
+        for ((i, u), (i64, u64)) in g.updates.iter().zip(&g64.updates) {
+            assert_eq!(i, i64);
+            let (u, u64) = (
+                u.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap(),
+                u64.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap(),
+            );
+            for (a, b) in u.iter().zip(&u64) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "update of parameter {i}: {a} vs {b}"
+                );
+            }
+        }
         assert!(
             (loss - loss64).abs() < 1e-5 * loss64.abs(),
             "loss {loss} vs {loss64}"
@@ -181,6 +210,10 @@ pub(crate) mod check {
         let names = fast.named_vars();
         assert_eq!(grads.len(), names.len());
         for ((g, g64), (name, var)) in grads.iter().zip(&grads64).zip(names) {
+            if !fast.params.get(&name).unwrap().trainable {
+                assert!(g.is_none() && g64.is_none(), "{name} is not trainable");
+                continue;
+            }
             let values = |t: &Option<Tensor>| -> Vec<f64> {
                 let t = t.as_ref().unwrap().to_dtype(DType::F64).unwrap();
                 t.flatten_all().unwrap().to_vec1().unwrap()
@@ -205,6 +238,7 @@ pub(crate) mod check {
         for l in layers {
             m.add(l.clone()).unwrap();
         }
+        randomize(&m);
         let (x, _) = batch(n, side, 2);
         let values = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
         let fast = values(m.infer_logits(&x).unwrap());

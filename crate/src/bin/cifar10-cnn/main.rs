@@ -10,6 +10,7 @@ mod check;
 use anyhow::Result;
 use cifar10_cnn::data::{self, Dataset};
 use cifar10_cnn::device::{describe, pick_device};
+use cifar10_cnn::layers::{article_layers, batch_normalization, Layer};
 use cifar10_cnn::model::Sequential;
 use cifar10_cnn::train::{Adam, BackupAndRestore, Fit};
 use clap::Parser;
@@ -35,6 +36,9 @@ struct BenchArgs {
     /// Timed training steps (after 3 warm-up steps); the median is reported.
     #[arg(long, default_value_t = 20)]
     steps: usize,
+    /// The article's model with a BatchNormalization after each convolution.
+    #[arg(long)]
+    batch_norm: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -198,7 +202,14 @@ fn bench(args: BenchArgs) -> Result<()> {
     let device = pick_device()?;
     let b = args.batch_size;
     let (x, y) = check::generated(b, &device)?;
-    let mut model = Sequential::article(&[3, 32, 32], 10, 0, &device)?;
+    let mut model = Sequential::on(&[3, 32, 32], 0, &device)?;
+    for layer in article_layers(10) {
+        let conv = matches!(layer, Layer::Conv2D(_));
+        model.add(layer)?;
+        if args.batch_norm && conv {
+            model.add(batch_normalization())?;
+        }
+    }
     model.compile(Adam::default())?;
     for _ in 0..3 {
         model.train_on_batch(&x, &y)?;
@@ -208,9 +219,14 @@ fn bench(args: BenchArgs) -> Result<()> {
     })?;
     let infer = median_secs(args.steps.max(1), || model.predict(&x).map(|_| ()))?;
     eprintln!(
-        "device: {}, batch {b}, {} timed steps",
+        "device: {}, batch {b}, {} timed steps, model: the article's{}",
         describe(&device),
-        args.steps
+        args.steps,
+        if args.batch_norm {
+            " with BatchNormalization after each Conv2D"
+        } else {
+            ""
+        }
     );
     println!(
         "{{\"train_step_ms\": {:.1}, \"infer_ms\": {:.1}, \"images_per_s\": {:.0}}}",

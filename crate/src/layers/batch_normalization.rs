@@ -1,0 +1,643 @@
+//! Keras's `BatchNormalization` over the channels (axis 1 of our `[N, C, H,
+//! W]`, Keras's `axis=-1` of its `[N, H, W, C]`), or over the features of a
+//! flat input. While training it normalizes with the batch's statistics and
+//! moves the moving mean and variance towards them; at inference it uses the
+//! moving ones:
+//!
+//! `y = gamma * (x - mean) / sqrt(var + epsilon) + beta`,
+//! `moving = moving * momentum + batch * (1 - momentum)`.
+//!
+//! As in Keras the variance is the biased one (divided by the count), in the
+//! normalization and in the moving variance alike. A ReLU after it is fused
+//! into its pass over the output.
+
+use super::{CpuGrad, CpuOut, Fused, Init, LayerKind, ParamSpec, Run, Shape, StepShape};
+use anyhow::{ensure, Result};
+use candle_core::Tensor;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchNormalization {
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    /// a learned offset `beta`
+    #[serde(default = "yes")]
+    pub center: bool,
+    /// a learned scale `gamma`
+    #[serde(default = "yes")]
+    pub scale: bool,
+}
+
+fn default_momentum() -> f64 {
+    0.99
+}
+fn default_epsilon() -> f64 {
+    1e-3
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for BatchNormalization {
+    fn default() -> Self {
+        BatchNormalization {
+            momentum: default_momentum(),
+            epsilon: default_epsilon(),
+            center: true,
+            scale: true,
+        }
+    }
+}
+
+/// `BatchNormalization()`, Keras's defaults (momentum 0.99, epsilon 1e-3,
+/// center and scale).
+pub fn batch_normalization() -> BatchNormalization {
+    BatchNormalization::default()
+}
+
+impl BatchNormalization {
+    pub fn momentum(self, momentum: f64) -> Self {
+        BatchNormalization { momentum, ..self }
+    }
+    pub fn epsilon(self, epsilon: f64) -> Self {
+        BatchNormalization { epsilon, ..self }
+    }
+    pub fn center(self, center: bool) -> Self {
+        BatchNormalization { center, ..self }
+    }
+    pub fn scale(self, scale: bool) -> Self {
+        BatchNormalization { scale, ..self }
+    }
+
+    /// Where each parameter is in the layer's list (gamma and beta only
+    /// when scale and center ask for them, as in Keras).
+    fn slots(&self) -> Slots {
+        let gamma = self.scale.then_some(0);
+        let beta = self.center.then_some(self.scale as usize);
+        let moving = self.scale as usize + self.center as usize;
+        Slots {
+            gamma,
+            beta,
+            mean: moving,
+            var: moving + 1,
+        }
+    }
+}
+
+struct Slots {
+    gamma: Option<usize>,
+    beta: Option<usize>,
+    mean: usize,
+    var: usize,
+}
+
+/// Channels, and values per channel in one sample (`H·W`, or 1 when flat).
+fn layout(input: Shape) -> (usize, usize) {
+    match input {
+        Shape::Image(c, h, w) => (c, h * w),
+        Shape::Flat(f) => (f, 1),
+    }
+}
+
+/// What the backward needs: each channel's batch mean and `1 / sqrt(var + eps)`.
+struct Stats {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+}
+
+impl LayerKind for BatchNormalization {
+    fn class_name(&self) -> &'static str {
+        "BatchNormalization"
+    }
+    fn base_name(&self) -> &'static str {
+        "batch_normalization"
+    }
+    fn output_shape(&self, input: Shape) -> Result<Shape> {
+        let m = self.momentum;
+        ensure!(
+            (0.0..=1.0).contains(&m),
+            "BatchNormalization's momentum must be in [0, 1], got {m} (Keras's default is 0.99)"
+        );
+        let e = self.epsilon;
+        ensure!(
+            e.is_finite() && e > 0.0,
+            "BatchNormalization's epsilon must be a small positive number, got {e} (Keras's default is 0.001)"
+        );
+        Ok(input)
+    }
+    /// Keras's order: gamma, beta, moving_mean, moving_variance, each `[C]`.
+    fn params(&self, input: Shape) -> Vec<ParamSpec> {
+        let c = layout(input).0;
+        let spec = |name, init, trainable| ParamSpec {
+            name,
+            shape: vec![c],
+            init,
+            trainable,
+        };
+        let mut p = Vec::with_capacity(4);
+        if self.scale {
+            p.push(spec("gamma", Init::Ones, true));
+        }
+        if self.center {
+            p.push(spec("beta", Init::Zeros, true));
+        }
+        p.push(spec("moving_mean", Init::Zeros, false));
+        p.push(spec("moving_variance", Init::Ones, false));
+        p
+    }
+    fn fusable(&self, _: Shape) -> Fused {
+        Fused {
+            relu: true,
+            max_pool2: false,
+        }
+    }
+    /// One sample's statistics over a flat layer's features are those of a
+    /// single value: its variance is 0 and the output is `beta` whatever
+    /// the input, with no gradient. Refused before training starts.
+    fn check_training_batch(&self, input: Shape, n: usize) -> Result<()> {
+        ensure!(
+            n > 1 || matches!(input, Shape::Image(_, h, w) if h * w > 1),
+            "BatchNormalization on a flat input {input} would normalize a batch of 1 sample over itself (its output would be beta whatever the input): train with batches of at least 2 (and a sample count that leaves no last batch of 1)"
+        );
+        Ok(())
+    }
+
+    fn forward(&self, x: &Tensor, p: &[Tensor], s: &StepShape, run: &mut Run) -> Result<Tensor> {
+        let slots = self.slots();
+        let (c, _) = layout(s.input);
+        let image = matches!(s.input, Shape::Image(..));
+        // Per-channel values broadcast over the batch (and the image).
+        let shape: Vec<usize> = if image { vec![1, c, 1, 1] } else { vec![1, c] };
+        let per_channel = |t: &Tensor| t.reshape(shape.as_slice());
+        let (mean, var) = if run.training {
+            let dims: &[usize] = if image { &[0, 2, 3] } else { &[0] };
+            let mean = x.mean_keepdim(dims)?;
+            let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(dims)?;
+            let m = self.momentum;
+            for (slot, batch) in [(slots.mean, &mean), (slots.var, &var)] {
+                let moving = ((&p[slot] * m)? + (batch.flatten_all()?.detach() * (1.0 - m))?)?;
+                run.update(slot, moving);
+            }
+            (mean, var)
+        } else {
+            (per_channel(&p[slots.mean])?, per_channel(&p[slots.var])?)
+        };
+        let mut y = x
+            .broadcast_sub(&mean)?
+            .broadcast_div(&(var + self.epsilon)?.sqrt()?)?;
+        if let Some(g) = slots.gamma {
+            y = y.broadcast_mul(&per_channel(&p[g])?)?;
+        }
+        if let Some(b) = slots.beta {
+            y = y.broadcast_add(&per_channel(&p[b])?)?;
+        }
+        Ok(if s.fused.relu { y.relu()? } else { y })
+    }
+
+    fn cpu_forward(&self, x: &[f32], p: &[&[f32]], s: &StepShape, run: &mut Run) -> Result<CpuOut> {
+        let slots = self.slots();
+        let (c, hw) = layout(s.input);
+        let (mean, inv_std) = if run.training {
+            let (mean, var) = channel_moments(x, c, hw);
+            let m = self.momentum;
+            for (slot, batch) in [(slots.mean, &mean), (slots.var, &var)] {
+                let moving: Vec<f32> = p[slot]
+                    .iter()
+                    .zip(batch)
+                    .map(|(&old, &b)| (old as f64 * m + b * (1.0 - m)) as f32)
+                    .collect();
+                run.update(slot, Tensor::new(moving, &candle_core::Device::Cpu)?);
+            }
+            let inv: Vec<f32> = var
+                .iter()
+                .map(|&v| (1.0 / (v + self.epsilon).sqrt()) as f32)
+                .collect();
+            (mean.iter().map(|&m| m as f32).collect(), inv)
+        } else {
+            let inv = p[slots.var]
+                .iter()
+                .map(|&v| (1.0 / (v as f64 + self.epsilon).sqrt()) as f32)
+                .collect();
+            (p[slots.mean].to_vec(), inv)
+        };
+        // y = x·a + b per channel, a = gamma/σ, b = beta − mean·a
+        let a: Vec<f32> = (0..c)
+            .map(|k| slots.gamma.map_or(1.0, |g| p[g][k]) * inv_std[k])
+            .collect();
+        let b: Vec<f32> = (0..c)
+            .map(|k| slots.beta.map_or(0.0, |i| p[i][k]) - mean[k] * a[k])
+            .collect();
+        let mut y = vec![0f32; x.len()];
+        let relu = s.fused.relu;
+        y.par_chunks_exact_mut(c * hw)
+            .zip(x.par_chunks_exact(c * hw))
+            .for_each(|(ys, xs)| {
+                // one sample: [C, H·W]
+                for (k, (yc, xc)) in ys.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
+                    let (ak, bk) = (a[k], b[k]);
+                    for (v, &u) in yc.iter_mut().zip(xc) {
+                        let t = u * ak + bk;
+                        *v = if relu { t.max(0.0) } else { t };
+                    }
+                }
+            });
+        Ok(CpuOut {
+            y: Some(y),
+            kept: Some(Box::new(Stats { mean, inv_std })),
+        })
+    }
+
+    /// With `x̂ = (x − mean)·inv_std` and `M` values per channel:
+    /// `dgamma = Σ dy·x̂`, `dbeta = Σ dy`,
+    /// `dx = gamma·inv_std·(dy − Σdy/M − x̂·Σ(dy·x̂)/M)`.
+    fn cpu_backward(&self, g: CpuGrad) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let slots = self.slots();
+        let stats: &Stats = super::kept(g.kept, "BatchNormalization")?;
+        let (c, hw) = layout(g.step.input);
+        let mut dy = g.dy;
+        if g.step.fused.relu {
+            super::activation::relu_grad(&mut dy, g.y);
+        }
+        let (mean, inv) = (&stats.mean, &stats.inv_std);
+        // Per-sample sums, then added in sample order: the same result
+        // whatever the number of threads.
+        let partial: Vec<Vec<(f64, f64)>> = dy
+            .par_chunks_exact(c * hw)
+            .zip(g.x.par_chunks_exact(c * hw))
+            .map(|(dys, xs)| {
+                (0..c)
+                    .map(|k| {
+                        let (d, u) = (&dys[k * hw..][..hw], &xs[k * hw..][..hw]);
+                        let (mut sd, mut sdx) = (0f32, 0f32);
+                        for (&d, &u) in d.iter().zip(u) {
+                            sd += d;
+                            sdx += d * (u - mean[k]);
+                        }
+                        (sd as f64, sdx as f64 * inv[k] as f64)
+                    })
+                    .collect()
+            })
+            .collect();
+        let (mut sum_dy, mut sum_dy_xhat) = (vec![0f64; c], vec![0f64; c]);
+        for sample in &partial {
+            for (k, &(sd, sdx)) in sample.iter().enumerate() {
+                sum_dy[k] += sd;
+                sum_dy_xhat[k] += sdx;
+            }
+        }
+        let count = (g.step.n * hw) as f64;
+        if g.wants_dx {
+            let gamma = |k: usize| slots.gamma.map_or(1.0, |i| g.params[i][k]);
+            let (scale, mean_dy, mean_dyx): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+                (0..c).map(|k| gamma(k) * inv[k]).collect(),
+                sum_dy.iter().map(|&s| (s / count) as f32).collect(),
+                sum_dy_xhat.iter().map(|&s| (s / count) as f32).collect(),
+            );
+            dy.par_chunks_exact_mut(c * hw)
+                .zip(g.x.par_chunks_exact(c * hw))
+                .for_each(|(dys, xs)| {
+                    for (k, (d, u)) in dys.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate()
+                    {
+                        for (d, &u) in d.iter_mut().zip(u) {
+                            let xhat = (u - mean[k]) * inv[k];
+                            *d = scale[k] * (*d - mean_dy[k] - xhat * mean_dyx[k]);
+                        }
+                    }
+                });
+        } else {
+            dy = Vec::new();
+        }
+        let mut grads = Vec::with_capacity(2);
+        if slots.gamma.is_some() {
+            grads.push(sum_dy_xhat.iter().map(|&v| v as f32).collect());
+        }
+        if slots.beta.is_some() {
+            grads.push(sum_dy.iter().map(|&v| v as f32).collect());
+        }
+        Ok((dy, grads))
+    }
+}
+
+/// Each channel's mean and biased variance over a batch `[N, C, hw]`, in
+/// f64 (a channel of a big batch sums hundreds of thousands of values).
+fn channel_moments(x: &[f32], c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+    let partial: Vec<Vec<(f64, f64)>> = x
+        .par_chunks_exact(c * hw)
+        .map(|xs| {
+            xs.chunks_exact(hw)
+                .map(|v| {
+                    let (mut s, mut s2) = (0f64, 0f64);
+                    for &u in v {
+                        s += u as f64;
+                        s2 += (u as f64) * (u as f64);
+                    }
+                    (s, s2)
+                })
+                .collect()
+        })
+        .collect();
+    let count = (x.len() / (c * hw) * hw) as f64;
+    let (mut mean, mut var) = (vec![0f64; c], vec![0f64; c]);
+    for sample in &partial {
+        for (k, &(s, s2)) in sample.iter().enumerate() {
+            mean[k] += s;
+            var[k] += s2;
+        }
+    }
+    for (m, v) in mean.iter_mut().zip(&mut var) {
+        *m /= count;
+        *v = (*v / count - *m * *m).max(0.0);
+    }
+    (mean, var)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::*;
+    use crate::model::Sequential;
+    use crate::train::step::check::{assert_inference_matches_portable, assert_matches_autograd};
+    use candle_core::{DType, Device, Var};
+    use rand::SeedableRng;
+
+    /// After convolutions (even and odd maps, before a ReLU it fuses and a
+    /// pooling) and on flat features, without center or scale: the CPU step
+    /// against candle's autograd in f64, gradients and moving statistics.
+    /// (A bias right before a BatchNormalization gets a gradient of exactly
+    /// zero, which f32 only approximates: each one here has a ReLU between.)
+    fn layers() -> Vec<Layer> {
+        let relu_conv = |filters, k| -> Layer {
+            let mut c = conv2d(filters, k);
+            c.activation = Activation::Relu;
+            c.into()
+        };
+        let mut relu_dense = dense(6);
+        relu_dense.activation = Activation::Relu;
+        vec![
+            relu_conv(4, 3),
+            batch_normalization().into(),
+            relu(),
+            max_pooling2d(2).into(),
+            relu_conv(3, 3),
+            batch_normalization().center(false).momentum(0.5).into(),
+            flatten(),
+            relu_dense.into(),
+            batch_normalization().scale(false).into(),
+            dense(3).into(),
+            softmax(),
+        ]
+    }
+
+    #[test]
+    fn the_cpu_step_matches_autograd() {
+        assert_matches_autograd(&layers(), 9, 5);
+        assert_matches_autograd(&layers(), 10, 2);
+        // One image: the statistics are over its height and width.
+        let image_only = [
+            relu_conv_for_one(),
+            batch_normalization().into(),
+            flatten(),
+            dense(2).into(),
+            softmax(),
+        ];
+        assert_matches_autograd(&image_only, 7, 1);
+    }
+
+    fn relu_conv_for_one() -> Layer {
+        let mut c = conv2d(3, 3);
+        c.activation = Activation::Relu;
+        c.into()
+    }
+
+    /// Inference uses the moving statistics (set at random by the check).
+    #[test]
+    fn inference_matches_the_portable_path() {
+        assert_inference_matches_portable(&layers(), 9, 4);
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Case {
+        name: String,
+        shape: Vec<usize>,
+        settings: BatchNormalization,
+        weights: std::collections::HashMap<String, Vec<f32>>,
+        x: Vec<f32>,
+        g: Vec<f32>,
+        y_training: Vec<f32>,
+        dx: Vec<f32>,
+        dgamma: Option<Vec<f32>>,
+        dbeta: Option<Vec<f32>>,
+        moving_after: std::collections::HashMap<String, Vec<f32>>,
+        y_inference: Vec<f32>,
+    }
+
+    fn close(what: &str, ours: &[f32], keras: &[f32], tol: f32) {
+        assert_eq!(ours.len(), keras.len(), "{what}");
+        let scale = keras.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in ours.iter().zip(keras).enumerate() {
+            assert!((a - b).abs() <= tol * scale, "{what}[{i}]: {a} here, {b} in Keras");
+        }
+    }
+
+    /// Outputs, gradients and moving statistics against Keras's own layer
+    /// (`scripts/fixtures/batch_normalization.py`), on the CPU path and on
+    /// the portable path, in training and at inference.
+    #[test]
+    fn matches_keras() {
+        let cases: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/batch_normalization/keras.json"
+        ))
+        .unwrap();
+        let cases: Vec<Case> = serde_json::from_value(cases["cases"].clone()).unwrap();
+        assert_eq!(cases.len(), 4);
+        for case in cases {
+            let bn = &case.settings;
+            let input = match case.shape[1..] {
+                [c, h, w] => Shape::Image(c, h, w),
+                [f] => Shape::Flat(f),
+                _ => unreachable!(),
+            };
+            let n = case.shape[0];
+            let specs = bn.params(input);
+            let p: Vec<Vec<f32>> = specs.iter().map(|s| case.weights[s.name].clone()).collect();
+            let step = StepShape {
+                n,
+                input,
+                output: input,
+                fused: Fused::default(),
+            };
+            let what = |w: &str| format!("{}: {w}", case.name);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+            let moving = |updates: &[(usize, Tensor)], f: &dyn Fn(&str, Vec<f32>)| {
+                assert_eq!(updates.len(), 2);
+                for (slot, t) in updates {
+                    let v = t.to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+                    f(specs[*slot].name, v);
+                }
+            };
+
+            // The CPU path.
+            let refs: Vec<&[f32]> = p.iter().map(|v| v.as_slice()).collect();
+            let mut run = Run::new(true, &mut rng);
+            run.step_params = (0..p.len()).collect();
+            let out = bn.cpu_forward(&case.x, &refs, &step, &mut run).unwrap();
+            let y = out.y.unwrap();
+            close(&what("y (CPU)"), &y, &case.y_training, 1e-5);
+            moving(&run.updates, &|name, v| {
+                close(&what(name), &v, &case.moving_after[name], 1e-6)
+            });
+            let (dx, grads) = bn
+                .cpu_backward(CpuGrad {
+                    step: &step,
+                    x: &case.x,
+                    y: &y,
+                    dy: case.g.clone(),
+                    kept: &out.kept,
+                    params: &refs,
+                    wants_dx: true,
+                })
+                .unwrap();
+            close(&what("dx (CPU)"), &dx, &case.dx, 1e-5);
+            let expected: Vec<&Vec<f32>> =
+                [&case.dgamma, &case.dbeta].into_iter().flatten().collect();
+            assert_eq!(grads.len(), expected.len(), "{}", case.name);
+            for (g, e) in grads.iter().zip(expected.iter()) {
+                close(&what("dgamma/dbeta (CPU)"), g, e, 1e-5);
+            }
+            let mut run = Run::new(false, &mut rng);
+            let y = bn.cpu_forward(&case.x, &refs, &step, &mut run).unwrap().y.unwrap();
+            close(&what("inference (CPU)"), &y, &case.y_inference, 1e-5);
+            assert!(run.updates.is_empty());
+
+            // The portable path, in f64, differentiated by autograd.
+            let dev = Device::Cpu;
+            let t = |v: &[f32], dims: &[usize]| {
+                Var::from_tensor(
+                    &Tensor::from_slice(v, dims, &dev).unwrap().to_dtype(DType::F64).unwrap(),
+                )
+                .unwrap()
+            };
+            let x = t(&case.x, &case.shape);
+            let pv: Vec<Var> = p.iter().map(|v| t(v, &[v.len()])).collect();
+            let pt: Vec<Tensor> = pv.iter().map(|v| v.as_tensor().clone()).collect();
+            let g = t(&case.g, &case.shape);
+            let mut run = Run::new(true, &mut rng);
+            run.step_params = (0..p.len()).collect();
+            let y = bn.forward(x.as_tensor(), &pt, &step, &mut run).unwrap();
+            let values = |t: &Tensor| -> Vec<f32> {
+                t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+            };
+            close(&what("y (portable)"), &values(&y), &case.y_training, 1e-5);
+            moving(&run.updates, &|name, v| {
+                close(&what(name), &v, &case.moving_after[name], 1e-6)
+            });
+            let grads = (y * g.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            close(&what("dx (portable)"), &values(grads.get(&x).unwrap()), &case.dx, 1e-5);
+            for (var, e) in pv.iter().zip(expected.iter()) {
+                close(&what("dgamma/dbeta (portable)"), &values(grads.get(var).unwrap()), e, 1e-5);
+            }
+            let mut run = Run::new(false, &mut rng);
+            let y = bn.forward(x.as_tensor(), &pt, &step, &mut run).unwrap();
+            close(&what("inference (portable)"), &values(&y), &case.y_inference, 1e-5);
+        }
+    }
+
+    fn small_model(layers: Vec<Layer>) -> Sequential {
+        let mut m = Sequential::on(&[3, 8, 8], 1, &Device::Cpu).unwrap();
+        for l in layers {
+            m.add(l).unwrap();
+        }
+        m
+    }
+
+    /// Training moves the moving statistics (non-trainable: the optimizer
+    /// has no state for them, the summary counts them apart), a save
+    /// carries them, and the loaded model predicts bit for bit the same.
+    #[test]
+    fn trains_saves_and_loads_its_moving_statistics() {
+        let mut m = small_model(vec![
+            conv2d(4, 3).into(),
+            batch_normalization().momentum(0.5).into(),
+            relu(),
+            flatten(),
+            dense(3).into(),
+            softmax(),
+        ]);
+        let summary = m.summary_string().unwrap();
+        assert!(summary.contains("Non-trainable params: 8"), "{summary}");
+        m.compile(crate::optim::Adam::default()).unwrap();
+        let (x, y) = crate::train::step::check::batch(6, 8, 3);
+        let before = m.params.get("batch_normalization.moving_mean").unwrap().var.to_vec1::<f32>().unwrap();
+        m.train_on_batch(&x, &y).unwrap();
+        let after = m.params.get("batch_normalization.moving_mean").unwrap().var.to_vec1::<f32>().unwrap();
+        assert_eq!(before, [0.0; 4]);
+        assert!(after.iter().all(|v| *v != 0.0), "{after:?}");
+        let state: Vec<String> = m.optimizer.as_ref().unwrap().state().into_iter().map(|(k, _)| k).collect();
+        assert!(state.iter().all(|k| !k.contains("moving")), "{state:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bn");
+        m.save(&path).unwrap();
+        let mut back = Sequential::load(&path).unwrap();
+        let (a, b) = (m.predict(&x).unwrap(), back.predict(&x).unwrap());
+        let bits = |t: Tensor| -> Vec<u32> {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+        };
+        assert_eq!(bits(a), bits(b));
+    }
+
+    /// A flat BatchNormalization cannot learn from batches of one sample:
+    /// `fit` says so before training, also when only the last batch has one.
+    #[test]
+    fn a_flat_batch_of_one_is_refused_before_training() {
+        let mut m = small_model(vec![
+            flatten(),
+            dense(4).into(),
+            batch_normalization().into(),
+            dense(3).into(),
+            softmax(),
+        ]);
+        let (x, y) = crate::train::step::check::batch(9, 8, 3);
+        let weights = m.params.snapshot().unwrap();
+        for batch_size in [1, 4] {
+            let args = crate::train::Fit {
+                batch_size,
+                verbose: false,
+                ..Default::default()
+            };
+            let e = format!("{:#}", m.fit(&x, &y, args).unwrap_err());
+            assert!(e.contains("layer 2 (BatchNormalization)") && e.contains("batch of 1 sample"), "{e}");
+        }
+        let e = format!("{:#}", m.train_on_batch(&x.narrow(0, 0, 1).unwrap(), &y.narrow(0, 0, 1).unwrap()).unwrap_err());
+        assert!(e.contains("batch of 1 sample"), "{e}");
+        let same = m.params.snapshot().unwrap();
+        for (a, b) in weights.iter().zip(&same) {
+            assert_eq!(a.to_vec1::<f32>().ok(), b.to_vec1::<f32>().ok());
+        }
+        // Batches of 3 (9 samples): trains.
+        let args = crate::train::Fit { batch_size: 3, verbose: false, ..Default::default() };
+        m.fit(&x, &y, args).unwrap();
+    }
+
+    #[test]
+    fn settings_are_checked_and_round_trip() {
+        let mut m = Sequential::on(&[3, 8, 8], 0, &Device::Cpu).unwrap();
+        let e = format!("{:#}", m.add(batch_normalization().momentum(1.5)).err().unwrap());
+        assert!(e.contains("momentum must be in [0, 1]"), "{e}");
+        let e = format!("{:#}", m.add(batch_normalization().epsilon(0.0)).err().unwrap());
+        assert!(e.contains("epsilon"), "{e}");
+        let layer: Layer = batch_normalization().center(false).into();
+        let json = serde_json::to_string(&layer).unwrap();
+        assert_eq!(
+            json,
+            r#"{"class_name":"BatchNormalization","config":{"momentum":0.99,"epsilon":0.001,"center":false,"scale":true}}"#
+        );
+        assert_eq!(serde_json::from_str::<Layer>(&json).unwrap(), layer);
+        let keras_defaults: Layer =
+            serde_json::from_str(r#"{"class_name":"BatchNormalization","config":{}}"#).unwrap();
+        assert_eq!(keras_defaults, batch_normalization().into());
+    }
+}
