@@ -8,10 +8,12 @@
 //! `moving = moving * momentum + batch * (1 - momentum)`.
 //!
 //! As in Keras the variance is the biased one (divided by the count), in the
-//! normalization and in the moving variance alike. A ReLU after it is fused
-//! into its pass over the output.
+//! normalization and in the moving variance alike. A ReLU after it, and a
+//! 2×2 max-pooling after that, are fused into its pass over the output:
+//! the full-size normalized image is then never written.
 
 use super::{CpuGrad, CpuOut, Fused, Init, LayerKind, ParamSpec, Run, Shape, StepShape};
+use crate::kernels::simd::{multiversion, Float};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -103,10 +105,13 @@ fn layout(input: Shape) -> (usize, usize) {
     }
 }
 
-/// What the backward needs: each channel's batch mean and `1 / sqrt(var + eps)`.
+/// What the backward needs: each channel's batch mean and `1 / sqrt(var +
+/// eps)`, and with a fused pooling where each window's maximum was.
 struct Stats {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
+    /// row-major position (0..4) of each 2×2 window's first maximum
+    argmax: Vec<u8>,
 }
 
 impl LayerKind for BatchNormalization {
@@ -149,10 +154,10 @@ impl LayerKind for BatchNormalization {
         p.push(spec("moving_variance", Init::Ones, false));
         p
     }
-    fn fusable(&self, _: Shape) -> Fused {
+    fn fusable(&self, input: Shape) -> Fused {
         Fused {
             relu: true,
-            max_pool2: false,
+            max_pool2: matches!(input, Shape::Image(_, h, w) if h >= 2 && w >= 2),
         }
     }
     /// One sample's statistics over a flat layer's features are those of a
@@ -195,14 +200,26 @@ impl LayerKind for BatchNormalization {
         if let Some(b) = slots.beta {
             y = y.broadcast_add(&per_channel(&p[b])?)?;
         }
-        Ok(if s.fused.relu { y.relu()? } else { y })
+        if s.fused.relu {
+            y = y.relu()?;
+        }
+        if s.fused.max_pool2 {
+            let pool = super::max_pooling2d(2);
+            let shape = StepShape {
+                output: s.output,
+                fused: Fused::default(),
+                ..*s
+            };
+            y = pool.forward(&y, &[], &shape, run)?;
+        }
+        Ok(y)
     }
 
     fn cpu_forward(&self, x: &[f32], p: &[&[f32]], s: &StepShape, run: &mut Run) -> Result<CpuOut> {
         let slots = self.slots();
         let (c, hw) = layout(s.input);
         let (mean, inv_std) = if run.training {
-            let (mean, var) = channel_moments(x, c, hw);
+            let (mean, var) = channel_moments(x, c, hw, p[slots.mean]);
             let m = self.momentum;
             for (slot, batch) in [(slots.mean, &mean), (slots.var, &var)] {
                 let moving: Vec<f32> = p[slot]
@@ -231,23 +248,25 @@ impl LayerKind for BatchNormalization {
         let b: Vec<f32> = (0..c)
             .map(|k| slots.beta.map_or(0.0, |i| p[i][k]) - mean[k] * a[k])
             .collect();
-        let mut y = vec![0f32; x.len()];
-        let relu = s.fused.relu;
-        y.par_chunks_exact_mut(c * hw)
-            .zip(x.par_chunks_exact(c * hw))
-            .for_each(|(ys, xs)| {
-                // one sample: [C, H·W]
-                for (k, (yc, xc)) in ys.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
-                    let (ak, bk) = (a[k], b[k]);
-                    for (v, &u) in yc.iter_mut().zip(xc) {
-                        let t = u * ak + bk;
-                        *v = if relu { t.max(0.0) } else { t };
-                    }
-                }
-            });
+        let (y, argmax) = match s.input {
+            Shape::Image(_, h, w) if s.fused.max_pool2 => pooled_forward(x, c, h, w, &a, &b),
+            _ => {
+                let mut y = vec![0f32; x.len()];
+                let relu = s.fused.relu;
+                y.par_chunks_exact_mut(c * hw)
+                    .zip(x.par_chunks_exact(c * hw))
+                    .for_each(|(ys, xs)| {
+                        // one sample: [C, H·W]
+                        for (k, (yc, xc)) in ys.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
+                            scale_shift(xc, yc, a[k], b[k], relu);
+                        }
+                    });
+                (y, Vec::new())
+            }
+        };
         Ok(CpuOut {
             y: Some(y),
-            kept: Some(Box::new(Stats { mean, inv_std })),
+            kept: Some(Box::new(Stats { mean, inv_std, argmax })),
         })
     }
 
@@ -258,26 +277,30 @@ impl LayerKind for BatchNormalization {
         let slots = self.slots();
         let stats: &Stats = super::kept(g.kept, "BatchNormalization")?;
         let (c, hw) = layout(g.step.input);
-        let mut dy = g.dy;
-        if g.step.fused.relu {
-            super::activation::relu_grad(&mut dy, g.y);
-        }
+        let (mut dy, mut relu) = (g.dy, g.step.fused.relu);
         let (mean, inv) = (&stats.mean, &stats.inv_std);
-        // Per-sample sums, then added in sample order: the same result
-        // whatever the number of threads.
+        if let (true, Shape::Image(_, h, w)) = (g.step.fused.max_pool2, g.step.input) {
+            // The pooled gradient on each window's maximum, where the
+            // ReLU let it through: the gradient of the normalized image.
+            dy = unpool(&dy, g.y, &stats.argmax, h, w);
+            relu = false;
+        }
+        // Per-sample sums (masking dy by the fused ReLU on the way), then
+        // added in sample order: the same result whatever the thread count.
         let partial: Vec<Vec<(f64, f64)>> = dy
-            .par_chunks_exact(c * hw)
+            .par_chunks_exact_mut(c * hw)
             .zip(g.x.par_chunks_exact(c * hw))
-            .map(|(dys, xs)| {
+            .enumerate()
+            .map(|(i, (dys, xs))| {
+                // the output, for the ReLU's mask (unused once unpooled)
+                let ys = if relu { &g.y[i * c * hw..][..c * hw] } else { xs };
                 (0..c)
                     .map(|k| {
-                        let (d, u) = (&dys[k * hw..][..hw], &xs[k * hw..][..hw]);
-                        let (mut sd, mut sdx) = (0f32, 0f32);
-                        for (&d, &u) in d.iter().zip(u) {
-                            sd += d;
-                            sdx += d * (u - mean[k]);
-                        }
-                        (sd as f64, sdx as f64 * inv[k] as f64)
+                        let at = k * hw..(k + 1) * hw;
+                        let mut sums = [0f32; 2];
+                        let (d, u, v) = (&mut dys[at.clone()], &xs[at.clone()], &ys[at]);
+                        grad_sums(d, u, v, mean[k], relu, &mut sums);
+                        (sums[0] as f64, sums[1] as f64 * inv[k] as f64)
                     })
                     .collect()
             })
@@ -302,10 +325,9 @@ impl LayerKind for BatchNormalization {
                 .for_each(|(dys, xs)| {
                     for (k, (d, u)) in dys.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate()
                     {
-                        for (d, &u) in d.iter_mut().zip(u) {
-                            let xhat = (u - mean[k]) * inv[k];
-                            *d = scale[k] * (*d - mean_dy[k] - xhat * mean_dyx[k]);
-                        }
+                        // dx = scale·(dy − mean_dy − (x − mean)·inv·mean_dyx)
+                        let slope = inv[k] * mean_dyx[k];
+                        grad_apply(d, u, scale[k], mean_dy[k] - mean[k] * slope, slope);
                     }
                 });
         } else {
@@ -322,37 +344,190 @@ impl LayerKind for BatchNormalization {
     }
 }
 
-/// Each channel's mean and biased variance over a batch `[N, C, hw]`, in
-/// f64 (a channel of a big batch sums hundreds of thousands of values).
-fn channel_moments(x: &[f32], c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
-    let partial: Vec<Vec<(f64, f64)>> = x
+/// Each channel's mean and biased variance over a batch `[N, C, hw]`.
+/// Each plane is summed in f32 lanes around `shift` (the moving mean,
+/// close to the batch's once training is under way, which keeps
+/// `E[(x−s)²] − E[x−s]²` from cancelling), the planes in f64.
+fn channel_moments(x: &[f32], c: usize, hw: usize, shift: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let partial: Vec<Vec<[f32; 2]>> = x
         .par_chunks_exact(c * hw)
         .map(|xs| {
             xs.chunks_exact(hw)
-                .map(|v| {
-                    let (mut s, mut s2) = (0f64, 0f64);
-                    for &u in v {
-                        s += u as f64;
-                        s2 += (u as f64) * (u as f64);
-                    }
-                    (s, s2)
+                .zip(shift)
+                .map(|(v, &k)| {
+                    let mut sums = [0f32; 2];
+                    shifted_sums(v, k, &mut sums);
+                    sums
                 })
                 .collect()
         })
         .collect();
     let count = (x.len() / (c * hw) * hw) as f64;
-    let (mut mean, mut var) = (vec![0f64; c], vec![0f64; c]);
+    let (mut s1, mut s2) = (vec![0f64; c], vec![0f64; c]);
     for sample in &partial {
-        for (k, &(s, s2)) in sample.iter().enumerate() {
-            mean[k] += s;
-            var[k] += s2;
+        for (k, &[a, b]) in sample.iter().enumerate() {
+            s1[k] += a as f64;
+            s2[k] += b as f64;
         }
     }
-    for (m, v) in mean.iter_mut().zip(&mut var) {
-        *m /= count;
-        *v = (*v / count - *m * *m).max(0.0);
-    }
+    let mean = (0..c).map(|k| shift[k] as f64 + s1[k] / count).collect();
+    let var = (0..c)
+        .map(|k| (s2[k] / count - (s1[k] / count).powi(2)).max(0.0))
+        .collect();
     (mean, var)
+}
+
+/// Normalization (`x·a + b` per channel), ReLU and 2×2 max-pooling of a
+/// batch `[N, C, h, w]` in one pass: the pooled output `[N, C, h/2, w/2]`
+/// and where each window's first maximum was (rows and columns past the
+/// last whole window are dropped, as the pooling drops them).
+fn pooled_forward(x: &[f32], c: usize, h: usize, w: usize, a: &[f32], b: &[f32]) -> (Vec<f32>, Vec<u8>) {
+    let (ho, wo) = (h / 2, w / 2);
+    let planes = x.len() / (h * w);
+    let (mut y, mut arg) = (vec![0f32; planes * ho * wo], vec![0u8; planes * ho * wo]);
+    y.par_chunks_exact_mut(ho * wo)
+        .zip(arg.par_chunks_exact_mut(ho * wo))
+        .zip(x.par_chunks_exact(h * w))
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(plane, ((yp, ap), xp))| {
+            // (the scratch is taken here: a closure inside pool_plane would
+            // be compiled without its vector ISA)
+            f32::with_scratch(2 * w, |rows| {
+                pool_plane(xp, yp, ap, rows, w, a[plane % c], b[plane % c])
+            });
+        });
+    (y, arg)
+}
+
+multiversion! {
+    /// One plane of [`pooled_forward`]: each pair of input rows normalized
+    /// into a scratch row (vectorized), then each 2×2 window's first
+    /// maximum (row-major, NaN winning, as MaxPooling2D picks it), ReLU'd.
+    fn pool_plane<T>(xp: &[T], yp: &mut [T], ap: &mut [u8], rows: &mut [T], w: usize, a: T, b: T) {
+        let wo = w / 2;
+        {
+            for (oh, (yr, ar)) in yp.chunks_exact_mut(wo).zip(ap.chunks_exact_mut(wo)).enumerate() {
+                for (t, &u) in rows.iter_mut().zip(&xp[2 * oh * w..][..2 * w]) {
+                    *t = T::mul_add(u, a, b);
+                }
+                let (r0, r1) = rows.split_at(w);
+                for (ow, (y, k)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
+                    let v = [r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]];
+                    let (mut m, mut arg) = (v[0], 0u8);
+                    for (i, &t) in v.iter().enumerate().skip(1) {
+                        let over = t > m || t != t;
+                        m = if over { t } else { m };
+                        arg = if over { i as u8 } else { arg };
+                    }
+                    *y = T::relu(m);
+                    *k = arg;
+                }
+            }
+        }
+    }
+}
+
+/// The gradient of the normalized (pre-pooling) image `[N, C, h, w]` from
+/// the pooled one: each window's value on its maximum when the pooled
+/// output `y` is positive (the ReLU passed it), 0 everywhere else.
+fn unpool(dy: &[f32], y: &[f32], argmax: &[u8], h: usize, w: usize) -> Vec<f32> {
+    let (ho, wo) = (h / 2, w / 2);
+    let planes = dy.len() / (ho * wo);
+    let mut full = vec![0f32; planes * h * w];
+    full.par_chunks_exact_mut(h * w)
+        .zip(dy.par_chunks_exact(ho * wo))
+        .zip(y.par_chunks_exact(ho * wo).zip(argmax.par_chunks_exact(ho * wo)))
+        .with_min_len(16)
+        .for_each(|((fp, dp), (yp, ap))| {
+            for (i, ((&d, &v), &k)) in dp.iter().zip(yp).zip(ap).enumerate() {
+                let (oh, ow) = (i / wo, i % wo);
+                let at = (2 * oh + (k as usize >> 1)) * w + 2 * ow + (k as usize & 1);
+                fp[at] = if v > 0.0 { d } else { 0.0 };
+            }
+        });
+    full
+}
+
+/// Lanes of the sums below: a whole AVX-512 register of f32s.
+const LANES: usize = 16;
+
+/// `[Σ a, Σ b]` of two lane accumulators.
+#[inline(always)]
+fn total<T: Float>(a: [T; LANES], b: [T; LANES], out: &mut [T; 2]) {
+    out[0] = a.iter().fold(T::zero(), |s, &v| s + v);
+    out[1] = b.iter().fold(T::zero(), |s, &v| s + v);
+}
+
+multiversion! {
+    /// `[Σ (x − k), Σ (x − k)²]` over one plane, in lanes (a single running
+    /// sum would wait on each addition).
+    fn shifted_sums<T>(x: &[T], k: T, out: &mut [T; 2]) {
+        let (mut a, mut b) = ([T::zero(); LANES], [T::zero(); LANES]);
+        let (groups, tail) = x.as_chunks::<LANES>();
+        for g in groups {
+            for l in 0..LANES {
+                let d = g[l] - k;
+                a[l] += d;
+                b[l] = T::mul_add(d, d, b[l]);
+            }
+        }
+        for (l, &v) in tail.iter().enumerate() {
+            let d = v - k;
+            a[l] += d;
+            b[l] = T::mul_add(d, d, b[l]);
+        }
+        total(a, b, out);
+    }
+}
+
+multiversion! {
+    /// `y = x·a + b` over one plane, then the fused ReLU.
+    fn scale_shift<T>(x: &[T], y: &mut [T], a: T, b: T, relu: bool) {
+        for (v, &u) in y.iter_mut().zip(x) {
+            *v = T::mul_add(u, a, b);
+        }
+        if relu {
+            for v in y.iter_mut() {
+                *v = T::relu(*v);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Over one plane: masks `dy` by the fused ReLU (where `y > 0`), and
+    /// sums `[Σ dy, Σ dy·(x − mean)]`.
+    fn grad_sums<T>(dy: &mut [T], x: &[T], y: &[T], mean: T, relu: bool, out: &mut [T; 2]) {
+        if relu {
+            for (d, &v) in dy.iter_mut().zip(y) {
+                *d = T::relu_grad(*d, v);
+            }
+        }
+        let (mut a, mut b) = ([T::zero(); LANES], [T::zero(); LANES]);
+        let (groups, tail) = dy.as_chunks::<LANES>();
+        let (xg, xt) = x.as_chunks::<LANES>();
+        for (g, u) in groups.iter().zip(xg) {
+            for l in 0..LANES {
+                a[l] += g[l];
+                b[l] = T::mul_add(g[l], u[l] - mean, b[l]);
+            }
+        }
+        for (l, (&d, &u)) in tail.iter().zip(xt).enumerate() {
+            a[l] += d;
+            b[l] = T::mul_add(d, u - mean, b[l]);
+        }
+        total(a, b, out);
+    }
+}
+
+multiversion! {
+    /// `dx = scale · (dy − offset − x·slope)` over one plane, in place.
+    fn grad_apply<T>(dy: &mut [T], x: &[T], scale: T, offset: T, slope: T) {
+        for (d, &u) in dy.iter_mut().zip(x) {
+            *d = scale * (*d - offset - u * slope);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -364,8 +539,8 @@ mod tests {
     use candle_core::{DType, Device, Var};
     use rand::SeedableRng;
 
-    /// After convolutions (even and odd maps, before a ReLU it fuses and a
-    /// pooling) and on flat features, without center or scale: the CPU step
+    /// After convolutions (even and odd maps, with the ReLU and the 2×2
+    /// pooling after it fused) and on flat features (with a fused ReLU), without center or scale: the CPU step
     /// against candle's autograd in f64, gradients and moving statistics.
     /// (A bias right before a BatchNormalization gets a gradient of exactly
     /// zero, which f32 only approximates: each one here has a ReLU between.)
@@ -387,6 +562,7 @@ mod tests {
             flatten(),
             relu_dense.into(),
             batch_normalization().scale(false).into(),
+            relu(),
             dense(3).into(),
             softmax(),
         ]
