@@ -1,8 +1,10 @@
-//! Keras's `AveragePooling2D(pool_size)`: the mean of each `p × p` window,
-//! stride = pool, valid padding (rows and columns past the last whole
-//! window are dropped, and get no gradient).
+//! Keras's `AveragePooling2D(pool_size, strides=None, padding="valid")`:
+//! the mean of each window; with "same", of its real values only (the
+//! padding is not counted, as in TensorFlow). Where windows overlap, an
+//! input gets the gradient of each window it is in.
 
-use super::{image_input, pooled_shape, CpuGrad, CpuOut, LayerKind, Run, Shape, StepShape};
+use super::{pool_geom, CpuGrad, CpuOut, LayerKind, Padding, Run, Shape, Size2, StepShape};
+use crate::kernels::max_pool::{windows, PoolGeom, PLANES_PER_TASK};
 use anyhow::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -11,16 +13,52 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AveragePooling2D {
-    pub pool_size: usize,
+    pub pool_size: Size2,
+    /// `None`: the pool size, as in Keras.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strides: Option<Size2>,
+    #[serde(default)]
+    pub padding: Padding,
 }
 
-/// `AveragePooling2D(pool_size=(p, p))`
-pub fn average_pooling2d(pool_size: usize) -> AveragePooling2D {
-    AveragePooling2D { pool_size }
+/// `AveragePooling2D(pool_size)`: `2` or `(2, 3)`; strides = pool, valid
+/// padding. Keras's keyword arguments are methods:
+/// `average_pooling2d(3).strides(2).same()`.
+pub fn average_pooling2d(pool_size: impl Into<Size2>) -> AveragePooling2D {
+    AveragePooling2D {
+        pool_size: pool_size.into(),
+        strides: None,
+        padding: Padding::Valid,
+    }
 }
 
-/// Planes a rayon task takes at least: a plane is only a few hundred values.
-const PLANES_PER_TASK: usize = 64;
+impl AveragePooling2D {
+    /// `strides=s`: `2` or `(1, 2)`
+    pub fn strides(self, strides: impl Into<Size2>) -> Self {
+        AveragePooling2D {
+            strides: Some(strides.into()),
+            ..self
+        }
+    }
+    /// `padding=...`
+    pub fn padding(self, padding: Padding) -> Self {
+        AveragePooling2D { padding, ..self }
+    }
+    /// `padding='same'`
+    pub fn same(self) -> Self {
+        self.padding(Padding::Same)
+    }
+    fn geom(&self, input: Shape) -> Result<(usize, PoolGeom)> {
+        pool_geom("AveragePooling2D", input, self.pool_size, self.strides, self.padding)
+    }
+}
+
+/// `1 / (real values in the window)` for every output `[ho · wo]`.
+fn inv_counts(g: &PoolGeom) -> Vec<f32> {
+    let rows = (0..g.ho).map(|oh| g.rows(oh).len());
+    rows.flat_map(|r| (0..g.wo).map(move |ow| 1.0 / (r * g.cols(ow).len()) as f32))
+        .collect()
+}
 
 impl LayerKind for AveragePooling2D {
     fn class_name(&self) -> &'static str {
@@ -30,60 +68,59 @@ impl LayerKind for AveragePooling2D {
         "average_pooling2d"
     }
     fn output_shape(&self, input: Shape) -> Result<Shape> {
-        pooled_shape("AveragePooling2D", input, self.pool_size)
+        let (c, g) = self.geom(input)?;
+        Ok(Shape::Image(c, g.ho, g.wo))
     }
 
-    /// Whole windows, reshaped to `[N, C, Ho, p, Wo, p]`, averaged over the
-    /// two pool axes (candle's own `avg_pool2d` upsamples its gradient to
-    /// the input's size, which misplaces it when the size is not a multiple
-    /// of the pool).
+    /// The windows zero-padded, summed, over their counts (candle's own
+    /// `avg_pool2d` upsamples its gradient to the input's size, which
+    /// misplaces it when the size is not a multiple of the pool).
     fn forward(&self, x: &Tensor, _: &[Tensor], s: &StepShape, _: &mut Run) -> Result<Tensor> {
-        let (c, h, w) = image_input("AveragePooling2D", s.input)?;
-        let p = self.pool_size;
-        let (ho, wo) = (h / p, w / p);
-        Ok(x.narrow(2, 0, ho * p)?
-            .narrow(3, 0, wo * p)?
-            .reshape((s.n, c, ho, p, wo, p))?
-            .mean(5)?
-            .mean(3)?) // [N, C, Ho, Wo]
+        let g = self.geom(s.input)?.1;
+        let inv = Tensor::from_vec(inv_counts(&g), (g.ho, g.wo), x.device())?.to_dtype(x.dtype())?;
+        Ok(windows(x, &g, 0.0)?.sum(4)?.broadcast_mul(&inv)?) // [N, C, Ho, Wo]
     }
 
     fn cpu_forward(&self, x: &[f32], _: &[&[f32]], s: &StepShape, _: &mut Run) -> Result<CpuOut> {
-        let (_, h, w) = image_input("AveragePooling2D", s.input)?;
-        let p = self.pool_size;
-        let (ho, wo, scale) = (h / p, w / p, 1.0 / (p * p) as f32);
-        let mut y = vec![0f32; x.len() / (h * w) * ho * wo];
-        y.par_chunks_exact_mut(ho * wo)
-            .zip(x.par_chunks_exact(h * w))
+        let g = self.geom(s.input)?.1;
+        let inv = inv_counts(&g);
+        let mut y = vec![0f32; x.len() / (g.h * g.w) * g.ho * g.wo];
+        y.par_chunks_exact_mut(g.ho * g.wo)
+            .zip(x.par_chunks_exact(g.h * g.w))
             .with_min_len(PLANES_PER_TASK)
             .for_each(|(out, plane)| {
-                for (oh, orow) in out.chunks_exact_mut(wo).enumerate() {
-                    // Sum the window's rows into the outputs, then scale.
-                    for row in plane[oh * p * w..(oh + 1) * p * w].chunks_exact(w) {
-                        for (o, win) in orow.iter_mut().zip(row.chunks_exact(p)) {
-                            *o += win.iter().sum::<f32>();
-                        }
+                for (oh, (orow, irow)) in out.chunks_exact_mut(g.wo).zip(inv.chunks_exact(g.wo)).enumerate() {
+                    let rows = g.rows(oh);
+                    for (ow, (o, &inv)) in orow.iter_mut().zip(irow).enumerate() {
+                        let cols = g.cols(ow);
+                        let sum: f32 = rows
+                            .clone()
+                            .map(|r| plane[r * g.w + cols.start..r * g.w + cols.end].iter().sum::<f32>())
+                            .sum();
+                        *o = sum * inv;
                     }
-                    orow.iter_mut().for_each(|o| *o *= scale);
                 }
             });
         Ok(CpuOut::new(y))
     }
 
-    /// Each window's pixels get its output's gradient over `p²`.
-    fn cpu_backward(&self, g: CpuGrad) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-        let (_, h, w) = image_input("AveragePooling2D", g.step.input)?;
-        let p = self.pool_size;
-        let (ho, wo, scale) = (h / p, w / p, 1.0 / (p * p) as f32);
-        let mut dx = vec![0f32; g.x.len()];
-        dx.par_chunks_exact_mut(h * w)
-            .zip(g.dy.par_chunks_exact(ho * wo))
+    /// Each window's real values get its output's gradient over their count.
+    fn cpu_backward(&self, grad: CpuGrad) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let g = self.geom(grad.step.input)?.1;
+        let inv = inv_counts(&g);
+        let mut dx = vec![0f32; grad.x.len()];
+        dx.par_chunks_exact_mut(g.h * g.w)
+            .zip(grad.dy.par_chunks_exact(g.ho * g.wo))
             .with_min_len(PLANES_PER_TASK)
             .for_each(|(dplane, dy)| {
-                for (oh, drow) in dy.chunks_exact(wo).enumerate() {
-                    for row in dplane[oh * p * w..(oh + 1) * p * w].chunks_exact_mut(w) {
-                        for (win, &d) in row.chunks_exact_mut(p).zip(drow) {
-                            win.fill(d * scale);
+                for (oh, (drow, irow)) in dy.chunks_exact(g.wo).zip(inv.chunks_exact(g.wo)).enumerate() {
+                    let rows = g.rows(oh);
+                    for (ow, (&d, &inv)) in drow.iter().zip(irow).enumerate() {
+                        let (cols, d) = (g.cols(ow), d * inv);
+                        for r in rows.clone() {
+                            dplane[r * g.w + cols.start..r * g.w + cols.end]
+                                .iter_mut()
+                                .for_each(|v| *v += d);
                         }
                     }
                 }

@@ -1,8 +1,10 @@
-//! Keras's `MaxPooling2D(pool_size)`: stride = pool, valid padding; the
-//! gradient goes to each window's first maximum ([`crate::kernels::max_pool`]).
+//! Keras's `MaxPooling2D(pool_size, strides=None, padding="valid")`: the
+//! maximum of each window, the padding of "same" ignored; the gradient goes
+//! to each window's first maximum ([`crate::kernels::max_pool`]), added up
+//! where windows overlap.
 
-use super::{image_input, pooled_shape, CpuGrad, CpuOut, LayerKind, Run, Shape, StepShape};
-use crate::kernels::{self, max_pool};
+use super::{pool_geom, CpuGrad, CpuOut, LayerKind, Padding, Run, Shape, Size2, StepShape};
+use crate::kernels::max_pool::{self, PoolGeom};
 use anyhow::Result;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -10,12 +12,51 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaxPooling2D {
-    pub pool_size: usize,
+    pub pool_size: Size2,
+    /// `None`: the pool size, as in Keras.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strides: Option<Size2>,
+    #[serde(default)]
+    pub padding: Padding,
 }
 
-/// `MaxPooling2D(pool_size=(p, p))`
-pub fn max_pooling2d(pool_size: usize) -> MaxPooling2D {
-    MaxPooling2D { pool_size }
+/// `MaxPooling2D(pool_size)`: `2` or `(2, 3)`; strides = pool, valid
+/// padding. Keras's keyword arguments are methods:
+/// `max_pooling2d(3).strides(2).same()`.
+pub fn max_pooling2d(pool_size: impl Into<Size2>) -> MaxPooling2D {
+    MaxPooling2D {
+        pool_size: pool_size.into(),
+        strides: None,
+        padding: Padding::Valid,
+    }
+}
+
+impl MaxPooling2D {
+    /// `strides=s`: `2` or `(1, 2)`
+    pub fn strides(self, strides: impl Into<Size2>) -> Self {
+        MaxPooling2D {
+            strides: Some(strides.into()),
+            ..self
+        }
+    }
+    /// `padding=...`
+    pub fn padding(self, padding: Padding) -> Self {
+        MaxPooling2D { padding, ..self }
+    }
+    /// `padding='same'`
+    pub fn same(self) -> Self {
+        self.padding(Padding::Same)
+    }
+    /// Only 2×2 windows at stride 2, unpadded: what a convolution's kernel
+    /// can pool inside itself.
+    pub fn is_2x2(&self) -> bool {
+        self.pool_size == Size2::square(2)
+            && self.strides.unwrap_or(self.pool_size) == Size2::square(2)
+            && self.padding == Padding::Valid
+    }
+    fn geom(&self, input: Shape) -> Result<(usize, PoolGeom)> {
+        pool_geom("MaxPooling2D", input, self.pool_size, self.strides, self.padding)
+    }
 }
 
 impl LayerKind for MaxPooling2D {
@@ -26,17 +67,19 @@ impl LayerKind for MaxPooling2D {
         "max_pooling2d"
     }
     fn output_shape(&self, input: Shape) -> Result<Shape> {
-        pooled_shape("MaxPooling2D", input, self.pool_size)
+        let (c, g) = self.geom(input)?;
+        Ok(Shape::Image(c, g.ho, g.wo))
     }
-    fn forward(&self, x: &Tensor, _: &[Tensor], _: &StepShape, _: &mut Run) -> Result<Tensor> {
-        Ok(kernels::max_pool2d(x, self.pool_size)?)
+    /// Candle ops on every device, also on the CPU (f64 there is the
+    /// gradient checks' reference, independent of the CPU kernels).
+    fn forward(&self, x: &Tensor, _: &[Tensor], s: &StepShape, _: &mut Run) -> Result<Tensor> {
+        Ok(max_pool::max_pool2d_portable_with(x, self.geom(s.input)?.1)?)
     }
     fn cpu_forward(&self, x: &[f32], _: &[&[f32]], s: &StepShape, _: &mut Run) -> Result<CpuOut> {
-        let (_, h, w) = image_input("MaxPooling2D", s.input)?;
-        Ok(CpuOut::new(max_pool::pool_fwd(x, h, w, self.pool_size)))
+        Ok(CpuOut::new(max_pool::pool_fwd(x, &self.geom(s.input)?.1)))
     }
     fn cpu_backward(&self, g: CpuGrad) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-        let (_, h, w) = image_input("MaxPooling2D", g.step.input)?;
-        Ok((max_pool::pool_bwd(g.x, &g.dy, h, w, self.pool_size), vec![]))
+        let geom = self.geom(g.step.input)?.1;
+        Ok((max_pool::pool_bwd(g.x, &g.dy, &geom), vec![]))
     }
 }
