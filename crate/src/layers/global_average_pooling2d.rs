@@ -68,3 +68,51 @@ impl LayerKind for GlobalAveragePooling2D {
         Ok((dx, vec![]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::layers::*;
+    use crate::train::step::check::{assert_inference_matches_portable, assert_matches_autograd};
+
+    /// Both global poolings after a convolution, into Dense directly or,
+    /// with keepdims, through Flatten; odd and even sizes, batches of 1
+    /// and more.
+    #[test]
+    fn cpu_step_matches_autograd_and_inference_the_portable_path() {
+        let model = |pool: Layer, flat: bool| -> Vec<Layer> {
+            let mut l = vec![conv2d(4, 3).same().into(), relu(), pool];
+            if flat {
+                l.push(flatten());
+            }
+            l.extend([dense(3).into(), softmax()]);
+            l
+        };
+        for (side, n) in [(7, 1), (8, 4)] {
+            for (pool, flat) in [
+                (Layer::from(global_average_pooling2d()), false),
+                (global_average_pooling2d().keepdims().into(), true),
+                (global_max_pooling2d().into(), false),
+                (global_max_pooling2d().keepdims().into(), true),
+            ] {
+                assert_matches_autograd(&model(pool.clone(), flat), side, n);
+                assert_inference_matches_portable(&model(pool, flat), side, n);
+            }
+        }
+    }
+
+    #[test]
+    fn global_poolings_give_one_value_a_channel() {
+        let input = Shape::Image(5, 7, 6);
+        let pools: [&dyn LayerKind; 2] = [&global_average_pooling2d(), &global_max_pooling2d()];
+        for pool in pools {
+            assert_eq!(pool.output_shape(input).unwrap(), Shape::Flat(5));
+        }
+        let pools: [&dyn LayerKind; 2] = [
+            &global_average_pooling2d().keepdims(),
+            &global_max_pooling2d().keepdims(),
+        ];
+        for pool in pools {
+            assert_eq!(pool.output_shape(input).unwrap(), Shape::Image(5, 1, 1));
+        }
+    }
+}

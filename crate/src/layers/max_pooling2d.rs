@@ -83,3 +83,73 @@ impl LayerKind for MaxPooling2D {
         Ok((max_pool::pool_bwd(g.x, &g.dy, &geom), vec![]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::layers::*;
+    use crate::train::step::check::{assert_inference_matches_portable, assert_matches_autograd};
+
+    /// A pooling between two convolutions, so that its gradient is checked
+    /// (the first layer with parameters wants no input gradient); no ReLU
+    /// before it, so that a 2×2 pooling is not fused into the convolution.
+    fn around(pool: MaxPooling2D) -> Vec<Layer> {
+        vec![
+            conv2d(4, 3).same().into(),
+            pool.into(),
+            conv2d(3, 2).into(),
+            flatten(),
+            dense(3).into(),
+            softmax(),
+        ]
+    }
+
+    /// Odd and even sizes, strides 1, 2 and 3 (windows that overlap, whose
+    /// gradients add, that touch, that leave gaps), same and valid,
+    /// rectangular pools, batches of 1 and more; the f64 reference is the
+    /// portable path (candle ops) through autograd.
+    #[test]
+    fn cpu_step_matches_autograd_and_inference_the_portable_path() {
+        for (pool, side, n) in [
+            (max_pooling2d(2), 13, 4),
+            (max_pooling2d(2), 8, 1),
+            (max_pooling2d(2).same(), 9, 2),
+            (max_pooling2d(3).strides(2), 12, 3),
+            (max_pooling2d(3).strides(2).same(), 11, 2),
+            (max_pooling2d(2).strides(3), 10, 1),
+            (max_pooling2d(3).strides(1).same(), 6, 2),
+            (max_pooling2d((2, 3)).strides((1, 2)).same(), 7, 3),
+        ] {
+            assert_matches_autograd(&around(pool.clone()), side, n);
+            assert_inference_matches_portable(&around(pool), side, n);
+        }
+    }
+
+    /// After Conv2D + ReLU, a 2×2 pooling that is not the plain one is a
+    /// step of its own, not pooled (valid, stride 2) by the convolution.
+    #[test]
+    fn pools_after_a_relu_are_fused_only_when_they_can_be() {
+        for (pool, side) in [
+            (max_pooling2d(2), 9),
+            (max_pooling2d(2).same(), 9),
+            (max_pooling2d(2).strides(1), 8),
+            (max_pooling2d((2, 1)).strides(2), 8),
+        ] {
+            let mut layers = around(pool);
+            layers.insert(1, relu());
+            assert_matches_autograd(&layers, side, 2);
+            assert_inference_matches_portable(&layers, side, 2);
+        }
+    }
+
+    /// The convolution pools inside its kernel only what it pools the same:
+    /// 2×2 windows at stride 2, valid.
+    #[test]
+    fn only_plain_2x2_pooling_fuses_into_the_convolution() {
+        assert!(max_pooling2d(2).is_2x2());
+        assert!(max_pooling2d(2).strides(2).is_2x2());
+        assert!(!max_pooling2d(2).same().is_2x2());
+        assert!(!max_pooling2d(2).strides(1).is_2x2());
+        assert!(!max_pooling2d((2, 1)).strides(2).is_2x2());
+        assert!(!max_pooling2d(3).strides(2).is_2x2());
+    }
+}
