@@ -26,7 +26,10 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
 
 /// Every case of `fixtures/pooling/{class}.json` through both paths.
 fn matches_keras(class: &str) {
-    let path = format!("{}/tests/fixtures/pooling/{class}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/pooling/{class}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let file: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = file["cases"].as_array().unwrap();
     assert!(cases.len() >= 2, "{class}: no cases");
@@ -34,7 +37,9 @@ fn matches_keras(class: &str) {
         let layer: Layer = serde_json::from_value(case["layer"].clone()).unwrap();
         let what = format!("{}", case["layer"]);
         let dims: Vec<usize> = serde_json::from_value(case["input"].clone()).unwrap();
-        let [n, c, h, w] = dims[..] else { panic!("{what}: input {dims:?}") };
+        let [n, c, h, w] = dims[..] else {
+            panic!("{what}: input {dims:?}")
+        };
         let (x, y, dy, dx) = (
             floats(&case["x"]),
             floats(&case["y"]),
@@ -124,13 +129,20 @@ fn poolings_round_trip_through_their_json() {
         max_pooling2d(3).strides(2).same().into(),
         max_pooling2d((2, 3)).strides((1, 2)).into(),
         average_pooling2d(2).into(),
-        average_pooling2d((3, 1)).strides(2).padding(Padding::Same).into(),
+        average_pooling2d((3, 1))
+            .strides(2)
+            .padding(Padding::Same)
+            .into(),
         global_average_pooling2d().into(),
         global_max_pooling2d().keepdims().into(),
     ];
     for layer in layers {
         let json = serde_json::to_string(&layer).unwrap();
-        assert_eq!(serde_json::from_str::<Layer>(&json).unwrap(), layer, "{json}");
+        assert_eq!(
+            serde_json::from_str::<Layer>(&json).unwrap(),
+            layer,
+            "{json}"
+        );
     }
     let json = |l: Layer| serde_json::to_string(&l).unwrap();
     assert_eq!(
@@ -146,10 +158,22 @@ fn poolings_round_trip_through_their_json() {
         r#"{"class_name":"GlobalMaxPooling2D","config":{"keepdims":false}}"#
     );
     for (old, new) in [
-        (r#"{"class_name":"MaxPooling2D","config":{"pool_size":2}}"#, Layer::from(max_pooling2d(2))),
-        (r#"{"class_name":"AveragePooling2D","config":{"pool_size":3}}"#, average_pooling2d(3).into()),
-        (r#"{"class_name":"GlobalAveragePooling2D","config":{}}"#, global_average_pooling2d().into()),
-        (r#"{"class_name":"GlobalMaxPooling2D"}"#, global_max_pooling2d().into()),
+        (
+            r#"{"class_name":"MaxPooling2D","config":{"pool_size":2}}"#,
+            Layer::from(max_pooling2d(2)),
+        ),
+        (
+            r#"{"class_name":"AveragePooling2D","config":{"pool_size":3}}"#,
+            average_pooling2d(3).into(),
+        ),
+        (
+            r#"{"class_name":"GlobalAveragePooling2D","config":{}}"#,
+            global_average_pooling2d().into(),
+        ),
+        (
+            r#"{"class_name":"GlobalMaxPooling2D"}"#,
+            global_max_pooling2d().into(),
+        ),
     ] {
         assert_eq!(serde_json::from_str::<Layer>(old).unwrap(), new, "{old}");
     }
@@ -158,7 +182,10 @@ fn poolings_round_trip_through_their_json() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("MaxPooling2D") && e.contains("data_format"), "{e}");
+    assert!(
+        e.contains("MaxPooling2D") && e.contains("data_format"),
+        "{e}"
+    );
 }
 
 /// What `add` says to a pooling it cannot build, before anything runs.

@@ -260,7 +260,9 @@ fn first_maximum(windows: &Tensor) -> Result<Tensor> {
         .to_dtype(windows.dtype())?
         .broadcast_as(windows.shape())?;
     let key = nan.where_cond(&inf, windows)?;
-    let is_max = key.broadcast_ge(&key.max_keepdim(D::Minus1)?)?.to_dtype(f32)?;
+    let is_max = key
+        .broadcast_ge(&key.max_keepdim(D::Minus1)?)?
+        .to_dtype(f32)?;
     let rank = Tensor::arange(0u32, pp as u32, dev)?
         .to_dtype(f32)?
         .affine(-1.0, pp as f64)?; // pp - index

@@ -92,6 +92,7 @@ layer_kinds! {
     AveragePooling2D(AveragePooling2D) => average_pooling2d,
     GlobalAveragePooling2D(GlobalAveragePooling2D) => global_average_pooling2d,
     GlobalMaxPooling2D(GlobalMaxPooling2D) => global_max_pooling2d,
+    SpatialDropout2D(SpatialDropout2D) => spatial_dropout2d,
 }
 
 /// What every layer kind tells the model.
