@@ -248,9 +248,9 @@ impl<'de> Deserialize<'de> for Size2 {
 /// Where a sliding window (a convolution's kernel, a pooling's pool) goes
 /// along one axis of `input` values, as TensorFlow places it: `valid` takes
 /// the whole windows, `out = (input - k) / stride + 1`; `same` gives
-/// `out = ceil(input / stride)` and pads `total = max((out - 1) * stride + k
-/// - input, 0)`, the smaller half before (`before = total / 2`) and the rest
-/// after (Keras's asymmetric "same").
+/// `out = ceil(input / stride)` and pads
+/// `total = max((out - 1) * stride + k - input, 0)`, the smaller half before
+/// (`before = total / 2`) and the rest after (Keras's asymmetric "same").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window1 {
     pub out: usize,
