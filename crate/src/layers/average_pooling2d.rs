@@ -17,7 +17,7 @@ pub struct AveragePooling2D {
     /// `None`: the pool size, as in Keras.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strides: Option<Size2>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "super::is_valid")]
     pub padding: Padding,
 }
 

@@ -422,6 +422,12 @@ pub(crate) fn pool_geom(
     Ok((c, geom))
 }
 
+/// The poolings write their padding only when it is not the default, so
+/// that their JSON stays that of earlier versions (`{"pool_size": 2}`).
+pub(crate) fn is_valid(padding: &Padding) -> bool {
+    *padding == Padding::Valid
+}
+
 /// The image a layer needs, or a clear error naming it.
 pub(crate) fn image_input(kind: &str, input: Shape) -> Result<(usize, usize, usize)> {
     match input {
