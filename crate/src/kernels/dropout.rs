@@ -16,6 +16,9 @@ use rayon::prelude::*;
 /// Values a rayon task takes (even, so that no hash is split between tasks).
 const CHUNK: usize = 1 << 14;
 
+/// Planes a rayon task takes at least (SpatialDropout2D).
+const PLANES_PER_TASK: usize = 64;
+
 /// Zeroes each value of `x` with probability `rate` and scales the rest by
 /// `1 / (1 - rate)`, drawing the mask from `rng`.
 pub fn dropout(x: &Tensor, rate: f64, rng: &mut StdRng) -> Result<Tensor> {
@@ -27,6 +30,18 @@ pub fn dropout(x: &Tensor, rate: f64, rng: &mut StdRng) -> Result<Tensor> {
         let mask = Tensor::from_vec(values, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
     }
+}
+
+/// SpatialDropout2D: zeroes whole planes of `x` `[N, C, H, W]` (every
+/// value of a sample's channel) with probability `rate` and scales the
+/// rest by `1 / (1 - rate)`, one mask value a plane drawn from `rng`. On
+/// every device a product with the mask `[N, C, 1, 1]`, which autograd
+/// differentiates.
+pub fn spatial_dropout(x: &Tensor, rate: f64, rng: &mut StdRng) -> Result<Tensor> {
+    let (n, c, _, _) = x.dims4()?;
+    let mask = Mask::draw(rate, rng)?.values(n * c);
+    let mask = Tensor::from_vec(mask, (n, c, 1, 1), x.device())?.to_dtype(x.dtype())?;
+    x.broadcast_mul(&mask)
 }
 
 /// One dropout draw: value `i` is kept (and scaled) when the hash of
@@ -91,6 +106,16 @@ impl Mask {
         if let [last] = pairs.into_remainder() {
             *last *= factor(bits(whole_pairs) & 0xFFFF_FFFF);
         }
+    }
+
+    /// `x *= mask` with one mask value for each run of `plane` values
+    /// (SpatialDropout2D's planes), the same as [`spatial_dropout`] draws.
+    pub(crate) fn apply_planes_in_place(&self, x: &mut [f32], plane: usize) {
+        let mask = self.values(x.len() / plane); // one a plane, [N·C]
+        x.par_chunks_exact_mut(plane)
+            .zip(mask.par_iter())
+            .with_min_len(PLANES_PER_TASK)
+            .for_each(|(p, &m)| p.iter_mut().for_each(|v| *v *= m));
     }
 
     /// The first `n` values of the mask: `1 / (1 - rate)` or 0.

@@ -25,9 +25,103 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType,
+    bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType, D,
 };
 use rayon::prelude::*;
+use std::ops::Range;
+
+/// Where a pooling's windows go on an `h × w` plane: `ho × wo` windows of
+/// `kh × kw`, stepping `sh` rows and `sw` columns, the first one starting
+/// `top` rows above and `left` columns left of the plane. The padding they
+/// reach into holds nothing: a pooling ignores it (max of the real values,
+/// mean over the real values, as TensorFlow does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PoolGeom {
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub top: usize,
+    pub left: usize,
+}
+
+impl PoolGeom {
+    /// `p × p` windows at stride `p`, valid padding: what [`max_pool2d`] does.
+    pub(crate) fn valid(h: usize, w: usize, p: usize) -> PoolGeom {
+        PoolGeom {
+            h,
+            w,
+            kh: p,
+            kw: p,
+            sh: p,
+            sw: p,
+            ho: h / p,
+            wo: w / p,
+            top: 0,
+            left: 0,
+        }
+    }
+
+    /// One window over the whole plane (the global poolings).
+    pub(crate) fn whole(h: usize, w: usize) -> PoolGeom {
+        PoolGeom {
+            h,
+            w,
+            kh: h,
+            kw: w,
+            sh: 1,
+            sw: 1,
+            ho: 1,
+            wo: 1,
+            top: 0,
+            left: 0,
+        }
+    }
+
+    /// The model's 2×2 windows at stride 2, unpadded (all whole), which
+    /// have unrolled loops.
+    fn is_2x2(&self) -> bool {
+        (self.kh, self.kw, self.sh, self.sw, self.top, self.left) == (2, 2, 2, 2, 0, 0)
+            && 2 * self.ho <= self.h
+            && 2 * self.wo <= self.w
+    }
+
+    /// The input rows of output row `oh`'s windows, padding left out.
+    #[inline(always)]
+    pub(crate) fn rows(&self, oh: usize) -> Range<usize> {
+        clip(oh * self.sh, self.kh, self.top, self.h)
+    }
+
+    /// The input columns of output column `ow`'s windows, padding left out.
+    #[inline(always)]
+    pub(crate) fn cols(&self, ow: usize) -> Range<usize> {
+        clip(ow * self.sw, self.kw, self.left, self.w)
+    }
+
+    /// Every window holds at least one real value, and the sizes fit the
+    /// output (a geometry built from `layers::window1` always does).
+    fn check(&self) -> Result<()> {
+        let ok = |k: usize, s: usize, o: usize, before: usize, n: usize| {
+            k > 0 && s > 0 && o > 0 && before < k && (o - 1) * s < n + before
+        };
+        if !ok(self.kh, self.sh, self.ho, self.top, self.h)
+            || !ok(self.kw, self.sw, self.wo, self.left, self.w)
+        {
+            bail!("max_pool2d: windows {self:?} do not fit their plane")
+        }
+        Ok(())
+    }
+}
+
+/// The part `[start - before, start - before + k)` of `0..n`.
+#[inline(always)]
+fn clip(start: usize, k: usize, before: usize, n: usize) -> Range<usize> {
+    start.saturating_sub(before)..(start + k).saturating_sub(before).min(n)
+}
 
 /// Keras `MaxPooling2D(pool_size=(pool, pool))`: stride `pool`, `'valid'`
 /// padding, on an NCHW tensor `[N, C, H, W]`, giving `[N, C, H/pool, W/pool]`
@@ -45,55 +139,139 @@ use rayon::prelude::*;
 /// Errors (no panics) for a non-4D input, `pool == 0`, or `pool` larger than
 /// `H` or `W`.
 pub fn max_pool2d(x: &Tensor, pool: usize) -> Result<Tensor> {
-    check_dims(x.dims(), pool)?;
+    let (_, _, h, w) = check_dims(x.dims(), pool)?;
+    max_pool2d_with(x, PoolGeom::valid(h, w, pool))
+}
+
+/// [`max_pool2d`] for any windows, strides and padding.
+pub(crate) fn max_pool2d_with(x: &Tensor, g: PoolGeom) -> Result<Tensor> {
+    check_geom(x.dims(), &g)?;
     if x.device().is_cpu() {
-        x.contiguous()?.apply_op1(MaxPool2d { pool })
+        x.contiguous()?.apply_op1(MaxPool2d { geom: g })
     } else {
-        max_pool2d_portable(x, pool)
+        max_pool2d_portable_with(x, g)
     }
 }
 
 /// The same pooling as [`max_pool2d`], composed from candle ops that exist
-/// (with a correct backward) on every device: the whole windows as
-/// `[N, C, Ho, Wo, p·p]`, a one-hot mask of each window's first maximum
-/// (row-major; a NaN wins, as in [`max_pool2d`]), and the masked values
-/// summed. The gradient goes through the mask to exactly one input per
-/// window, as in Keras and the CPU op: candle's own `max` would give it to
-/// every tied maximum, and ties are common (equal pixels, zeros after a ReLU).
+/// (with a correct backward) on every device.
 pub fn max_pool2d_portable(x: &Tensor, pool: usize) -> Result<Tensor> {
-    let (n, c, h, w) = check_dims(x.dims(), pool)?;
-    let (ho, wo, pp) = (h / pool, w / pool, pool * pool);
-    let windows = x
-        .narrow(2, 0, ho * pool)?
-        .narrow(3, 0, wo * pool)?
-        .reshape((n, c, ho, pool, wo, pool))?
-        .permute((0, 1, 2, 4, 3, 5))?
-        .contiguous()?
-        .reshape((n, c, ho, wo, pp))?; // [N, C, Ho, Wo, p·p]
-    let first = first_maximum(&windows.detach(), pp)?;
-    first.where_cond(&windows, &windows.zeros_like()?)?.sum(4) // [N, C, Ho, Wo]
+    let (_, _, h, w) = check_dims(x.dims(), pool)?;
+    max_pool2d_portable_with(x, PoolGeom::valid(h, w, pool))
+}
+
+/// [`max_pool2d_portable`] for any windows: the windows as
+/// `[N, C, Ho, Wo, kh·kw]` (padding as -∞, which never wins over a real
+/// value), and [`max_of_windows`]. Overlapping windows (stride below the
+/// pool) add their gradients where they share an input, through autograd.
+pub(crate) fn max_pool2d_portable_with(x: &Tensor, g: PoolGeom) -> Result<Tensor> {
+    check_geom(x.dims(), &g)?;
+    max_of_windows(&windows(x, &g, f64::NEG_INFINITY)?) // [N, C, Ho, Wo]
+}
+
+/// The maximum over the last axis, differentiable so that the gradient
+/// goes to exactly one value per window, its first maximum (row-major; a
+/// NaN wins), as in Keras and the CPU op: candle's own `max` would give it
+/// to every tied maximum, and ties are common (equal pixels, zeros after a
+/// ReLU). A one-hot mask of that value, and the masked values summed.
+pub(crate) fn max_of_windows(windows: &Tensor) -> Result<Tensor> {
+    let first = first_maximum(&windows.detach())?;
+    first
+        .where_cond(windows, &windows.zeros_like()?)?
+        .sum(D::Minus1)
+}
+
+/// The windows of `x` `[N, C, H, W]` as `[N, C, Ho, Wo, kh·kw]` (row-major
+/// within each window), padded with `fill`. Built from narrows and
+/// reshapes, which candle differentiates on every device.
+pub(crate) fn windows(x: &Tensor, g: &PoolGeom, fill: f64) -> Result<Tensor> {
+    let (n, c, _, _) = x.dims4()?;
+    let (ho, wo) = (g.ho, g.wo);
+    if (g.sh, g.sw, g.top, g.left) == (g.kh, g.kw, 0, 0) && ho * g.kh <= g.h && wo * g.kw <= g.w {
+        // Windows side by side, the common case: one reshape.
+        return x
+            .narrow(2, 0, ho * g.kh)?
+            .narrow(3, 0, wo * g.kw)?
+            .reshape((n, c, ho, g.kh, wo, g.kw))?
+            .permute((0, 1, 2, 4, 3, 5))?
+            .contiguous()?
+            .reshape((n, c, ho, wo, g.kh * g.kw));
+    }
+    // Padded so that each of the window's offsets (i, j) has its `ho` rows
+    // (every `sh`-th from i) and `wo` columns inside the padded plane.
+    let hp = (g.kh - 1 + ho * g.sh).max(g.top + g.h);
+    let wp = (g.kw - 1 + wo * g.sw).max(g.left + g.w);
+    let xp = pad(x, 2, g.top, hp - g.top - g.h, fill)?;
+    let xp = pad(&xp, 3, g.left, wp - g.left - g.w, fill)?; // [N, C, Hp, Wp]
+    let mut taps = Vec::with_capacity(g.kh * g.kw);
+    for i in 0..g.kh {
+        let rows = xp
+            .narrow(2, i, ho * g.sh)?
+            .reshape((n, c, ho, g.sh, wp))?
+            .narrow(3, 0, 1)?
+            .squeeze(3)?; // [N, C, Ho, Wp]
+        for j in 0..g.kw {
+            let tap = rows
+                .narrow(3, j, wo * g.sw)?
+                .reshape((n, c, ho, wo, g.sw))?
+                .narrow(4, 0, 1)?; // [N, C, Ho, Wo, 1]
+            taps.push(tap);
+        }
+    }
+    Tensor::cat(&taps, 4)
+}
+
+/// `x` with `before` and `after` values `fill` added along `dim`.
+fn pad(x: &Tensor, dim: usize, before: usize, after: usize, fill: f64) -> Result<Tensor> {
+    if before + after == 0 {
+        return Ok(x.clone());
+    }
+    if fill == 0.0 {
+        return x.pad_with_zeros(dim, before, after);
+    }
+    let block = |len: usize| -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        dims[dim] = len;
+        Tensor::new(fill, x.device())?
+            .to_dtype(x.dtype())?
+            .broadcast_as(dims)?
+            .contiguous()
+    };
+    let mut parts = Vec::with_capacity(3);
+    if before > 0 {
+        parts.push(block(before)?);
+    }
+    parts.push(x.clone());
+    if after > 0 {
+        parts.push(block(after)?);
+    }
+    Tensor::cat(&parts, dim)
 }
 
 /// A `u8` one-hot mask over the last axis of `windows` `[.., pp]`: the first
 /// maximum of each window, or its first NaN. Each candidate scores
 /// `pp - index` (a NaN `pp` more), so the best score is unique and no
 /// device's tie-breaking matters.
-fn first_maximum(windows: &Tensor, pp: usize) -> Result<Tensor> {
+fn first_maximum(windows: &Tensor) -> Result<Tensor> {
     let (dev, f32) = (windows.device(), candle_core::DType::F32);
+    let pp = windows.dim(D::Minus1)?;
     let nan = windows.ne(windows)?;
     let inf = Tensor::new(f64::INFINITY, dev)?
         .to_dtype(windows.dtype())?
         .broadcast_as(windows.shape())?;
     let key = nan.where_cond(&inf, windows)?;
-    let is_max = key.broadcast_ge(&key.max_keepdim(4)?)?.to_dtype(f32)?;
+    let is_max = key
+        .broadcast_ge(&key.max_keepdim(D::Minus1)?)?
+        .to_dtype(f32)?;
     let rank = Tensor::arange(0u32, pp as u32, dev)?
         .to_dtype(f32)?
         .affine(-1.0, pp as f64)?; // pp - index
     let score = (is_max.broadcast_mul(&rank)? + (nan.to_dtype(f32)? * pp as f64)?)?;
-    score.broadcast_eq(&score.max_keepdim(4)?)
+    score.broadcast_eq(&score.max_keepdim(D::Minus1)?)
 }
 
-/// Validates the arguments; returns `(N, C, H, W)`.
+/// Validates the arguments of the square, unpadded poolings; returns
+/// `(N, C, H, W)`.
 fn check_dims(dims: &[usize], pool: usize) -> Result<(usize, usize, usize, usize)> {
     let &[n, c, h, w] = dims else {
         bail!(
@@ -111,6 +289,21 @@ fn check_dims(dims: &[usize], pool: usize) -> Result<(usize, usize, usize, usize
         )
     }
     Ok((n, c, h, w))
+}
+
+/// `dims` is a 4D batch of the planes `g` pools; returns `(N, C)`.
+fn check_geom(dims: &[usize], g: &PoolGeom) -> Result<(usize, usize)> {
+    match *dims {
+        [n, c, h, w] if (h, w) == (g.h, g.w) => {
+            g.check()?;
+            Ok((n, c))
+        }
+        _ => bail!(
+            "max_pool2d: expected an NCHW input [N, C, {}, {}], got shape {dims:?}",
+            g.h,
+            g.w
+        ),
+    }
 }
 
 /// The part of `data` that a contiguous `layout` views.
@@ -141,112 +334,115 @@ fn pick<T: PartialOrd + Copy>(best: T, v: T) -> T {
     }
 }
 
-/// Maximum of a non-empty run of values.
-#[inline(always)]
-fn run_max<T: WithDType>(run: &[T]) -> T {
-    run[1..].iter().fold(run[0], |m, &v| pick(m, v))
-}
+/// Planes a rayon task takes at least: a plane is only a few hundred values.
+pub(crate) const PLANES_PER_TASK: usize = 64;
 
-/// Forward over contiguous `[planes, h, w]` data, planes in parallel.
-pub(crate) fn pool_fwd<T: WithDType>(x: &[T], h: usize, w: usize, p: usize) -> Vec<T> {
-    let (ho, wo) = (h / p, w / p);
-    let planes = x.len() / (h * w);
-    let mut out = vec![T::from_f64(0.0); planes * ho * wo];
-    out.par_chunks_exact_mut(ho * wo)
-        .zip(x.par_chunks_exact(h * w))
+/// Forward over contiguous `[planes, h, w]` data, planes in parallel:
+/// `[planes, ho, wo]`.
+pub(crate) fn pool_fwd<T: WithDType>(x: &[T], g: &PoolGeom) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); x.len() / (g.h * g.w) * g.ho * g.wo];
+    out.par_chunks_exact_mut(g.ho * g.wo)
+        .zip(x.par_chunks_exact(g.h * g.w))
         .with_min_len(PLANES_PER_TASK)
-        .for_each(|(out, plane)| pool_fwd_plane(plane, out, w, p));
+        .for_each(|(out, plane)| match g.is_2x2() {
+            true => pool_fwd_2x2(plane, out, g.w),
+            false => pool_fwd_plane(plane, out, g),
+        });
     out
 }
 
-/// Planes a rayon task takes at least: a plane is only a few hundred values.
-const PLANES_PER_TASK: usize = 64;
-
-fn pool_fwd_plane<T: WithDType>(plane: &[T], out: &mut [T], w: usize, p: usize) {
-    let wo = w / p;
-    for (oh, orow) in out.chunks_exact_mut(wo).enumerate() {
-        let rows = &plane[oh * p * w..(oh * p + p) * w];
-        if p == 2 {
-            // The model's case, unrolled: windows are pairs of pairs.
-            let (r0, r1) = rows.split_at(w);
-            let windows = r0.chunks_exact(2).zip(r1.chunks_exact(2));
-            for (o, (a, b)) in orow.iter_mut().zip(windows) {
-                *o = pick(pick(pick(a[0], a[1]), b[0]), b[1]);
-            }
-            continue;
-        }
-        // First row of the windows initialises the outputs, the others
-        // update them: every pass reads one input row front to back.
-        for (o, win) in orow.iter_mut().zip(rows[..w].chunks_exact(p)) {
-            *o = run_max(win);
-        }
-        for row in rows.chunks_exact(w).skip(1) {
-            for (o, win) in orow.iter_mut().zip(row.chunks_exact(p)) {
-                *o = pick(*o, run_max(win));
-            }
+/// The model's case, unrolled: windows are pairs of pairs.
+fn pool_fwd_2x2<T: WithDType>(plane: &[T], out: &mut [T], w: usize) {
+    for (oh, orow) in out.chunks_exact_mut(w / 2).enumerate() {
+        let (r0, r1) = plane[2 * oh * w..(2 * oh + 2) * w].split_at(w);
+        let windows = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+        for (o, (a, b)) in orow.iter_mut().zip(windows) {
+            *o = pick(pick(pick(a[0], a[1]), b[0]), b[1]);
         }
     }
 }
 
-/// Backward over contiguous `x: [planes, h, w]` and `g: [planes, h/p, w/p]`:
-/// each `g` value lands on its window's first maximum, everything else is 0.
-pub(crate) fn pool_bwd<T: WithDType>(x: &[T], g: &[T], h: usize, w: usize, p: usize) -> Vec<T> {
-    let (ho, wo) = (h / p, w / p);
+fn pool_fwd_plane<T: WithDType>(plane: &[T], out: &mut [T], g: &PoolGeom) {
+    for (oh, orow) in out.chunks_exact_mut(g.wo).enumerate() {
+        let rows = g.rows(oh);
+        for (ow, o) in orow.iter_mut().enumerate() {
+            let cols = g.cols(ow);
+            let mut best = plane[rows.start * g.w + cols.start];
+            for r in rows.clone() {
+                for &v in &plane[r * g.w + cols.start..r * g.w + cols.end] {
+                    best = pick(best, v);
+                }
+            }
+            *o = best;
+        }
+    }
+}
+
+/// Backward over contiguous `x: [planes, h, w]` and `dy: [planes, ho, wo]`:
+/// each `dy` value lands on its window's first maximum (added up where
+/// windows overlap), everything else is 0.
+pub(crate) fn pool_bwd<T: WithDType>(x: &[T], dy: &[T], g: &PoolGeom) -> Vec<T> {
     let mut dx = vec![T::from_f64(0.0); x.len()];
     let planes = x
-        .par_chunks_exact(h * w)
-        .zip(g.par_chunks_exact(ho * wo))
-        .zip(dx.par_chunks_exact_mut(h * w))
+        .par_chunks_exact(g.h * g.w)
+        .zip(dy.par_chunks_exact(g.ho * g.wo))
+        .zip(dx.par_chunks_exact_mut(g.h * g.w))
         .with_min_len(PLANES_PER_TASK);
-    let zero = T::from_f64(0.0);
-    planes.for_each(|((xp, gp), dp)| {
-        if p == 2 {
-            // The model's case: walk two input rows at once and write every
-            // pixel of each window (g on its argmax, 0 elsewhere) in order.
-            for (oh, grow) in gp.chunks_exact(wo).enumerate() {
-                let rows = 2 * oh * w..(2 * oh + 2) * w;
-                let (x0, x1) = xp[rows.clone()].split_at(w);
-                let (d0, d1) = dp[rows].split_at_mut(w);
-                let windows = x0
-                    .chunks_exact(2)
-                    .zip(x1.chunks_exact(2))
-                    .zip(d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2)))
-                    .zip(grow);
-                for (((a, b), (da, db)), &g) in windows {
-                    // Row-major argmax k over (a0, a1, b0, b1).
-                    let (mut m, mut k) = (a[0], 0u8);
-                    for (v, i) in [(a[1], 1), (b[0], 2), (b[1], 3)] {
-                        let t = takes_over(v, m);
-                        m = if t { v } else { m };
-                        k = if t { i } else { k };
-                    }
-                    da[0] = if k == 0 { g } else { zero };
-                    da[1] = if k == 1 { g } else { zero };
-                    db[0] = if k == 2 { g } else { zero };
-                    db[1] = if k == 3 { g } else { zero };
-                }
-            }
-            return;
-        }
-        for oh in 0..ho {
-            for ow in 0..wo {
-                let base = oh * p * w + ow * p;
-                let mut best_i = base;
-                let mut best = xp[base];
-                for kh in 0..p {
-                    let row = base + kh * w;
-                    for (i, &v) in xp[row..row + p].iter().enumerate() {
-                        // Selects, not branches: argmaxes are unpredictable.
-                        let t = takes_over(v, best);
-                        best = if t { v } else { best };
-                        best_i = if t { row + i } else { best_i };
-                    }
-                }
-                dp[best_i] = gp[oh * wo + ow];
-            }
-        }
+    planes.for_each(|((xp, gp), dp)| match g.is_2x2() {
+        true => pool_bwd_2x2(xp, gp, dp, g.w),
+        false => pool_bwd_plane(xp, gp, dp, g),
     });
     dx
+}
+
+/// The model's case: walk two input rows at once and write every pixel of
+/// each window (g on its argmax, 0 elsewhere) in order.
+fn pool_bwd_2x2<T: WithDType>(xp: &[T], gp: &[T], dp: &mut [T], w: usize) {
+    let zero = T::from_f64(0.0);
+    for (oh, grow) in gp.chunks_exact(w / 2).enumerate() {
+        let rows = 2 * oh * w..(2 * oh + 2) * w;
+        let (x0, x1) = xp[rows.clone()].split_at(w);
+        let (d0, d1) = dp[rows].split_at_mut(w);
+        let windows = x0
+            .chunks_exact(2)
+            .zip(x1.chunks_exact(2))
+            .zip(d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2)))
+            .zip(grow);
+        for (((a, b), (da, db)), &g) in windows {
+            // Row-major argmax k over (a0, a1, b0, b1).
+            let (mut m, mut k) = (a[0], 0u8);
+            for (v, i) in [(a[1], 1), (b[0], 2), (b[1], 3)] {
+                let t = takes_over(v, m);
+                m = if t { v } else { m };
+                k = if t { i } else { k };
+            }
+            da[0] = if k == 0 { g } else { zero };
+            da[1] = if k == 1 { g } else { zero };
+            db[0] = if k == 2 { g } else { zero };
+            db[1] = if k == 3 { g } else { zero };
+        }
+    }
+}
+
+fn pool_bwd_plane<T: WithDType>(xp: &[T], gp: &[T], dp: &mut [T], g: &PoolGeom) {
+    for (oh, grow) in gp.chunks_exact(g.wo).enumerate() {
+        let rows = g.rows(oh);
+        for (ow, &d) in grow.iter().enumerate() {
+            let cols = g.cols(ow);
+            let mut best_i = rows.start * g.w + cols.start;
+            let mut best = xp[best_i];
+            for r in rows.clone() {
+                let row = r * g.w;
+                for (i, &v) in xp[row + cols.start..row + cols.end].iter().enumerate() {
+                    // Selects, not branches: argmaxes are unpredictable.
+                    let t = takes_over(v, best);
+                    best = if t { v } else { best };
+                    best_i = if t { row + cols.start + i } else { best_i };
+                }
+            }
+            dp[best_i] += d;
+        }
+    }
 }
 
 /// Runs `$body` with `$v` bound to the storage's data, for every plain dtype.
@@ -269,7 +465,7 @@ macro_rules! with_data {
 
 /// The forward custom op (CPU only; other devices use the portable version).
 struct MaxPool2d {
-    pool: usize,
+    geom: PoolGeom,
 }
 
 impl CustomOp1 for MaxPool2d {
@@ -278,18 +474,18 @@ impl CustomOp1 for MaxPool2d {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let p = self.pool;
-        let (n, c, h, w) = check_dims(layout.dims(), p)?;
+        let g = &self.geom;
+        let (n, c) = check_geom(layout.dims(), g)?;
         let out = with_data!(storage, v => {
-            WithDType::to_cpu_storage_owned(pool_fwd(contiguous(v, layout, "input")?, h, w, p))
+            WithDType::to_cpu_storage_owned(pool_fwd(contiguous(v, layout, "input")?, g))
         });
-        Ok((out, Shape::from((n, c, h / p, w / p))))
+        Ok((out, Shape::from((n, c, g.ho, g.wo))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad_arg = arg.contiguous()?.apply_op2_no_bwd(
             &grad_res.contiguous()?,
-            &MaxPool2dBackward { pool: self.pool },
+            &MaxPool2dBackward { geom: self.geom },
         )?;
         Ok(Some(grad_arg))
     }
@@ -298,7 +494,7 @@ impl CustomOp1 for MaxPool2d {
 /// The backward as its own op over `(input, grad_output)`: returns the input
 /// gradient, `grad_output` scattered onto each window's argmax.
 struct MaxPool2dBackward {
-    pool: usize,
+    geom: PoolGeom,
 }
 
 impl CustomOp2 for MaxPool2dBackward {
@@ -313,9 +509,9 @@ impl CustomOp2 for MaxPool2dBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let p = self.pool;
-        let (n, c, h, w) = check_dims(l1.dims(), p)?;
-        let want = [n, c, h / p, w / p];
+        let g = &self.geom;
+        let (n, c) = check_geom(l1.dims(), g)?;
+        let want = [n, c, g.ho, g.wo];
         if l2.dims() != want {
             bail!(
                 "max_pool2d backward: gradient shape {:?} does not match the pooled shape {:?}",
@@ -332,8 +528,8 @@ impl CustomOp2 for MaxPool2dBackward {
         }
         let dx = with_data!(s1, v => {
             let x = contiguous(v, l1, "input")?;
-            let g = contiguous(WithDType::cpu_storage_as_slice(s2)?, l2, "gradient")?;
-            WithDType::to_cpu_storage_owned(pool_bwd(x, g, h, w, p))
+            let dy = contiguous(WithDType::cpu_storage_as_slice(s2)?, l2, "gradient")?;
+            WithDType::to_cpu_storage_owned(pool_bwd(x, dy, g))
         });
         Ok((dx, l1.shape().clone()))
     }

@@ -91,6 +91,9 @@ layer_kinds! {
     Dense(Dense) => dense,
     AveragePooling2D(AveragePooling2D) => average_pooling2d,
     BatchNormalization(BatchNormalization) => batch_normalization,
+    GlobalAveragePooling2D(GlobalAveragePooling2D) => global_average_pooling2d,
+    GlobalMaxPooling2D(GlobalMaxPooling2D) => global_max_pooling2d,
+    SpatialDropout2D(SpatialDropout2D) => spatial_dropout2d,
 }
 
 /// What every layer kind tells the model.
@@ -251,9 +254,9 @@ impl<'de> Deserialize<'de> for Size2 {
 /// Where a sliding window (a convolution's kernel, a pooling's pool) goes
 /// along one axis of `input` values, as TensorFlow places it: `valid` takes
 /// the whole windows, `out = (input - k) / stride + 1`; `same` gives
-/// `out = ceil(input / stride)` and pads `total = max((out - 1) * stride + k
-/// - input, 0)`, the smaller half before (`before = total / 2`) and the rest
-/// after (Keras's asymmetric "same").
+/// `out = ceil(input / stride)` and pads
+/// `total = max((out - 1) * stride + k - input, 0)`, the smaller half before
+/// (`before = total / 2`) and the rest after (Keras's asymmetric "same").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window1 {
     pub out: usize,
@@ -262,7 +265,6 @@ pub struct Window1 {
 }
 
 /// One axis of a window, or a clear error naming `kind` and `axis`.
-#[allow(dead_code)] // until strides land
 pub(crate) fn window1(
     kind: &str,
     axis: &str,
@@ -422,17 +424,40 @@ pub fn kept<'a, T: 'static>(kept: &'a Kept, what: &str) -> Result<&'a T> {
         .ok_or_else(|| anyhow::anyhow!("{what}: backward without its forward"))
 }
 
-/// The shape rule of a `p × p` pooling with stride `p` and valid padding
-/// (MaxPooling2D, AveragePooling2D): rows and columns past the last whole
-/// window are dropped.
-pub(crate) fn pooled_shape(kind: &str, input: Shape, p: usize) -> Result<Shape> {
+/// Where the windows of a pooling (MaxPooling2D, AveragePooling2D) go on
+/// `input`: its channels and the windows' geometry, placed by [`window1`]
+/// along each axis, or a clear error naming `kind`. `strides` defaults to
+/// the pool, as in Keras.
+pub(crate) fn pool_geom(
+    kind: &str,
+    input: Shape,
+    pool: Size2,
+    strides: Option<Size2>,
+    padding: Padding,
+) -> Result<(usize, crate::kernels::max_pool::PoolGeom)> {
     let (c, h, w) = image_input(kind, input)?;
-    anyhow::ensure!(p > 0, "{kind} needs a pool_size above 0");
-    anyhow::ensure!(
-        p <= h && p <= w,
-        "{kind} pool {p}x{p} is larger than its {h}x{w} input"
-    );
-    Ok(Shape::Image(c, h / p, w / p))
+    let s = strides.unwrap_or(pool);
+    let rows = window1(kind, "height", h, pool.h, s.h, padding)?;
+    let cols = window1(kind, "width", w, pool.w, s.w, padding)?;
+    let geom = crate::kernels::max_pool::PoolGeom {
+        h,
+        w,
+        kh: pool.h,
+        kw: pool.w,
+        sh: s.h,
+        sw: s.w,
+        ho: rows.out,
+        wo: cols.out,
+        top: rows.before,
+        left: cols.before,
+    };
+    Ok((c, geom))
+}
+
+/// The poolings write their padding only when it is not the default, so
+/// that their JSON stays that of earlier versions (`{"pool_size": 2}`).
+pub(crate) fn is_valid(padding: &Padding) -> bool {
+    *padding == Padding::Valid
 }
 
 /// The image a layer needs, or a clear error naming it.

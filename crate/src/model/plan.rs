@@ -249,7 +249,7 @@ fn step_params<'a>(step: &Step, data: &[&'a [f32]]) -> Vec<&'a [f32]> {
 }
 
 fn is_max_pool2(layer: Option<&Layer>) -> bool {
-    matches!(layer, Some(Layer::MaxPooling2D(m)) if m.pool_size == 2)
+    matches!(layer, Some(Layer::MaxPooling2D(m)) if m.is_2x2())
 }
 
 #[cfg(test)]
