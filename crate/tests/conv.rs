@@ -322,7 +322,7 @@ fn f64_check(case: Case) {
     // Central differences of the same loss on a few entries of each input.
     let (x, k, b) = inputs(case, 7, DType::F64);
     let w = random(
-        conv2d(&x, &k, &b, case.win).unwrap().dims().into(),
+        conv2d(&x, &k, &b, case.win).unwrap().dims(),
         7 + 3,
         DType::F64,
     );
@@ -666,25 +666,105 @@ fn fused_pool_falls_back_and_reports_bad_shapes() {
 /// (stride 2, unequal padding).
 const STRIDED_CASES: [Case; 10] = [
     // 3x3, stride 2, same on 7x8: rows (1, 1), columns (0, 1)
-    Case { n: 7, c: 3, o: 5, h: 7, w: 8, win: slide(2, 2, [1, 1, 0, 1]), k: (3, 3) },
+    Case {
+        n: 7,
+        c: 3,
+        o: 5,
+        h: 7,
+        w: 8,
+        win: slide(2, 2, [1, 1, 0, 1]),
+        k: (3, 3),
+    },
     // 2x2, stride 1, same: (0, 1) on both axes
-    Case { n: 2, c: 4, o: 3, h: 5, w: 6, win: slide(1, 1, [0, 1, 0, 1]), k: (2, 2) },
+    Case {
+        n: 2,
+        c: 4,
+        o: 3,
+        h: 5,
+        w: 6,
+        win: slide(1, 1, [0, 1, 0, 1]),
+        k: (2, 2),
+    },
     // 3x5, strides (2, 1), valid, a row left over
-    Case { n: 3, c: 2, o: 4, h: 10, w: 8, win: slide(2, 1, [0; 4]), k: (3, 5) },
+    Case {
+        n: 3,
+        c: 2,
+        o: 4,
+        h: 10,
+        w: 8,
+        win: slide(2, 1, [0; 4]),
+        k: (3, 5),
+    },
     // 5x1, stride 3, same on 10x7
-    Case { n: 2, c: 3, o: 2, h: 10, w: 7, win: slide(3, 3, [2, 2, 0, 0]), k: (5, 1) },
+    Case {
+        n: 2,
+        c: 3,
+        o: 2,
+        h: 10,
+        w: 7,
+        win: slide(3, 3, [2, 2, 0, 0]),
+        k: (5, 1),
+    },
     // 1x1, stride 2, valid, odd height and even width, a batch of 1
-    Case { n: 1, c: 5, o: 3, h: 7, w: 6, win: slide(2, 2, [0; 4]), k: (1, 1) },
+    Case {
+        n: 1,
+        c: 5,
+        o: 3,
+        h: 7,
+        w: 6,
+        win: slide(2, 2, [0; 4]),
+        k: (1, 1),
+    },
     // 2x2, stride 2, same on 7x7
-    Case { n: 7, c: 3, o: 4, h: 7, w: 7, win: slide(2, 2, [0, 1, 0, 1]), k: (2, 2) },
+    Case {
+        n: 7,
+        c: 3,
+        o: 4,
+        h: 7,
+        w: 7,
+        win: slide(2, 2, [0, 1, 0, 1]),
+        k: (2, 2),
+    },
     // 4x4, stride 1, same on 6x5: (1, 2)
-    Case { n: 2, c: 3, o: 2, h: 6, w: 5, win: slide(1, 1, [1, 2, 1, 2]), k: (4, 4) },
+    Case {
+        n: 2,
+        c: 3,
+        o: 2,
+        h: 6,
+        w: 5,
+        win: slide(1, 1, [1, 2, 1, 2]),
+        k: (4, 4),
+    },
     // 3x3 with 16 channels, stride 2, valid, a column left over
-    Case { n: 2, c: 16, o: 16, h: 9, w: 10, win: slide(2, 2, [0; 4]), k: (3, 3) },
+    Case {
+        n: 2,
+        c: 16,
+        o: 16,
+        h: 9,
+        w: 10,
+        win: slide(2, 2, [0; 4]),
+        k: (3, 3),
+    },
     // 3x3 with 16 channels, stride 1, unequal padding
-    Case { n: 2, c: 16, o: 17, h: 6, w: 7, win: slide(1, 1, [0, 1, 1, 2]), k: (3, 3) },
+    Case {
+        n: 2,
+        c: 16,
+        o: 17,
+        h: 6,
+        w: 7,
+        win: slide(1, 1, [0, 1, 1, 2]),
+        k: (3, 3),
+    },
     // 3x2, strides (1, 3), same on 5x8: rows (1, 1), columns (0, 1)
-    Case { n: 3, c: 2, o: 3, h: 5, w: 8, win: slide(1, 3, [1, 1, 0, 1]), k: (3, 2) },
+    Case {
+        n: 3,
+        c: 2,
+        o: 3,
+        h: 5,
+        w: 8,
+        win: slide(1, 3, [1, 1, 0, 1]),
+        k: (3, 2),
+    },
 ];
 
 /// Values and the three gradients (plain and through the fused ReLU)
@@ -722,7 +802,15 @@ fn strided_f64_matches_candle_and_finite_differences() {
 /// the convolution then the pooling.
 #[test]
 fn strided_fused_pool_falls_back() {
-    let case = Case { n: 2, c: 16, o: 16, h: 11, w: 12, win: slide(2, 2, [1, 1, 0, 1]), k: (3, 3) };
+    let case = Case {
+        n: 2,
+        c: 16,
+        o: 16,
+        h: 11,
+        w: 12,
+        win: slide(2, 2, [1, 1, 0, 1]),
+        k: (3, 3),
+    };
     let (x, k, b) = inputs(case, 9, DType::F32);
     let err = rel_err(
         &conv2d_relu_max_pool2(&x, &k, &b, case.win).unwrap(),

@@ -86,7 +86,9 @@ impl Geom {
             bail!("conv2d: strides must be at least 1, got {sh}x{sw}")
         }
         if h + pt + pb < kh || w + pl + pr < kw {
-            bail!("conv2d: kernel {kh}x{kw} is larger than the padded input {x:?} (padding {win:?})")
+            bail!(
+                "conv2d: kernel {kh}x{kw} is larger than the padded input {x:?} (padding {win:?})"
+            )
         }
         Ok(Geom {
             n,
@@ -176,7 +178,11 @@ impl Geom {
             .div_ceil(self.sw)
             .min(self.wo)
             .max(lo);
-        let iw0 = if hi > lo { lo * self.sw + kj - self.pl } else { 0 };
+        let iw0 = if hi > lo {
+            lo * self.sw + kj - self.pl
+        } else {
+            0
+        };
         (lo, hi, iw0)
     }
 }
