@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use cifar10_cnn::kernels::{
-    conv2d, conv2d_reference, conv2d_relu, conv2d_relu_max_pool2, max_pool2d,
+    conv2d, conv2d_reference, conv2d_relu, conv2d_relu_max_pool2, max_pool2d, ConvWindow,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -47,7 +47,8 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     diff / scale
 }
 
-/// One convolution to check: batch, in and out channels, height, width, padding.
+/// One convolution to check: batch, in and out channels, height, width,
+/// where the kernel goes (strides, padding) and its size.
 #[derive(Clone, Copy, Debug)]
 struct Case {
     n: usize,
@@ -55,9 +56,42 @@ struct Case {
     o: usize,
     h: usize,
     w: usize,
-    pad: usize,
-    /// kernel size
-    k: usize,
+    win: ConvWindow,
+    /// kernel (height, width)
+    k: (usize, usize),
+}
+
+/// Stride 1, `p` zeros on every side.
+const fn pad(p: usize) -> ConvWindow {
+    ConvWindow {
+        strides: (1, 1),
+        pad_h: (p, p),
+        pad_w: (p, p),
+    }
+}
+
+/// Strides `(sh, sw)` and zeros `(top, bottom, left, right)`.
+const fn slide(sh: usize, sw: usize, [t, b, l, r]: [usize; 4]) -> ConvWindow {
+    ConvWindow {
+        strides: (sh, sw),
+        pad_h: (t, b),
+        pad_w: (l, r),
+    }
+}
+
+impl Case {
+    /// The output's height and width.
+    fn out(&self) -> (usize, usize) {
+        let ConvWindow {
+            strides: (sh, sw),
+            pad_h: (t, b),
+            pad_w: (l, r),
+        } = self.win;
+        (
+            (self.h + t + b - self.k.0) / sh + 1,
+            (self.w + l + r - self.k.1) / sw + 1,
+        )
+    }
 }
 
 /// The article's layer shapes (smaller images), odd and even sizes, same and
@@ -70,8 +104,8 @@ const CASES: [Case; 11] = [
         o: 32,
         h: 32,
         w: 32,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     },
     Case {
         n: 3,
@@ -79,8 +113,8 @@ const CASES: [Case; 11] = [
         o: 32,
         h: 10,
         w: 10,
-        pad: 0,
-        k: 3,
+        win: pad(0),
+        k: (3, 3),
     },
     Case {
         n: 72,
@@ -88,8 +122,8 @@ const CASES: [Case; 11] = [
         o: 32,
         h: 8,
         w: 8,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     },
     Case {
         n: 72,
@@ -97,8 +131,8 @@ const CASES: [Case; 11] = [
         o: 64,
         h: 7,
         w: 7,
-        pad: 0,
-        k: 3,
+        win: pad(0),
+        k: (3, 3),
     },
     Case {
         n: 1,
@@ -106,8 +140,8 @@ const CASES: [Case; 11] = [
         o: 64,
         h: 15,
         w: 15,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     },
     Case {
         n: 1,
@@ -115,8 +149,8 @@ const CASES: [Case; 11] = [
         o: 32,
         h: 9,
         w: 12,
-        pad: 0,
-        k: 3,
+        win: pad(0),
+        k: (3, 3),
     },
     Case {
         n: 5,
@@ -124,8 +158,8 @@ const CASES: [Case; 11] = [
         o: 64,
         h: 13,
         w: 6,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     },
     Case {
         n: 4,
@@ -133,8 +167,8 @@ const CASES: [Case; 11] = [
         o: 3,
         h: 3,
         w: 3,
-        pad: 0,
-        k: 3,
+        win: pad(0),
+        k: (3, 3),
     },
     Case {
         n: 3,
@@ -142,8 +176,8 @@ const CASES: [Case; 11] = [
         o: 3,
         h: 1,
         w: 2,
-        pad: 2,
-        k: 3,
+        win: pad(2),
+        k: (3, 3),
     },
     Case {
         n: 2,
@@ -151,8 +185,8 @@ const CASES: [Case; 11] = [
         o: 6,
         h: 7,
         w: 8,
-        pad: 2,
-        k: 5,
+        win: pad(2),
+        k: (5, 5),
     },
     Case {
         n: 2,
@@ -160,15 +194,15 @@ const CASES: [Case; 11] = [
         o: 6,
         h: 4,
         w: 3,
-        pad: 0,
-        k: 1,
+        win: pad(0),
+        k: (1, 1),
     },
 ];
 
 /// (x, kernel, bias) for a case.
 fn inputs(case: Case, seed: u64, dtype: DType) -> (Tensor, Tensor, Tensor) {
     let x = random(&[case.n, case.c, case.h, case.w], seed, dtype);
-    let k = random(&[case.o, case.c, case.k, case.k], seed + 1, dtype);
+    let k = random(&[case.o, case.c, case.k.0, case.k.1], seed + 1, dtype);
     let b = random(&[case.o], seed + 2, dtype);
     (x, k, b)
 }
@@ -177,12 +211,9 @@ fn inputs(case: Case, seed: u64, dtype: DType) -> (Tensor, Tensor, Tensor) {
 fn forward_matches_candle_conv2d_plus_bias() {
     for (i, &case) in CASES.iter().enumerate() {
         let (x, k, b) = inputs(case, 10 * i as u64, DType::F32);
-        let ours = conv2d(&x, &k, &b, case.pad).unwrap();
-        let reference = conv2d_reference(&x, &k, &b, case.pad).unwrap();
-        let (ho, wo) = (
-            case.h + 2 * case.pad + 1 - case.k,
-            case.w + 2 * case.pad + 1 - case.k,
-        );
+        let ours = conv2d(&x, &k, &b, case.win).unwrap();
+        let reference = conv2d_reference(&x, &k, &b, case.win).unwrap();
+        let (ho, wo) = case.out();
         assert_eq!(ours.dims(), &[case.n, case.o, ho, wo], "{case:?}");
         let err = rel_err(&ours, &reference);
         assert!(err < 1e-5, "{case:?}: relative error {err}");
@@ -197,8 +228,8 @@ fn forward_takes_non_contiguous_inputs() {
         o: 5,
         h: 6,
         w: 7,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     };
     let (x, k, b) = inputs(case, 99, DType::F32);
     // Same values through a transposed view.
@@ -218,7 +249,7 @@ fn forward_takes_non_contiguous_inputs() {
 }
 
 /// A convolution under test, or its reference: `f(x, kernel, bias, padding)`.
-type ConvFn = fn(&Tensor, &Tensor, &Tensor, usize) -> candle_core::Result<Tensor>;
+type ConvFn = fn(&Tensor, &Tensor, &Tensor, ConvWindow) -> candle_core::Result<Tensor>;
 
 /// Gradients of `sum(conv2d(x, k, b) * w)` through `f`, for x, k and b.
 fn grads(f: ConvFn, case: Case, seed: u64, dtype: DType) -> [Tensor; 3] {
@@ -228,7 +259,7 @@ fn grads(f: ConvFn, case: Case, seed: u64, dtype: DType) -> [Tensor; 3] {
         Var::from_tensor(&k).unwrap(),
         Var::from_tensor(&b).unwrap(),
     );
-    let y = f(x.as_tensor(), k.as_tensor(), b.as_tensor(), case.pad).unwrap();
+    let y = f(x.as_tensor(), k.as_tensor(), b.as_tensor(), case.win).unwrap();
     let w = random(y.dims(), seed + 3, dtype);
     let g = (y * w).unwrap().sum_all().unwrap().backward().unwrap();
     [x, k, b].map(|v| g.get(v.as_tensor()).expect("a gradient").clone())
@@ -266,8 +297,8 @@ fn f64_matches_candle_and_finite_differences() {
         o: 4,
         h: 5,
         w: 6,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     };
     let winograd = Case {
         n: 2,
@@ -275,8 +306,8 @@ fn f64_matches_candle_and_finite_differences() {
         o: 17,
         h: 7,
         w: 6,
-        pad: 0,
-        k: 3,
+        win: pad(0),
+        k: (3, 3),
     };
     f64_check(im2col);
     f64_check(winograd);
@@ -291,12 +322,12 @@ fn f64_check(case: Case) {
     // Central differences of the same loss on a few entries of each input.
     let (x, k, b) = inputs(case, 7, DType::F64);
     let w = random(
-        conv2d(&x, &k, &b, case.pad).unwrap().dims().into(),
+        conv2d(&x, &k, &b, case.win).unwrap().dims(),
         7 + 3,
         DType::F64,
     );
     let loss = |x: &Tensor, k: &Tensor, b: &Tensor| -> f64 {
-        (conv2d(x, k, b, case.pad).unwrap() * &w)
+        (conv2d(x, k, b, case.win).unwrap() * &w)
             .unwrap()
             .sum_all()
             .unwrap()
@@ -337,8 +368,8 @@ fn plain_data_input_gets_no_gradient() {
         o: 8,
         h: 9,
         w: 9,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     };
     let (x, k, b) = inputs(case, 5, DType::F32);
     let (kv, bv) = (Var::from_tensor(&k).unwrap(), Var::from_tensor(&b).unwrap());
@@ -372,15 +403,15 @@ fn frozen_kernel_passes_input_gradient_only() {
         o: 6,
         h: 8,
         w: 7,
-        pad: 0,
-        k: 3,
+        win: pad(0),
+        k: (3, 3),
     };
     let (x, k, b) = inputs(case, 6, DType::F32);
     let xv = Var::from_tensor(&x).unwrap();
     let loss = |y: Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     let g = loss(conv2d_relu(xv.as_tensor(), &k, &b, 0).unwrap());
     assert!(g.get(&k).is_none() && g.get(&b).is_none());
-    let gr = loss(conv2d_relu_reference(xv.as_tensor(), &k, &b, 0).unwrap());
+    let gr = loss(conv2d_relu_reference(xv.as_tensor(), &k, &b, pad(0)).unwrap());
     let err = rel_err(
         g.get(xv.as_tensor()).unwrap(),
         gr.get(xv.as_tensor()).unwrap(),
@@ -396,25 +427,12 @@ fn other_dtypes_fall_back_to_candle() {
         o: 4,
         h: 5,
         w: 5,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     };
     let (x, k, b) = inputs(case, 3, DType::F16);
     let ours = conv2d(&x, &k, &b, 1).unwrap();
     assert_eq!(ours.dtype(), DType::F16);
-    assert_eq!(
-        rel_err(&ours, &conv2d_reference(&x, &k, &b, 1).unwrap()),
-        0.0
-    );
-}
-
-#[test]
-fn non_square_kernels_fall_back_to_candle() {
-    let x = random(&[2, 3, 6, 7], 1, DType::F32);
-    let k = random(&[4, 3, 3, 2], 2, DType::F32);
-    let b = random(&[4], 3, DType::F32);
-    let ours = conv2d(&x, &k, &b, 1).unwrap();
-    assert_eq!(ours.dims(), &[2, 4, 6, 8]);
     assert_eq!(
         rel_err(&ours, &conv2d_reference(&x, &k, &b, 1).unwrap()),
         0.0
@@ -438,13 +456,14 @@ fn mismatched_shapes_are_errors() {
     assert!(conv2d(&x.flatten_from(2).unwrap(), &k, &b, 1).is_err());
     let tiny = Tensor::zeros((1, 3, 2, 2), DType::F32, &Device::Cpu).unwrap();
     assert!(conv2d(&tiny, &k, &b, 0).is_err());
+    assert!(conv2d(&x, &k, &b, slide(0, 1, [0; 4])).is_err());
 }
 
 fn conv2d_relu_reference(
     x: &Tensor,
     k: &Tensor,
     b: &Tensor,
-    pad: usize,
+    pad: ConvWindow,
 ) -> candle_core::Result<Tensor> {
     conv2d_reference(x, k, b, pad)?.relu()
 }
@@ -456,8 +475,8 @@ fn conv2d_relu_reference(
 fn fused_relu_matches_candle_conv2d_bias_relu() {
     for (i, &case) in CASES.iter().enumerate() {
         let (x, k, b) = inputs(case, 300 + 10 * i as u64, DType::F32);
-        let ours = conv2d_relu(&x, &k, &b, case.pad).unwrap();
-        let reference = conv2d_relu_reference(&x, &k, &b, case.pad).unwrap();
+        let ours = conv2d_relu(&x, &k, &b, case.win).unwrap();
+        let reference = conv2d_relu_reference(&x, &k, &b, case.win).unwrap();
         let err = rel_err(&ours, &reference);
         assert!(err < 1e-5, "{case:?}: relative error {err}");
         let zeros = ours
@@ -489,7 +508,7 @@ fn conv_relu_pool_reference(
     x: &Tensor,
     k: &Tensor,
     b: &Tensor,
-    pad: usize,
+    pad: ConvWindow,
 ) -> candle_core::Result<Tensor> {
     max_pool2d(&conv2d_relu_reference(x, k, b, pad)?, 2)
 }
@@ -504,8 +523,8 @@ const POOL_CASES: [Case; 5] = [
         o: 16,
         h: 10,
         w: 10,
-        pad: 0,
-        k: 3,
+        win: pad(0),
+        k: (3, 3),
     },
     Case {
         n: 72,
@@ -513,8 +532,8 @@ const POOL_CASES: [Case; 5] = [
         o: 64,
         h: 15,
         w: 15,
-        pad: 0,
-        k: 3,
+        win: pad(0),
+        k: (3, 3),
     },
     Case {
         n: 1,
@@ -522,8 +541,8 @@ const POOL_CASES: [Case; 5] = [
         o: 32,
         h: 15,
         w: 15,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     },
     Case {
         n: 5,
@@ -531,8 +550,8 @@ const POOL_CASES: [Case; 5] = [
         o: 19,
         h: 13,
         w: 6,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     },
     Case {
         n: 2,
@@ -540,8 +559,8 @@ const POOL_CASES: [Case; 5] = [
         o: 16,
         h: 32,
         w: 32,
-        pad: 0,
-        k: 3,
+        win: pad(0),
+        k: (3, 3),
     },
 ];
 
@@ -551,8 +570,8 @@ const POOL_CASES: [Case; 5] = [
 fn fused_pool_matches_conv_relu_then_max_pool() {
     for (i, &case) in POOL_CASES.iter().enumerate() {
         let (x, k, b) = inputs(case, 500 + 10 * i as u64, DType::F32);
-        let ours = conv2d_relu_max_pool2(&x, &k, &b, case.pad).unwrap();
-        let reference = conv_relu_pool_reference(&x, &k, &b, case.pad).unwrap();
+        let ours = conv2d_relu_max_pool2(&x, &k, &b, case.win).unwrap();
+        let reference = conv_relu_pool_reference(&x, &k, &b, case.win).unwrap();
         assert_eq!(ours.dims(), reference.dims(), "{case:?}");
         let err = rel_err(&ours, &reference);
         assert!(err < 1e-5, "{case:?}: relative error {err}");
@@ -582,7 +601,7 @@ fn fused_pool_ties_and_dead_windows_match() {
                 Var::from_tensor(&k).unwrap(),
                 Var::from_tensor(&b).unwrap(),
             );
-            let y = f(xv.as_tensor(), kv.as_tensor(), bv.as_tensor(), case.pad).unwrap();
+            let y = f(xv.as_tensor(), kv.as_tensor(), bv.as_tensor(), case.win).unwrap();
             let w = random(y.dims(), 8, DType::F64);
             let g = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
             let grads = [xv, kv, bv].map(|v| g.get(v.as_tensor()).unwrap().clone());
@@ -615,13 +634,13 @@ fn fused_pool_falls_back_and_reports_bad_shapes() {
         o: 8,
         h: 9,
         w: 8,
-        pad: 1,
-        k: 3,
+        win: pad(1),
+        k: (3, 3),
     };
     let (x, k, b) = inputs(case, 3, DType::F32);
     let err = rel_err(
         &conv2d_relu_max_pool2(&x, &k, &b, 1).unwrap(),
-        &conv_relu_pool_reference(&x, &k, &b, 1).unwrap(),
+        &conv_relu_pool_reference(&x, &k, &b, pad(1)).unwrap(),
     );
     assert!(err < 1e-5, "relative error {err}");
     let case = Case {
@@ -630,12 +649,173 @@ fn fused_pool_falls_back_and_reports_bad_shapes() {
         o: 16,
         h: 3,
         w: 5,
-        pad: 0,
-        k: 3,
+        win: pad(0),
+        k: (3, 3),
     };
     let (x, k, b) = inputs(case, 4, DType::F32);
     let message = conv2d_relu_max_pool2(&x, &k, &b, 0)
         .unwrap_err()
         .to_string();
     assert!(message.contains("max_pool2d"), "{message}");
+}
+
+/// Keras's other convolutions: strides 2 and 3 (and unequal ones),
+/// rectangular kernels, the asymmetric "same" padding of even kernels and
+/// strides (more zeros after), odd and even sizes, batches of 1 and 7; and
+/// 3×3 kernels with 16 channels that the Winograd path must not take
+/// (stride 2, unequal padding).
+const STRIDED_CASES: [Case; 10] = [
+    // 3x3, stride 2, same on 7x8: rows (1, 1), columns (0, 1)
+    Case {
+        n: 7,
+        c: 3,
+        o: 5,
+        h: 7,
+        w: 8,
+        win: slide(2, 2, [1, 1, 0, 1]),
+        k: (3, 3),
+    },
+    // 2x2, stride 1, same: (0, 1) on both axes
+    Case {
+        n: 2,
+        c: 4,
+        o: 3,
+        h: 5,
+        w: 6,
+        win: slide(1, 1, [0, 1, 0, 1]),
+        k: (2, 2),
+    },
+    // 3x5, strides (2, 1), valid, a row left over
+    Case {
+        n: 3,
+        c: 2,
+        o: 4,
+        h: 10,
+        w: 8,
+        win: slide(2, 1, [0; 4]),
+        k: (3, 5),
+    },
+    // 5x1, stride 3, same on 10x7
+    Case {
+        n: 2,
+        c: 3,
+        o: 2,
+        h: 10,
+        w: 7,
+        win: slide(3, 3, [2, 2, 0, 0]),
+        k: (5, 1),
+    },
+    // 1x1, stride 2, valid, odd height and even width, a batch of 1
+    Case {
+        n: 1,
+        c: 5,
+        o: 3,
+        h: 7,
+        w: 6,
+        win: slide(2, 2, [0; 4]),
+        k: (1, 1),
+    },
+    // 2x2, stride 2, same on 7x7
+    Case {
+        n: 7,
+        c: 3,
+        o: 4,
+        h: 7,
+        w: 7,
+        win: slide(2, 2, [0, 1, 0, 1]),
+        k: (2, 2),
+    },
+    // 4x4, stride 1, same on 6x5: (1, 2)
+    Case {
+        n: 2,
+        c: 3,
+        o: 2,
+        h: 6,
+        w: 5,
+        win: slide(1, 1, [1, 2, 1, 2]),
+        k: (4, 4),
+    },
+    // 3x3 with 16 channels, stride 2, valid, a column left over
+    Case {
+        n: 2,
+        c: 16,
+        o: 16,
+        h: 9,
+        w: 10,
+        win: slide(2, 2, [0; 4]),
+        k: (3, 3),
+    },
+    // 3x3 with 16 channels, stride 1, unequal padding
+    Case {
+        n: 2,
+        c: 16,
+        o: 17,
+        h: 6,
+        w: 7,
+        win: slide(1, 1, [0, 1, 1, 2]),
+        k: (3, 3),
+    },
+    // 3x2, strides (1, 3), same on 5x8: rows (1, 1), columns (0, 1)
+    Case {
+        n: 3,
+        c: 2,
+        o: 3,
+        h: 5,
+        w: 8,
+        win: slide(1, 3, [1, 1, 0, 1]),
+        k: (3, 2),
+    },
+];
+
+/// Values and the three gradients (plain and through the fused ReLU)
+/// against candle's convolution.
+#[test]
+fn strided_and_rectangular_match_candle() {
+    for (i, &case) in STRIDED_CASES.iter().enumerate() {
+        let (x, k, b) = inputs(case, 700 + 10 * i as u64, DType::F32);
+        let ours = conv2d(&x, &k, &b, case.win).unwrap();
+        let (ho, wo) = case.out();
+        assert_eq!(ours.dims(), &[case.n, case.o, ho, wo], "{case:?}");
+        let err = rel_err(&ours, &conv2d_reference(&x, &k, &b, case.win).unwrap());
+        assert!(err < 1e-5, "{case:?}: relative error {err}");
+        assert_same_grads(conv2d, conv2d_reference, case, 800 + 10 * i as u64);
+        assert_same_grads(
+            conv2d_relu,
+            conv2d_relu_reference,
+            case,
+            900 + 10 * i as u64,
+        );
+    }
+}
+
+/// In f64 against candle and finite differences: a strided same
+/// convolution with asymmetric padding, unequal strides with a rectangular
+/// kernel, and an even kernel at stride 1.
+#[test]
+fn strided_f64_matches_candle_and_finite_differences() {
+    for i in [0, 2, 6, 9] {
+        f64_check(STRIDED_CASES[i]);
+    }
+}
+
+/// Where the Winograd path cannot pool (stride 2 here), the fused op is
+/// the convolution then the pooling.
+#[test]
+fn strided_fused_pool_falls_back() {
+    let case = Case {
+        n: 2,
+        c: 16,
+        o: 16,
+        h: 11,
+        w: 12,
+        win: slide(2, 2, [1, 1, 0, 1]),
+        k: (3, 3),
+    };
+    let (x, k, b) = inputs(case, 9, DType::F32);
+    let err = rel_err(
+        &conv2d_relu_max_pool2(&x, &k, &b, case.win).unwrap(),
+        &conv_relu_pool_reference(&x, &k, &b, case.win).unwrap(),
+    );
+    assert!(err < 1e-5, "relative error {err}");
+    assert_same_grads(conv2d_relu_max_pool2, conv_relu_pool_reference, case, 11);
 }

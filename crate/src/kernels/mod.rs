@@ -10,7 +10,7 @@ pub(crate) mod max_pool;
 pub(crate) mod simd;
 
 pub use adam::{adam_runs_on, adam_update, AdamStep};
-pub use conv::{conv2d, conv2d_reference, conv2d_relu, conv2d_relu_max_pool2};
+pub use conv::{conv2d, conv2d_reference, conv2d_relu, conv2d_relu_max_pool2, ConvWindow};
 pub use dropout::dropout;
 pub use max_pool::{max_pool2d, max_pool2d_portable};
 

@@ -285,13 +285,10 @@ mod tests {
     }
 
     fn other_layers() -> Vec<Layer> {
-        let inline_relu: Layer = crate::layers::Conv2D {
-            filters: 6,
-            kernel_size: 3,
-            padding: crate::model::Padding::Same,
-            activation: crate::model::Activation::Relu,
-        }
-        .into();
+        let inline_relu: Layer = conv2d(6, 3)
+            .same()
+            .activation(crate::model::Activation::Relu)
+            .into();
         let layers = [
             inline_relu,
             max_pooling2d(2).into(),

@@ -8,6 +8,37 @@ use candle_core::{bail, Result, WithDType};
 use gemm::Parallelism;
 use std::mem::MaybeUninit;
 
+/// How a kernel slides over an image: its strides and the zeros added
+/// before and after each axis (asymmetric for Keras's "same" with even
+/// kernels or strides). A number `p` is stride 1 with `p` zeros on every side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvWindow {
+    /// (rows, columns)
+    pub strides: (usize, usize),
+    /// zeros (above, below) the image
+    pub pad_h: (usize, usize),
+    /// zeros (left, right) of the image
+    pub pad_w: (usize, usize),
+}
+
+impl From<usize> for ConvWindow {
+    fn from(p: usize) -> Self {
+        ConvWindow {
+            strides: (1, 1),
+            pad_h: (p, p),
+            pad_w: (p, p),
+        }
+    }
+}
+
+impl ConvWindow {
+    /// The same padding on all four sides, if it is.
+    pub(crate) fn symmetric_pad(&self) -> Option<usize> {
+        let p = self.pad_h.0;
+        (self.pad_h == (p, p) && self.pad_w == (p, p)).then_some(p)
+    }
+}
+
 /// Sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Geom {
@@ -16,22 +47,48 @@ pub(crate) struct Geom {
     pub(crate) h: usize,
     pub(crate) w: usize,
     pub(crate) o: usize,
-    pub(crate) k: usize,
-    pub(crate) p: usize,
+    /// kernel height and width
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    /// strides along the rows and the columns
+    pub(crate) sh: usize,
+    pub(crate) sw: usize,
+    /// zeros above and left of the image (the rest of the padding is
+    /// implied by `ho`, `wo`)
+    pub(crate) pt: usize,
+    pub(crate) pl: usize,
     pub(crate) ho: usize,
     pub(crate) wo: usize,
+    /// the same zeros on all four sides (what the Winograd path takes)
+    pub(crate) sym_pad: Option<usize>,
 }
 
 impl Geom {
-    pub(crate) fn new(x: &[usize], kernel: &[usize], bias: &[usize], p: usize) -> Result<Self> {
-        let (&[n, c, h, w], &[o, ci, k, k2], &[ob]) = (x, kernel, bias) else {
-            bail!("conv2d: expected x [N, C, H, W], kernel [O, C, k, k], bias [O], got {x:?}, {kernel:?}, {bias:?}")
+    pub(crate) fn new(
+        x: &[usize],
+        kernel: &[usize],
+        bias: &[usize],
+        win: impl Into<ConvWindow>,
+    ) -> Result<Self> {
+        let win = win.into();
+        let (&[n, c, h, w], &[o, ci, kh, kw], &[ob]) = (x, kernel, bias) else {
+            bail!("conv2d: expected x [N, C, H, W], kernel [O, C, kh, kw], bias [O], got {x:?}, {kernel:?}, {bias:?}")
         };
-        if ci != c || k2 != k || ob != o || k == 0 {
+        if ci != c || ob != o || kh == 0 || kw == 0 {
             bail!("conv2d: shapes do not fit: x {x:?}, kernel {kernel:?}, bias {bias:?}")
         }
-        if h + 2 * p < k || w + 2 * p < k {
-            bail!("conv2d: kernel {k}x{k} is larger than the padded input {x:?} (padding {p})")
+        let ConvWindow {
+            strides: (sh, sw),
+            pad_h: (pt, pb),
+            pad_w: (pl, pr),
+        } = win;
+        if sh == 0 || sw == 0 {
+            bail!("conv2d: strides must be at least 1, got {sh}x{sw}")
+        }
+        if h + pt + pb < kh || w + pl + pr < kw {
+            bail!(
+                "conv2d: kernel {kh}x{kw} is larger than the padded input {x:?} (padding {win:?})"
+            )
         }
         Ok(Geom {
             n,
@@ -39,10 +96,15 @@ impl Geom {
             h,
             w,
             o,
-            k,
-            p,
-            ho: h + 2 * p - k + 1,
-            wo: w + 2 * p - k + 1,
+            kh,
+            kw,
+            sh,
+            sw,
+            pt,
+            pl,
+            ho: (h + pt + pb - kh) / sh + 1,
+            wo: (w + pl + pr - kw) / sw + 1,
+            sym_pad: win.symmetric_pad(),
         })
     }
     /// Whether [`forward`] can pool this convolution's output (with 2×2
@@ -52,16 +114,27 @@ impl Geom {
         self.winograd() && self.ho >= 2 && self.wo >= 2
     }
     /// Whether the Winograd path ([`super::winograd`]) takes this
-    /// convolution: 3×3 kernels with enough channels on both sides that the
-    /// products are worth a gemm. (The first layer's 3 input channels stay
-    /// on im2col.)
+    /// convolution: 3×3 kernels, stride 1, the same padding on every side,
+    /// and enough channels on both sides that the products are worth a
+    /// gemm. (The first layer's 3 input channels stay on im2col.)
     pub(crate) fn winograd(&self) -> bool {
         const MIN_CHANNELS: usize = 16;
-        self.k == 3 && self.c >= MIN_CHANNELS && self.o >= MIN_CHANNELS
+        (self.kh, self.kw, self.sh, self.sw) == (3, 3, 1, 1)
+            && self.sym_pad.is_some()
+            && self.c >= MIN_CHANNELS
+            && self.o >= MIN_CHANNELS
+    }
+    /// The padding on each side, on the Winograd path (symmetric).
+    pub(crate) fn p(&self) -> usize {
+        self.sym_pad.unwrap_or(self.pt)
+    }
+    /// Taps of one kernel plane.
+    pub(crate) fn kk(&self) -> usize {
+        self.kh * self.kw
     }
     /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
     pub(crate) fn ckk(&self) -> usize {
-        self.c * self.k * self.k
+        self.c * self.kk()
     }
     /// Columns of the im2col matrix: one per output pixel.
     pub(crate) fn hw_out(&self) -> usize {
@@ -88,12 +161,28 @@ impl Geom {
     pub(crate) fn pooled_image(&self) -> usize {
         self.o * (self.ho / 2) * (self.wo / 2)
     }
-    /// For kernel column `kj`: the output columns `ow` whose input column
-    /// `ow + kj - p` lies inside the image, and that input column for the first.
+    /// For kernel row `ki`: the input row that output row `oh` sees, or
+    /// `None` where it falls in the padding.
+    pub(crate) fn input_row(&self, oh: usize, ki: usize) -> Option<usize> {
+        (oh * self.sh + ki)
+            .checked_sub(self.pt)
+            .filter(|&ih| ih < self.h)
+    }
+    /// For kernel column `kj`: the output columns `lo..hi` whose input
+    /// column `ow·sw + kj - pl` lies inside the image, and that input column
+    /// for the first (the next ones are `sw` apart).
     pub(crate) fn valid_cols(&self, kj: usize) -> (usize, usize, usize) {
-        let lo = self.p.saturating_sub(kj).min(self.wo);
-        let hi = (self.w + self.p).saturating_sub(kj).min(self.wo).max(lo);
-        let iw0 = if hi > lo { lo + kj - self.p } else { 0 };
+        let lo = self.pl.saturating_sub(kj).div_ceil(self.sw).min(self.wo);
+        let hi = (self.w + self.pl)
+            .saturating_sub(kj)
+            .div_ceil(self.sw)
+            .min(self.wo)
+            .max(lo);
+        let iw0 = if hi > lo {
+            lo * self.sw + kj - self.pl
+        } else {
+            0
+        };
         (lo, hi, iw0)
     }
 }

@@ -1,6 +1,6 @@
 //! The im2col path: row copies plus one `gemm` per image, for every
 //! convolution the Winograd path does not take (the first layer's 3 input
-//! channels, other kernel sizes).
+//! channels, other kernel sizes, strides, asymmetric padding).
 
 use super::geom::{
     data_chunks, gemm_parallelism, image_grad, sum_runs, zeroed, Geom, Wanted, BACKWARD_RUNS,
@@ -10,26 +10,32 @@ use candle_core::WithDType;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// im2col of one image `[C, H, W]` into `cols` `[C·k·k, stride]`: row
+/// im2col of one image `[C, H, W]` into `cols` `[C·kh·kw, stride]`: row
 /// `(c, ki, kj)` holds the input pixel each output pixel sees through that
 /// kernel tap, zero where it falls in the padding (and past `Ho·Wo`). Copies
-/// whole row runs.
+/// whole row runs at stride 1.
 fn im2col<T: WithDType>(g: &Geom, x: &[T], cols: &mut [T], stride: usize) {
     let (hw_out, zero) = (g.hw_out(), T::zero());
     for (row, dst) in cols.chunks_exact_mut(stride).enumerate() {
         let (dst, tail) = dst.split_at_mut(hw_out);
         tail.fill(zero);
-        let (c, ki, kj) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
+        let (c, ki, kj) = (row / g.kk(), row / g.kw % g.kh, row % g.kw);
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (lo, hi, iw0) = g.valid_cols(kj);
         for (oh, out) in dst.chunks_exact_mut(g.wo).enumerate() {
-            let ih = (oh + ki).wrapping_sub(g.p);
-            if ih >= g.h {
+            let Some(ih) = g.input_row(oh, ki) else {
                 out.fill(zero);
                 continue;
-            }
+            };
+            let src = &plane[ih * g.w + iw0..];
             out[..lo].fill(zero);
-            out[lo..hi].copy_from_slice(&plane[ih * g.w + iw0..ih * g.w + iw0 + (hi - lo)]);
+            match g.sw {
+                1 => out[lo..hi].copy_from_slice(&src[..hi - lo]),
+                s => out[lo..hi]
+                    .iter_mut()
+                    .zip(src.iter().step_by(s))
+                    .for_each(|(o, &v)| *o = v),
+            }
             out[hi..].fill(zero);
         }
     }
@@ -39,16 +45,15 @@ fn im2col<T: WithDType>(g: &Geom, x: &[T], cols: &mut [T], stride: usize) {
 /// the input pixel it was copied from; `dx` `[C, H, W]` must start at zero.
 fn col2im<T: WithDType>(g: &Geom, cols: &[T], dx: &mut [T]) {
     for (row, src) in cols.chunks_exact(g.hw_out()).enumerate() {
-        let (c, ki, kj) = (row / (g.k * g.k), row / g.k % g.k, row % g.k);
+        let (c, ki, kj) = (row / g.kk(), row / g.kw % g.kh, row % g.kw);
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         let (lo, hi, iw0) = g.valid_cols(kj);
         for (oh, from) in src.chunks_exact(g.wo).enumerate() {
-            let ih = (oh + ki).wrapping_sub(g.p);
-            if ih >= g.h {
+            let Some(ih) = g.input_row(oh, ki) else {
                 continue;
-            }
-            let to = &mut plane[ih * g.w + iw0..ih * g.w + iw0 + (hi - lo)];
-            for (t, &f) in to.iter_mut().zip(&from[lo..hi]) {
+            };
+            let to = plane[ih * g.w + iw0..].iter_mut().step_by(g.sw);
+            for (t, &f) in to.zip(&from[lo..hi]) {
                 *t += f;
             }
         }
@@ -133,7 +138,7 @@ pub(super) fn im2col_forward<T: Float>(
 /// sums `dK` and `db` on its own; the runs are then added in order.
 ///
 /// Returns `[dx, dK, db]` flat: `dx` `[N, C, H, W]` (empty when not wanted),
-/// `dK` `[O, C, k, k]`, `db` `[O]`.
+/// `dK` `[O, C, kh, kw]`, `db` `[O]`.
 pub(super) fn im2col_backward<T: Float>(
     g: &Geom,
     x: &[T],

@@ -1,4 +1,5 @@
-//! A stride-1 2D convolution with bias, as candle custom ops on the CPU.
+//! A 2D convolution with bias (any kernel size, strides, asymmetric
+//! padding), as candle custom ops on the CPU.
 //!
 //! # Why [`conv2d`] exists
 //!
@@ -9,13 +10,14 @@
 //!
 //! # Two paths
 //!
-//! * **Winograd F(2×2, 3×3)** ([`winograd`]) for 3×3 kernels with 16 or
-//!   more channels on both sides: every layer of the article's model but
-//!   the first. 2.25x fewer multiply-adds than a direct convolution, and
+//! * **Winograd F(2×2, 3×3)** ([`winograd`]) for 3×3 kernels at stride 1
+//!   with the same padding on every side and 16 or more channels on both
+//!   sides: every layer of the article's model but the first. 2.25x fewer multiply-adds than a direct convolution, and
 //!   with a 2×2 max-pooling after the ReLU, the pooling in the same op
 //!   ([`conv2d_relu_max_pool2`]).
 //! * **im2col** (row copies) + one `gemm` per image, for everything else
-//!   (the first layer's 3 input channels, other kernel sizes):
+//!   (the first layer's 3 input channels, other kernel sizes, strides,
+//!   asymmetric padding):
 //!   * forward: `y_n = K · cols(x_n) + b` (then the ReLU, when fused);
 //!   * backward, one op and one pass over `dy` for all three gradients,
 //!     per image: the ReLU's mask, `db += Σ_{h,w} dy_n`,
@@ -38,20 +40,28 @@ mod im2col;
 mod winograd;
 
 pub(crate) use crate::kernels::simd::Float;
+pub use geom::ConvWindow;
 pub(crate) use geom::{Geom, Wanted};
 
-/// `x.conv2d(kernel, padding, 1, 1, 1) + bias`: stride 1, dilation 1, one
-/// group, `padding` zeros on every side.
+/// `x.conv2d(kernel, ..) + bias` as `window` places the kernel: strides and
+/// zeros before and after each axis ([`ConvWindow`]; a number `p` is
+/// stride 1 and `p` zeros on every side). Dilation 1, one group.
 ///
-/// `x` is `[N, C, H, W]`, `kernel` `[O, C, k, k]` (candle's layout), `bias`
-/// `[O]`; the result is `[N, O, H + 2p - k + 1, W + 2p - k + 1]`. Autograd
-/// works through it (`Var` + `backward()`), and the gradient of `x` is only
-/// computed when `x` is tracked (not for the raw images of the first layer).
+/// `x` is `[N, C, H, W]`, `kernel` `[O, C, kh, kw]` (candle's layout), `bias`
+/// `[O]`; the result is `[N, O, Ho, Wo]`, `Ho = (H + pads - kh) / sh + 1`
+/// (likewise `Wo`). Autograd works through it (`Var` + `backward()`), and
+/// the gradient of `x` is only computed when `x` is tracked (not for the
+/// raw images of the first layer).
 ///
-/// Runs the custom ops for f32 and f64 on the CPU with a square kernel;
-/// anything else goes to [`conv2d_reference`].
-pub fn conv2d(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize) -> Result<Tensor> {
-    conv2d_op(x, kernel, bias, padding, false, false)
+/// Runs the custom ops for f32 and f64 on the CPU; anything else goes to
+/// [`conv2d_reference`].
+pub fn conv2d(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    window: impl Into<ConvWindow>,
+) -> Result<Tensor> {
+    conv2d_op(x, kernel, bias, window.into(), false, false)
 }
 
 /// `relu(conv2d(x, kernel, bias, padding))` as one op: the ReLU is applied to
@@ -59,13 +69,18 @@ pub fn conv2d(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize) -> Res
 /// applied once to `dy` before the convolution's gradients. This saves the
 /// separate ReLU's passes over the layer's largest tensors (forward, its
 /// gradient mask, candle's gradient bookkeeping).
-pub fn conv2d_relu(x: &Tensor, kernel: &Tensor, bias: &Tensor, padding: usize) -> Result<Tensor> {
-    conv2d_op(x, kernel, bias, padding, true, false)
+pub fn conv2d_relu(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    window: impl Into<ConvWindow>,
+) -> Result<Tensor> {
+    conv2d_op(x, kernel, bias, window.into(), true, false)
 }
 
 /// `max_pool2d(conv2d_relu(x, kernel, bias, padding), 2)`, as one op where
-/// the convolution takes the Winograd path (3×3 kernels, 16 or more
-/// channels, on the CPU): its 2×2 output tiles are exactly the pooling
+/// the convolution takes the Winograd path (3×3 kernels at stride 1, 16 or
+/// more channels, on the CPU): its 2×2 output tiles are exactly the pooling
 /// windows, so each tile is pooled as soon as it is computed. The
 /// full-size activation is never written, and the backward starts from the
 /// pooled gradient and each window's argmax. Anywhere else it is the two
@@ -74,13 +89,14 @@ pub fn conv2d_relu_max_pool2(
     x: &Tensor,
     kernel: &Tensor,
     bias: &Tensor,
-    padding: usize,
+    window: impl Into<ConvWindow>,
 ) -> Result<Tensor> {
+    let window = window.into();
     let fused = cpu_float(x)
-        && Geom::new(x.dims(), kernel.dims(), bias.dims(), padding).is_ok_and(|g| g.pools());
+        && Geom::new(x.dims(), kernel.dims(), bias.dims(), window).is_ok_and(|g| g.pools());
     match fused {
-        true => conv2d_op(x, kernel, bias, padding, true, true),
-        false => super::max_pool2d(&conv2d_relu(x, kernel, bias, padding)?, 2),
+        true => conv2d_op(x, kernel, bias, window, true, true),
+        false => super::max_pool2d(&conv2d_relu(x, kernel, bias, window)?, 2),
     }
 }
 
@@ -93,16 +109,15 @@ fn conv2d_op(
     x: &Tensor,
     kernel: &Tensor,
     bias: &Tensor,
-    padding: usize,
+    window: ConvWindow,
     relu: bool,
     pool: bool,
 ) -> Result<Tensor> {
-    let square = matches!(kernel.dims(), &[_, _, kh, kw] if kh == kw);
-    if !cpu_float(x) || !square {
-        let y = conv2d_reference(x, kernel, bias, padding)?;
+    if !cpu_float(x) {
+        let y = conv2d_reference(x, kernel, bias, window)?;
         return if relu { y.relu() } else { Ok(y) };
     }
-    let geom = Geom::new(x.dims(), kernel.dims(), bias.dims(), padding)?;
+    let geom = Geom::new(x.dims(), kernel.dims(), bias.dims(), window)?;
     x.contiguous()?.apply_op3(
         &kernel.contiguous()?,
         &bias.contiguous()?,
@@ -116,14 +131,45 @@ fn conv2d_op(
 }
 
 /// candle's own convolution plus bias: the fallback and the tests' reference.
+///
+/// candle pads symmetrically and takes one stride for both axes, so
+/// asymmetric padding is `pad_with_zeros` first, and unequal strides are
+/// stride 1 with every `s`-th row and column kept. The rows and columns
+/// past the last window are cut first: candle's backward of a strided
+/// convolution sizes the input gradient from the height's leftover alone.
 pub fn conv2d_reference(
     x: &Tensor,
     kernel: &Tensor,
     bias: &Tensor,
-    padding: usize,
+    window: impl Into<ConvWindow>,
 ) -> Result<Tensor> {
-    x.conv2d(kernel, padding, 1, 1, 1)?
-        .broadcast_add(&bias.reshape((1, (), 1, 1))?)
+    let window = window.into();
+    let g = Geom::new(x.dims(), kernel.dims(), bias.dims(), window)?;
+    let (sh, sw) = (g.sh, g.sw);
+    let ((t, b), (l, r)) = (window.pad_h, window.pad_w);
+    // the padded input's rows and columns that the windows reach
+    let (h_used, w_used) = ((g.ho - 1) * sh + g.kh, (g.wo - 1) * sw + g.kw);
+    let reached = g.h + t + b == h_used && g.w + l + r == w_used;
+    let (pad, x) = match window.symmetric_pad().filter(|_| reached) {
+        Some(p) => (p, x.clone()),
+        None => {
+            let x = x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?;
+            (0, x.narrow(2, 0, h_used)?.narrow(3, 0, w_used)?) // [N, C, h_used, w_used]
+        }
+    };
+    let y = match sh == sw {
+        true => x.conv2d(kernel, pad, sh, 1, 1)?,
+        false => {
+            let every = |y: Tensor, dim: usize, s: usize| -> Result<Tensor> {
+                let len = y.dim(dim)?;
+                let ids = Tensor::arange_step(0u32, len as u32, s as u32, y.device())?;
+                y.index_select(&ids, dim)
+            };
+            let y = x.conv2d(kernel, pad, 1, 1, 1)?; // [N, O, (Ho-1)·sh+1, (Wo-1)·sw+1]
+            every(every(y, 2, sh)?, 3, sw)?
+        }
+    };
+    y.broadcast_add(&bias.reshape((1, (), 1, 1))?)
 }
 
 /// The part of `storage` that a contiguous `layout` views.

@@ -343,7 +343,7 @@ multiversion! {
     fn input_tiles<T>(g: &Geom, t: &Tiling, x_c: &[T], v: [&mut [T]; XI], work: &mut [T]) {
         let n = t.per_image();
         let (quads, q) = work.split_at_mut(4 * t.quad_len());
-        split(x_c, g.w, g.p, t, quads);
+        split(x_c, g.w, g.p(), t, quads);
         let d = patches(quads, t);
         // Bᵀ down each column l of the patches, into q[4l + i] ...
         for (l, [q0, q1, q2, q3]) in runs_mut::<T, XI>(q, n).into_iter().array_chunks4().enumerate() {
@@ -518,7 +518,7 @@ multiversion! {
                 }
             }
         }
-        merge(quads, g.w, g.p, t, dx_c, T::zero(), false);
+        merge(quads, g.w, g.p(), t, dx_c, T::zero(), false);
     }
 }
 
