@@ -307,10 +307,7 @@ mod tests {
                 fused: Fused::default(),
             };
             let mut rng = StdRng::seed_from_u64(0);
-            let mut run = Run {
-                training: true,
-                rng: &mut rng,
-            };
+            let mut run = Run::new(true, &mut rng);
             let out = layer.cpu_forward(&f.x, &params, &step, &mut run).unwrap();
             let y = out.y.unwrap();
             assert_close(&format!("{name}: y"), &y, &f.y);
