@@ -581,6 +581,22 @@ mod tests {
             softmax(),
         ];
         assert_matches_autograd(&image_only, 7, 1);
+        // Keras's usual block: a convolution without bias (strided and
+        // rectangular in the second), normalized, then the ReLU.
+        let block = [
+            conv2d(4, 3).same().use_bias(false).into(),
+            batch_normalization().into(),
+            relu(),
+            conv2d(5, (3, 2)).strides(2).use_bias(false).into(),
+            batch_normalization().into(),
+            relu(),
+            max_pooling2d(2).into(),
+            flatten(),
+            dense(3).into(),
+            softmax(),
+        ];
+        assert_matches_autograd(&block, 11, 3);
+        assert_matches_autograd(&block, 12, 1);
     }
 
     fn relu_conv_for_one() -> Layer {
