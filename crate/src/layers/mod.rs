@@ -90,6 +90,7 @@ layer_kinds! {
     Flatten(Flatten) => flatten,
     Dense(Dense) => dense,
     AveragePooling2D(AveragePooling2D) => average_pooling2d,
+    LeakyReLU(LeakyReLU) => leaky_relu,
 }
 
 /// What every layer kind tells the model.
@@ -468,6 +469,7 @@ mod tests {
             Dense {
                 units: 3,
                 activation: Activation::Softmax,
+                use_bias: true,
             }
             .into(),
         );
