@@ -535,3 +535,119 @@ impl Activation {
         Ok(a)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Activation::{self, *};
+    use crate::layers::*;
+    use crate::train::step::check::{assert_inference_matches_portable, assert_matches_autograd};
+
+    /// Every activation, with Keras's defaults and with other parameters.
+    fn every() -> Vec<Activation> {
+        vec![
+            Linear,
+            Relu,
+            Softmax,
+            Sigmoid,
+            Tanh,
+            Elu,
+            Selu,
+            Gelu { approximate: false },
+            Gelu { approximate: true },
+            Silu,
+            Softplus,
+            LeakyRelu {
+                negative_slope: LEAKY_RELU_SLOPE,
+            },
+            LeakyRelu {
+                negative_slope: 1.5,
+            },
+        ]
+    }
+
+    /// A softmax's output does not change when all its inputs shift, as a
+    /// convolution's bias shifts a channel's along the last axis: its bias
+    /// would get no gradient to check. So a softmax on images comes after a
+    /// tanh, and a convolution's inline activation is a tanh instead.
+    fn on_images(a: Activation) -> Vec<Layer> {
+        match a {
+            Softmax => vec![tanh(), activation(a)],
+            _ => vec![activation(a)],
+        }
+    }
+
+    /// As layers of their own: after a same and a valid (even-kernel)
+    /// convolution on images, and on flat vectors between dense layers.
+    fn as_layers(a: Activation) -> Vec<Layer> {
+        let mut layers = vec![conv2d(3, 3).same().into()];
+        layers.extend(on_images(a));
+        layers.push(conv2d(4, 2).into());
+        layers.extend(on_images(a));
+        layers.extend([
+            flatten(),
+            dense(7).into(),
+            activation(a),
+            dense(3).into(),
+            softmax(),
+        ]);
+        layers
+    }
+
+    /// Inline: in a convolution, a dense layer with a bias and one without.
+    fn inline(a: Activation) -> Vec<Layer> {
+        let on_images = if a == Softmax { Tanh } else { a };
+        vec![
+            Conv2D {
+                activation: on_images,
+                ..conv2d(3, 3).same()
+            }
+            .into(),
+            flatten(),
+            dense(6).activation(a).into(),
+            dense(5).activation(a).use_bias(false).into(),
+            dense(3).into(),
+            softmax(),
+        ]
+    }
+
+    /// Each activation's CPU forward and backward against candle's autograd
+    /// in f64 over its portable forward, as a layer and inline, on odd and
+    /// even images, batches of 1 and 4.
+    #[test]
+    fn every_activation_matches_autograd() {
+        for a in every() {
+            for (side, n) in [(5, 1), (6, 4)] {
+                eprintln!("{a:?} on {side}x{side} images, batch {n}"); // shown on failure
+                assert_matches_autograd(&as_layers(a), side, n);
+                assert_matches_autograd(&inline(a), side, n);
+            }
+        }
+    }
+
+    #[test]
+    fn every_activation_infers_as_the_portable_path() {
+        for a in every() {
+            for (side, n) in [(5, 1), (6, 4)] {
+                eprintln!("{a:?} on {side}x{side} images, batch {n}"); // shown on failure
+                assert_inference_matches_portable(&as_layers(a), side, n);
+                assert_inference_matches_portable(&inline(a), side, n);
+            }
+        }
+    }
+
+    /// The LeakyReLU layer, after a convolution and a dense layer.
+    #[test]
+    fn the_leaky_relu_layer_matches_autograd() {
+        let layers = vec![
+            conv2d(3, 3).into(),
+            leaky_relu(0.3),
+            flatten(),
+            dense(4).use_bias(false).into(),
+            LeakyReLU::default().into(),
+            dense(3).into(),
+            softmax(),
+        ];
+        assert_matches_autograd(&layers, 5, 3);
+        assert_inference_matches_portable(&layers, 5, 3);
+    }
+}
