@@ -183,7 +183,7 @@ impl Activation {
         if let Activation::LeakyRelu { negative_slope } = self {
             ensure!(
                 negative_slope.is_finite() && negative_slope >= 0.0,
-                "leaky_relu needs a negative_slope that is a finite number of at least 0 (as Keras's LeakyReLU), got {negative_slope}"
+                "leaky_relu's negative_slope must be a finite number of at least 0 (as in Keras's LeakyReLU), got {negative_slope}"
             );
         }
         Ok(())
@@ -201,7 +201,12 @@ impl Activation {
             Sigmoid => sigmoid(x)?,
             Tanh => x.tanh()?,
             Elu => x.elu(1.0)?,
-            Selu => (x.elu(SELU_ALPHA)? * SELU_SCALE)?,
+            Selu => {
+                // At 0 TensorFlow's derivative is the positive side's; candle's
+                // elu takes the negative side's. exp of x ≤ 0 only: no overflow.
+                let neg = ((x.minimum(0.0)?.exp()? - 1.0)? * (SELU_SCALE * SELU_ALPHA))?;
+                x.ge(0.0)?.where_cond(&(x * SELU_SCALE)?, &neg)?
+            }
             Gelu { approximate: false } => {
                 let phi = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)?; // 2 Φ(x)
                 ((x * 0.5)? * phi)?
@@ -262,11 +267,12 @@ impl Activation {
             Softmax => softmax_grad(&mut d, y, last_axis),
             Sigmoid => chain(&mut d, y, |y| y * (1.0 - y)),
             Tanh => chain(&mut d, y, |y| 1.0 - y * y),
-            // x <= 0: y = exp(x) - 1, so the derivative exp(x) is y + 1
-            Elu => chain(&mut d, y, |y| if y > 0.0 { 1.0 } else { y + 1.0 }),
+            // x < 0: y = exp(x) - 1, so the derivative exp(x) is y + 1; at 0
+            // the positive side's, as TensorFlow's
+            Elu => chain(&mut d, y, |y| if y >= 0.0 { 1.0 } else { y + 1.0 }),
             Selu => {
                 let (scale, scale_alpha) = (SELU_SCALE as f32, (SELU_SCALE * SELU_ALPHA) as f32);
-                chain(&mut d, y, move |y| if y > 0.0 { scale } else { y + scale_alpha })
+                chain(&mut d, y, move |y| if y >= 0.0 { scale } else { y + scale_alpha })
             }
             Gelu { approximate: false } => chain(&mut d, x, f::gelu_grad),
             Gelu { approximate: true } => chain(&mut d, x, f::gelu_tanh_grad),
