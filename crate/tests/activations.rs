@@ -40,7 +40,10 @@ fn cpu(a: Activation, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
 
 /// The portable path's values and derivatives (candle's autograd) in `dtype`.
 fn portable(a: Activation, x: &[f32], dtype: DType) -> (Vec<f64>, Vec<f64>) {
-    let x = Tensor::new(x, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+    let x = Tensor::new(x, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
     let x = Var::from_tensor(&x).unwrap();
     let y = a.forward(x.as_tensor()).unwrap();
     let grads = y.sum_all().unwrap().backward().unwrap();
@@ -67,7 +70,8 @@ fn values_and_derivatives_are_keras_s() {
     files.sort();
     assert_eq!(files.len(), 12, "{files:?}");
     for file in files {
-        let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let fixture: Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         let a: Activation = serde_json::from_value(fixture["activation"].clone()).unwrap();
         let column = |k: &str| -> Vec<f64> {
             let v = fixture[k].as_array().unwrap();
@@ -88,7 +92,12 @@ fn values_and_derivatives_are_keras_s() {
         for (path, (ours_y, ours_dy)) in paths {
             for i in 0..x.len() {
                 let at = format!("{a:?} ({}) at {} on the {path} path", file.display(), x[i]);
-                assert!(close(ours_y[i], y[i]), "{at}: {} here, Keras {}", ours_y[i], y[i]);
+                assert!(
+                    close(ours_y[i], y[i]),
+                    "{at}: {} here, Keras {}",
+                    ours_y[i],
+                    y[i]
+                );
                 // candle's own ReLU passes the gradient at 0; Keras's does not
                 if path.starts_with("portable") && a == Activation::Relu && x[i] == 0.0 {
                     continue;
@@ -113,10 +122,18 @@ fn large_inputs_stay_finite() {
         let (y, dy) = cpu(a, &x);
         let (py, pdy) = portable(a, &x, DType::F32);
         for (i, v) in y.iter().zip(&dy).enumerate() {
-            assert!(v.0.is_finite() && v.1.is_finite(), "{a:?} at {}: CPU {v:?}", x[i]);
+            assert!(
+                v.0.is_finite() && v.1.is_finite(),
+                "{a:?} at {}: CPU {v:?}",
+                x[i]
+            );
         }
         for (i, v) in py.iter().zip(&pdy).enumerate() {
-            assert!(v.0.is_finite() && v.1.is_finite(), "{a:?} at {}: portable {v:?}", x[i]);
+            assert!(
+                v.0.is_finite() && v.1.is_finite(),
+                "{a:?} at {}: portable {v:?}",
+                x[i]
+            );
         }
     }
 }
@@ -131,17 +148,35 @@ fn activations_are_written_as_keras_names() {
     assert_eq!(written(Linear), json!("linear"));
     assert_eq!(written(Silu), json!("silu"));
     assert_eq!(written(Gelu { approximate: false }), json!("gelu"));
-    assert_eq!(written(Gelu { approximate: true }), json!({"gelu": {"approximate": true}}));
-    assert_eq!(written(LeakyRelu { negative_slope: 0.2 }), json!("leaky_relu"));
     assert_eq!(
-        written(LeakyRelu { negative_slope: 0.1 }),
+        written(Gelu { approximate: true }),
+        json!({"gelu": {"approximate": true}})
+    );
+    assert_eq!(
+        written(LeakyRelu {
+            negative_slope: 0.2
+        }),
+        json!("leaky_relu")
+    );
+    assert_eq!(
+        written(LeakyRelu {
+            negative_slope: 0.1
+        }),
         json!({"leaky_relu": {"negative_slope": 0.1}})
     );
     let read = |v: Value| serde_json::from_value::<Activation>(v).unwrap();
     assert_eq!(read(json!("swish")), Silu);
     assert_eq!(read(json!("selu")), Selu);
-    assert_eq!(read(json!({"leaky_relu": {}})), LeakyRelu { negative_slope: 0.2 });
-    assert_eq!(read(json!({"gelu": {"approximate": false}})), Gelu { approximate: false });
+    assert_eq!(
+        read(json!({"leaky_relu": {}})),
+        LeakyRelu {
+            negative_slope: 0.2
+        }
+    );
+    assert_eq!(
+        read(json!({"gelu": {"approximate": false}})),
+        Gelu { approximate: false }
+    );
     for a in every() {
         assert_eq!(read(written(a)), a, "{a:?}");
     }
@@ -152,7 +187,11 @@ fn activations_are_written_as_keras_names() {
     .unwrap();
     assert_eq!(old, dense(10).activation(Softmax).into());
     let l: Layer = serde_json::from_value(json!({"class_name": "LeakyReLU"})).unwrap();
-    assert_eq!(l, leaky_relu(0.3), "Keras's LeakyReLU layer defaults to 0.3");
+    assert_eq!(
+        l,
+        leaky_relu(0.3),
+        "Keras's LeakyReLU layer defaults to 0.3"
+    );
 }
 
 /// A model with every activation as a layer, inline in Conv2D and Dense
@@ -192,7 +231,10 @@ fn every_activation_round_trips_inline_and_as_a_layer() {
     assert_eq!(back.to_json().unwrap(), json);
     let v: Value = serde_json::from_str(&json).unwrap();
     let written = &v["config"]["layers"];
-    assert_eq!(written[26], json!({"class_name": "LeakyReLU", "config": {"negative_slope": 0.3}}));
+    assert_eq!(
+        written[26],
+        json!({"class_name": "LeakyReLU", "config": {"negative_slope": 0.3}})
+    );
     assert_eq!(
         written[29],
         json!({"class_name": "Dense", "config": {"units": 4, "activation": "linear", "use_bias": false}})
@@ -229,7 +271,10 @@ fn bad_activations_are_clear_errors() {
         negative_slope: f64::NAN,
     };
     let e = add(leaky_relu(f64::NAN));
-    assert!(e.contains("LeakyReLU") && e.contains("negative_slope") && e.contains("NaN"), "{e}");
+    assert!(
+        e.contains("LeakyReLU") && e.contains("negative_slope") && e.contains("NaN"),
+        "{e}"
+    );
     let e = add(leaky_relu(-0.1));
     assert!(e.contains("at least 0") && e.contains("got -0.1"), "{e}");
     let e = add(activation(nan));
@@ -244,17 +289,30 @@ fn bad_activations_are_clear_errors() {
     let e = format!("{:#}", m.add(inline).err().expect("an error"));
     assert!(e.contains("Conv2D") && e.contains("negative_slope"), "{e}");
 
-    let read = |v: Value| serde_json::from_value::<Activation>(v).unwrap_err().to_string();
+    let read = |v: Value| {
+        serde_json::from_value::<Activation>(v)
+            .unwrap_err()
+            .to_string()
+    };
     let e = read(json!("swishy"));
-    assert!(e.contains("unknown activation \"swishy\"") && e.contains("gelu, silu, swish"), "{e}");
+    assert!(
+        e.contains("unknown activation \"swishy\"") && e.contains("gelu, silu, swish"),
+        "{e}"
+    );
     let e = read(json!({"tanh": {}}));
     assert!(e.contains("\"tanh\" takes no parameters"), "{e}");
     let e = read(json!({"leaky_relu": {"alpha": 0.1}}));
-    assert!(e.contains("leaky_relu") && e.contains("unknown field `alpha`"), "{e}");
+    assert!(
+        e.contains("leaky_relu") && e.contains("unknown field `alpha`"),
+        "{e}"
+    );
     let e = read(json!({"leaky_relu": {"negative_slope": -1.0}}));
     assert!(e.contains("at least 0") && e.contains("got -1"), "{e}");
     let e = read(json!({"gelu": {"approximate": 1}}));
-    assert!(e.contains("gelu") && e.contains("expected a boolean"), "{e}");
+    assert!(
+        e.contains("gelu") && e.contains("expected a boolean"),
+        "{e}"
+    );
     let e = read(json!(3));
     assert!(e.contains("expected an activation"), "{e}");
     let e = serde_json::from_value::<Layer>(json!(
