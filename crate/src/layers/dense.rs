@@ -17,13 +17,18 @@ pub struct Dense {
     pub units: usize,
     #[serde(default)]
     pub activation: Activation,
-    /// Keras's default; files without the field (earlier versions) have one.
-    #[serde(default = "yes")]
+    /// Keras's default. Written only when false, so that a model with a
+    /// bias writes the JSON earlier versions wrote (and read, without it).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub use_bias: bool,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// `Dense(units)`, no activation, a bias. Keras's keyword arguments are
