@@ -94,6 +94,7 @@ layer_kinds! {
     GlobalAveragePooling2D(GlobalAveragePooling2D) => global_average_pooling2d,
     GlobalMaxPooling2D(GlobalMaxPooling2D) => global_max_pooling2d,
     SpatialDropout2D(SpatialDropout2D) => spatial_dropout2d,
+    LeakyReLU(LeakyReLU) => leaky_relu,
 }
 
 /// What every layer kind tells the model.
@@ -525,6 +526,7 @@ mod tests {
             Dense {
                 units: 3,
                 activation: Activation::Softmax,
+                use_bias: true,
             }
             .into(),
         );

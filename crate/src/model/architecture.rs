@@ -53,6 +53,7 @@ impl Architecture {
             let context = || format!("layer {i} ({})", kind.class_name());
             // Sizes come from files too: bound them before anything is allocated.
             let out = kind.output_shape(shape).with_context(context)?;
+            kind.activation().check().with_context(context)?; // the inline one
             for p in kind.params(shape) {
                 check_size(&format!("its {}", p.name), &p.shape, MAX_WEIGHTS)
                     .with_context(context)?;

@@ -348,6 +348,7 @@ mod tests {
         let inline_softmax = Dense {
             units: 4,
             activation: Activation::Softmax,
+            use_bias: true,
         };
         for l in [
             crate::layers::conv2d(4, 3).into(),

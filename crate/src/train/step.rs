@@ -304,6 +304,7 @@ mod tests {
             crate::layers::Dense {
                 units: 12,
                 activation: crate::model::Activation::Relu,
+                use_bias: true,
             }
             .into(),
             dense(8).into(),
