@@ -5,12 +5,19 @@
 //! models or training.
 
 mod adam;
+mod base;
+mod rmsprop;
 mod schedule;
+mod sgd;
 
-pub use adam::Adam;
-pub use schedule::{LearningRate, Schedule};
+pub use adam::{Adam, AdamW};
+pub use rmsprop::RMSprop;
+pub use schedule::{
+    CosineDecay, ExponentialDecay, LearningRate, PiecewiseConstantDecay, Schedule,
+};
+pub use sgd::SGD;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
 use std::collections::HashMap;
 
@@ -46,4 +53,23 @@ pub trait Optimizer: Send + std::fmt::Debug {
     fn state(&self) -> Vec<(String, Tensor)>;
     /// Puts back a state that [`Optimizer::state`] gave, with its step count.
     fn load_state(&mut self, iterations: u64, state: HashMap<String, Tensor>) -> Result<()>;
+    /// Its settings (schedule included) as Keras's `get_config()`, which
+    /// [`from_config`] turns back into the optimizer; an error when they
+    /// cannot be saved (a schedule of one's own).
+    fn config(&self) -> Result<serde_json::Value> {
+        bail!("the optimizer {} cannot be saved (it has no config())", self.name())
+    }
+}
+
+/// The optimizer named `name` ([`Optimizer::name`], e.g. `"adam"`) with the
+/// settings of `config` ([`Optimizer::config`]; Keras's defaults for those
+/// it does not give), checked, with no state yet.
+pub fn from_config(name: &str, config: &serde_json::Value) -> Result<Box<dyn Optimizer>> {
+    match name {
+        "sgd" => base::from_config::<SGD>(config),
+        "rmsprop" => base::from_config::<RMSprop>(config),
+        "adam" => base::from_config::<Adam>(config),
+        "adamw" => base::from_config::<AdamW>(config),
+        _ => bail!("unknown optimizer {name:?}: known are sgd, rmsprop, adam and adamw"),
+    }
 }
