@@ -36,14 +36,29 @@ pub enum Rule {
         centered: bool,
     },
     /// Slots: `[m, v]`. `m += (g - m)·(1-b1)`, `v += (g² - v)·(1-b2)`,
-    /// `w -= m·alpha / (sqrt(v) + eps)`.
+    /// `w -= m·alpha / (sqrt(v) + eps)`, where `alpha` is the learning rate
+    /// with both bias corrections of update `t` (from 1).
     Adam {
-        /// The learning rate with both bias corrections.
-        alpha: f64,
+        lr: f64,
+        t: u64,
         beta_1: f64,
         beta_2: f64,
         epsilon: f64,
     },
+}
+
+/// Adam's `alpha = lr · sqrt(1 - b2^t) / (1 - b1^t)`, computed as Keras
+/// does, in the variable's dtype: in f32, `1 - b2^t` loses digits (up to
+/// 1e-5 of alpha), and Keras's f32 updates have those rounding errors.
+fn adam_alpha(lr: f64, t: u64, beta_1: f64, beta_2: f64, dtype: DType) -> f64 {
+    let t = t.min(i32::MAX as u64) as i32;
+    match dtype {
+        DType::F64 => lr * (1.0 - beta_2.powi(t)).sqrt() / (1.0 - beta_1.powi(t)),
+        _ => {
+            let (lr, b1, b2, t) = (lr as f32, beta_1 as f32, beta_2 as f32, t as f32);
+            (lr * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t))) as f64
+        }
+    }
 }
 
 impl Rule {
@@ -173,11 +188,13 @@ pub fn update_portable(step: &Step, w: &Var, g: &Tensor, slots: &mut [Tensor]) -
             }
         }
         Rule::Adam {
-            alpha,
+            lr,
+            t,
             beta_1,
             beta_2,
             epsilon,
         } => {
+            let alpha = adam_alpha(lr, t, beta_1, beta_2, w.dtype());
             let [m, v] = slots else { bail!("Adam has two slots") };
             *m = (&*m + ((&g - &*m)? * (1.0 - beta_1))?)?;
             *v = (&*v + ((g.sqr()? - &*v)? * (1.0 - beta_2))?)?;
@@ -366,6 +383,8 @@ fn chunk(step: &Step, c: Chunk) {
             epsilon,
             centered,
         } => {
+            // Keras's `1 - rho` is a Python float, then cast.
+            let rest = (1.0 - rho) as f32;
             let (lr, rho, mom, eps) = (lr as f32, rho as f32, momentum as f32, epsilon as f32);
             // The optional slots after velocity, in order.
             let (mo, avg) = match momentum > 0.0 {
@@ -375,11 +394,11 @@ fn chunk(step: &Step, c: Chunk) {
             for (i, (w, &g)) in w.iter_mut().zip(g).enumerate() {
                 let g = grad(g);
                 let v = &mut s0[i];
-                *v = rho * *v + (1.0 - rho) * (g * g);
+                *v = rho * *v + rest * (g * g);
                 let denominator = match centered {
                     true => {
                         let a = &mut avg[i];
-                        *a = rho * *a + (1.0 - rho) * g;
+                        *a = rho * *a + rest * g;
                         *v - *a * *a + eps
                     }
                     false => *v + eps,
@@ -396,12 +415,14 @@ fn chunk(step: &Step, c: Chunk) {
             }
         }
         Rule::Adam {
-            alpha,
+            lr,
+            t,
             beta_1,
             beta_2,
             epsilon,
         } => {
-            let (alpha, eps) = (alpha as f32, epsilon as f32);
+            let alpha = adam_alpha(lr, t, beta_1, beta_2, DType::F32) as f32;
+            let eps = epsilon as f32;
             let (r1, r2) = ((1.0 - beta_1) as f32, (1.0 - beta_2) as f32);
             for (((w, &g), m), v) in w.iter_mut().zip(g).zip(s0.iter_mut()).zip(s1.iter_mut()) {
                 let g = grad(g);
@@ -440,7 +461,8 @@ mod tests {
             rms(0.0, true),
             rms(0.5, true),
             Rule::Adam {
-                alpha: 1e-2,
+                lr: 1e-2,
+                t: 3,
                 beta_1: 0.9,
                 beta_2: 0.999,
                 epsilon: 1e-7,

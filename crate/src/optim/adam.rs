@@ -32,12 +32,11 @@ fn check(class: &str, beta_1: f64, beta_2: f64, epsilon: f64) -> Result<()> {
     Ok(())
 }
 
-/// Keras's update `t` (from 1): the bias corrections go into the rate,
-/// `alpha = lr · sqrt(1 - b2^t) / (1 - b1^t)`.
+/// Keras's update `t` (from 1); the bias corrections go into the rate.
 fn rule(lr: f64, t: u64, beta_1: f64, beta_2: f64, epsilon: f64) -> Rule {
-    let t = t.min(i32::MAX as u64) as i32;
     Rule::Adam {
-        alpha: lr * (1.0 - beta_2.powi(t)).sqrt() / (1.0 - beta_1.powi(t)),
+        lr,
+        t,
         beta_1,
         beta_2,
         epsilon,
