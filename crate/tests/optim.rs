@@ -88,7 +88,11 @@ fn replay(name: &str) {
                 ];
                 o.update(&updates).unwrap();
                 for (v, (k, expected)) in vars.iter().zip(after.iter().enumerate()) {
-                    let what = format!("{name} {} {dtype:?}, step {}, variable {k}", case.config, t + 1);
+                    let what = format!(
+                        "{name} {} {dtype:?}, step {}, variable {k}",
+                        case.config,
+                        t + 1
+                    );
                     let rel = if dtype == DType::F32 { 1e-5 } else { 5e-5 };
                     assert_close(&values(v.as_tensor()), expected, rel, &what);
                 }
@@ -138,10 +142,16 @@ fn schedules_match_keras() {
     );
     let f: Schedules = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     for c in f.cases {
-        let lr = LearningRate::from_config(&json!({"class_name": c.class_name, "config": c.config}))
-            .unwrap();
+        let lr =
+            LearningRate::from_config(&json!({"class_name": c.class_name, "config": c.config}))
+                .unwrap();
         let ours: Vec<f64> = f.steps.iter().map(|&s| lr.at(s)).collect();
-        assert_close(&ours, &c.rates, 1e-6, &format!("{} {}", c.class_name, c.config));
+        assert_close(
+            &ours,
+            &c.rates,
+            1e-6,
+            &format!("{} {}", c.class_name, c.config),
+        );
     }
 }
 
@@ -155,8 +165,14 @@ fn builders_and_configs_agree() {
     };
     let built: Vec<(Box<dyn Optimizer>, Value)> = vec![
         (Box::new(SGD::default()), case("sgd", 0)),
-        (Box::new(SGD::new(0.1).momentum(0.9).nesterov(true)), case("sgd", 2)),
-        (Box::new(SGD::new(0.1).momentum(0.5).clipvalue(0.3)), case("sgd", 4)),
+        (
+            Box::new(SGD::new(0.1).momentum(0.9).nesterov(true)),
+            case("sgd", 2),
+        ),
+        (
+            Box::new(SGD::new(0.1).momentum(0.5).clipvalue(0.3)),
+            case("sgd", 4),
+        ),
         (
             Box::new(SGD::new(0.1).global_clipnorm(1.0).weight_decay(0.05)),
             case("sgd", 5),
@@ -175,9 +191,14 @@ fn builders_and_configs_agree() {
             case("rmsprop", 4),
         ),
         (Box::new(Adam::default()), case("adam", 0)),
-        (Box::new(Adam::new(0.05).beta_1(0.8).beta_2(0.99)), case("adam", 1)),
         (
-            Box::new(Adam::new(ExponentialDecay::new(0.05, 2, 0.5).staircase(true))),
+            Box::new(Adam::new(0.05).beta_1(0.8).beta_2(0.99)),
+            case("adam", 1),
+        ),
+        (
+            Box::new(Adam::new(
+                ExponentialDecay::new(0.05, 2, 0.5).staircase(true),
+            )),
             case("adam", 5),
         ),
         (Box::new(AdamW::default()), case("adamw", 0)),
@@ -186,7 +207,9 @@ fn builders_and_configs_agree() {
             case("adamw", 2),
         ),
         (
-            Box::new(AdamW::new(CosineDecay::new(0.0, 4).alpha(0.1).warmup(0.05, 2))),
+            Box::new(AdamW::new(
+                CosineDecay::new(0.0, 4).alpha(0.1).warmup(0.05, 2),
+            )),
             case("adamw", 3),
         ),
     ];
@@ -198,10 +221,16 @@ fn builders_and_configs_agree() {
         assert_eq!(again.slots(), o.slots());
     }
     // Keras's defaults for what a config leaves out.
-    let sgd = optim::from_config("sgd", &json!({})).unwrap().config().unwrap();
+    let sgd = optim::from_config("sgd", &json!({}))
+        .unwrap()
+        .config()
+        .unwrap();
     assert_eq!(sgd["learning_rate"], json!(0.01));
     assert_eq!(sgd["momentum"], json!(0.0));
-    let adamw = optim::from_config("adamw", &json!({})).unwrap().config().unwrap();
+    let adamw = optim::from_config("adamw", &json!({}))
+        .unwrap()
+        .config()
+        .unwrap();
     assert_eq!(adamw["weight_decay"], json!(0.004));
     assert_eq!(adamw["epsilon"], json!(1e-7));
 }
@@ -210,11 +239,26 @@ fn builders_and_configs_agree() {
 #[test]
 fn impossible_settings_are_refused() {
     let refused: Vec<(Box<dyn Optimizer>, &str)> = vec![
-        (Box::new(SGD::new(0.1).momentum(1.0)), "momentum must be in [0, 1)"),
-        (Box::new(SGD::new(0.1).momentum(-0.1)), "momentum must be in [0, 1)"),
-        (Box::new(SGD::new(0.0)), "learning_rate must be a positive number"),
-        (Box::new(SGD::new(0.1).clipnorm(0.0)), "clipnorm must be a positive number"),
-        (Box::new(SGD::new(0.1).clipvalue(-1.0)), "clipvalue must be a positive number"),
+        (
+            Box::new(SGD::new(0.1).momentum(1.0)),
+            "momentum must be in [0, 1)",
+        ),
+        (
+            Box::new(SGD::new(0.1).momentum(-0.1)),
+            "momentum must be in [0, 1)",
+        ),
+        (
+            Box::new(SGD::new(0.0)),
+            "learning_rate must be a positive number",
+        ),
+        (
+            Box::new(SGD::new(0.1).clipnorm(0.0)),
+            "clipnorm must be a positive number",
+        ),
+        (
+            Box::new(SGD::new(0.1).clipvalue(-1.0)),
+            "clipvalue must be a positive number",
+        ),
         (
             Box::new(SGD::new(0.1).global_clipnorm(f64::NAN)),
             "global_clipnorm must be a positive number",
@@ -223,11 +267,23 @@ fn impossible_settings_are_refused() {
             Box::new(Adam::default().clipnorm(1.0).clipvalue(1.0)),
             "only one of clipnorm, clipvalue and global_clipnorm",
         ),
-        (Box::new(RMSprop::default().rho(1.0)), "rho must be in [0, 1)"),
-        (Box::new(RMSprop::default().momentum(1.5)), "momentum must be in [0, 1)"),
+        (
+            Box::new(RMSprop::default().rho(1.0)),
+            "rho must be in [0, 1)",
+        ),
+        (
+            Box::new(RMSprop::default().momentum(1.5)),
+            "momentum must be in [0, 1)",
+        ),
         (Box::new(RMSprop::default().epsilon(0.0)), "epsilon must be"),
-        (Box::new(AdamW::default().weight_decay(-0.1)), "weight_decay must be a number >= 0"),
-        (Box::new(Adam::default().beta_2(1.0)), "beta_2 must be in [0, 1)"),
+        (
+            Box::new(AdamW::default().weight_decay(-0.1)),
+            "weight_decay must be a number >= 0",
+        ),
+        (
+            Box::new(Adam::default().beta_2(1.0)),
+            "beta_2 must be in [0, 1)",
+        ),
         (
             Box::new(SGD::new(ExponentialDecay::new(0.1, 0, 0.5))),
             "decay_steps must be > 0",
@@ -241,15 +297,27 @@ fn impossible_settings_are_refused() {
             "one more value than boundaries",
         ),
         (
-            Box::new(SGD::new(PiecewiseConstantDecay::new([10, 5], [0.1, 0.2, 0.3]))),
+            Box::new(SGD::new(PiecewiseConstantDecay::new(
+                [10, 5],
+                [0.1, 0.2, 0.3],
+            ))),
             "strictly increasing",
         ),
         (
-            Box::new(SGD::new(PiecewiseConstantDecay::new([5, 10], [0.1, -0.2, 0.3]))),
+            Box::new(SGD::new(PiecewiseConstantDecay::new(
+                [5, 10],
+                [0.1, -0.2, 0.3],
+            ))),
             "values must be a positive number",
         ),
-        (Box::new(SGD::new(CosineDecay::new(0.1, 0))), "decay_steps must be > 0"),
-        (Box::new(SGD::new(CosineDecay::new(0.1, 10).alpha(1.5))), "alpha"),
+        (
+            Box::new(SGD::new(CosineDecay::new(0.1, 0))),
+            "decay_steps must be > 0",
+        ),
+        (
+            Box::new(SGD::new(CosineDecay::new(0.1, 10).alpha(1.5))),
+            "alpha",
+        ),
         (
             Box::new(SGD::new(CosineDecay::new(0.0, 10))),
             "initial_learning_rate must be a positive number",
@@ -264,7 +332,9 @@ fn impossible_settings_are_refused() {
         assert!(e.contains(why), "{o:?}: {e}");
     }
     // A warmup may start from 0, as Keras's documentation does.
-    SGD::new(CosineDecay::new(0.0, 10).warmup(0.1, 5)).check().unwrap();
+    SGD::new(CosineDecay::new(0.0, 10).warmup(0.1, 5))
+        .check()
+        .unwrap();
     // Configs are checked, and unknown or mistyped keys refused.
     for (name, config) in [
         ("sgd", json!({"momentum": 1.0})),
@@ -274,7 +344,10 @@ fn impossible_settings_are_refused() {
         ("rmsprop", json!({"learning_rate": "fast"})),
         ("adagrad", json!({})),
     ] {
-        assert!(optim::from_config(name, &config).is_err(), "{name} {config}");
+        assert!(
+            optim::from_config(name, &config).is_err(),
+            "{name} {config}"
+        );
     }
 }
 
@@ -320,7 +393,8 @@ fn state_round_trips_and_steps_on_alike() {
         let frozen = Var::from_tensor(&Tensor::ones(3, DType::F32, &dev).unwrap()).unwrap();
         let g = Tensor::randn(0f32, 1.0, (4, 3), &dev).unwrap();
         for _ in 0..2 {
-            o.update(&[("w", &w, Some(&g)), ("f", &frozen, None)]).unwrap();
+            o.update(&[("w", &w, Some(&g)), ("f", &frozen, None)])
+                .unwrap();
         }
         assert_eq!(values(frozen.as_tensor()), [1.0; 3], "{}", o.name());
         let state: HashMap<String, Tensor> = o.state().into_iter().collect();
@@ -337,7 +411,12 @@ fn state_round_trips_and_steps_on_alike() {
         let w2 = Var::from_tensor(&w.as_tensor().copy().unwrap()).unwrap();
         o.update(&[("w", &w, Some(&g))]).unwrap();
         fresh.update(&[("w", &w2, Some(&g))]).unwrap();
-        assert_eq!(values(w.as_tensor()), values(w2.as_tensor()), "{}", o.name());
+        assert_eq!(
+            values(w.as_tensor()),
+            values(w2.as_tensor()),
+            "{}",
+            o.name()
+        );
         assert_eq!(fresh.iterations(), 3);
         o.reset();
         assert_eq!((o.iterations(), o.state().len()), (0, 0));

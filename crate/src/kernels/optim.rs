@@ -92,9 +92,9 @@ pub struct Step {
 /// Whether [`update_in_place`] runs for this variable and its slots (f32 on
 /// the CPU, all contiguous).
 pub fn runs_in_place(w: &Tensor, slots: &[Tensor]) -> bool {
-    std::iter::once(w).chain(slots).all(|t| {
-        t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
-    })
+    std::iter::once(w)
+        .chain(slots)
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
 }
 
 /// Updates `w` and its slots from the gradient `g`: in place when
@@ -195,7 +195,9 @@ pub fn update_portable(step: &Step, w: &Var, g: &Tensor, slots: &mut [Tensor]) -
             epsilon,
         } => {
             let alpha = adam_alpha(lr, t, beta_1, beta_2, w.dtype());
-            let [m, v] = slots else { bail!("Adam has two slots") };
+            let [m, v] = slots else {
+                bail!("Adam has two slots")
+            };
             *m = (&*m + ((&g - &*m)? * (1.0 - beta_1))?)?;
             *v = (&*v + ((g.sqr()? - &*v)? * (1.0 - beta_2))?)?;
             (wt - ((&*m * alpha)? / (v.sqrt()? + epsilon)?)?)?
@@ -217,7 +219,10 @@ pub fn update_in_place(step: &Step, w: &Tensor, g: &Tensor, slots: &[Tensor]) ->
             with_slots(slots, |s| {
                 let n = w.len();
                 if g.len() != n || s.iter().take(slots.len()).any(|s| s.len() != n) {
-                    bail!("optimizer update: {n} weights, {} gradients, slots of other sizes", g.len());
+                    bail!(
+                        "optimizer update: {n} weights, {} gradients, slots of other sizes",
+                        g.len()
+                    );
                 }
                 split_run(Chunk { w, g, s }, &|c| chunk(&step, c));
                 Ok(())
@@ -321,8 +326,16 @@ impl<'a> Chunk<'a> {
             false => s.split_at_mut(mid),
         });
         (
-            Chunk { w: w1, g: g1, s: [a.0, b.0, c.0] },
-            Chunk { w: w2, g: g2, s: [a.1, b.1, c.1] },
+            Chunk {
+                w: w1,
+                g: g1,
+                s: [a.0, b.0, c.0],
+            },
+            Chunk {
+                w: w2,
+                g: g2,
+                s: [a.1, b.1, c.1],
+            },
         )
     }
 }
@@ -339,16 +352,22 @@ fn split_run(c: Chunk, f: &(impl Fn(Chunk) + Sync)) {
 
 /// The update of one chunk, elementwise, in f32, in Keras's order of ops.
 fn chunk(step: &Step, c: Chunk) {
-    let Chunk { w, g, s: [s0, s1, s2] } = c;
+    let Chunk {
+        w,
+        g,
+        s: [s0, s1, s2],
+    } = c;
     let scale = step.scale as f32;
     let clip = step.clipvalue.map_or(f32::INFINITY, |c| c as f32);
     let decay = step.decay as f32;
     // [`f32::clamp`] keeps a NaN, as Keras's clip does.
-    let grad = |g: f32| match scale == 1.0 {
-        true => g,
-        false => g * scale,
-    }
-    .clamp(-clip, clip);
+    let grad = |g: f32| {
+        match scale == 1.0 {
+            true => g,
+            false => g * scale,
+        }
+        .clamp(-clip, clip)
+    };
     let decayed = |w: f32| match decay == 0.0 {
         true => w,
         false => w - w * decay,

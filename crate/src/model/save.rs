@@ -2,9 +2,9 @@
 //! and the parameters as safetensors (the article's `.h5`), by name.
 
 use super::{Architecture, Sequential};
-use crate::optim::Optimizer;
 use crate::io::{read_safetensors, read_safetensors_metadata, safetensors_bytes_with};
 use crate::io::{write_atomic, NamedTensor};
+use crate::optim::Optimizer;
 use anyhow::{ensure, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -176,8 +176,10 @@ impl Sequential {
         }
         if let Some(saved) = optimizer {
             let context = || format!("the optimizer saved in {}", weights_path.display());
-            let mut o = crate::optim::from_config(&saved.name, &saved.config).with_context(context)?;
-            o.load_state(saved.iterations, state).with_context(context)?;
+            let mut o =
+                crate::optim::from_config(&saved.name, &saved.config).with_context(context)?;
+            o.load_state(saved.iterations, state)
+                .with_context(context)?;
             model.optimizer = Some(o);
         }
         Ok(model)

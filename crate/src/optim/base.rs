@@ -101,9 +101,12 @@ impl Base {
                         squares += kernel::sum_of_squares(g)?;
                     }
                 }
-                // Keras's: NaN for a norm that is not finite.
                 let norm = squares.sqrt();
-                Some(c * (1.0 / norm).min(1.0 / c) + (norm - norm))
+                // Keras's: NaN for a norm that is not finite.
+                match norm.is_finite() {
+                    true => Some(c * (1.0 / norm).min(1.0 / c)),
+                    false => Some(f64::NAN),
+                }
             }
             None => None,
         };
@@ -164,9 +167,10 @@ impl Base {
         }
         let mut loaded = HashMap::new();
         for (name, ts) in by_name {
-            let ts = ts.into_iter().zip(slots).map(|(t, s)| {
-                t.with_context(|| format!("{class}'s state has no {s} for {name}"))
-            });
+            let ts = ts
+                .into_iter()
+                .zip(slots)
+                .map(|(t, s)| t.with_context(|| format!("{class}'s state has no {s} for {name}")));
             loaded.insert(name.clone(), ts.collect::<Result<_>>()?);
         }
         self.state = loaded;

@@ -12,9 +12,7 @@ mod sgd;
 
 pub use adam::{Adam, AdamW};
 pub use rmsprop::RMSprop;
-pub use schedule::{
-    CosineDecay, ExponentialDecay, LearningRate, PiecewiseConstantDecay, Schedule,
-};
+pub use schedule::{CosineDecay, ExponentialDecay, LearningRate, PiecewiseConstantDecay, Schedule};
 pub use sgd::SGD;
 
 use anyhow::{bail, Result};
@@ -57,7 +55,10 @@ pub trait Optimizer: Send + std::fmt::Debug {
     /// [`from_config`] turns back into the optimizer; an error when they
     /// cannot be saved (a schedule of one's own).
     fn config(&self) -> Result<serde_json::Value> {
-        bail!("the optimizer {} cannot be saved (it has no config())", self.name())
+        bail!(
+            "the optimizer {} cannot be saved (it has no config())",
+            self.name()
+        )
     }
 }
 

@@ -101,9 +101,8 @@ impl LearningRate {
             class_name: String,
             config: Value,
         }
-        let s: Serialized = serde_json::from_value(config.clone()).context(
-            "a learning rate is a number or {\"class_name\": ..., \"config\": {...}}",
-        )?;
+        let s: Serialized = serde_json::from_value(config.clone())
+            .context("a learning rate is a number or {\"class_name\": ..., \"config\": {...}}")?;
         let c = s.config;
         let schedule: Arc<dyn Schedule> = match s.class_name.as_str() {
             "ExponentialDecay" => Arc::new(serde_json::from_value::<ExponentialDecay>(c)?),
@@ -177,7 +176,11 @@ impl Schedule for ExponentialDecay {
     }
 
     fn check(&self) -> Result<()> {
-        positive(self.name(), "initial_learning_rate", self.initial_learning_rate)?;
+        positive(
+            self.name(),
+            "initial_learning_rate",
+            self.initial_learning_rate,
+        )?;
         positive(self.name(), "decay_rate", self.decay_rate)?;
         ensure!(
             self.decay_steps > 0,
@@ -328,7 +331,8 @@ impl Schedule for CosineDecay {
 
     fn rate(&self, step: u64) -> f64 {
         let decay = |step: f64, from: f64| {
-            let cosine = 0.5 * (1.0 + (std::f64::consts::PI * step / self.decay_steps as f64).cos());
+            let cosine =
+                0.5 * (1.0 + (std::f64::consts::PI * step / self.decay_steps as f64).cos());
             from * ((1.0 - self.alpha) * cosine + self.alpha)
         };
         let (step, decay_steps) = (step as f64, self.decay_steps as f64);
