@@ -1,8 +1,13 @@
 //! Optimizers: how parameters move given their gradients. Their state is
-//! keyed by parameter name, so that backups (and, later, saved models) can
-//! carry it and a model that changes shape never mixes one parameter's
-//! moments with another's. A leaf above the kernels: it knows nothing of
-//! models or training.
+//! keyed by parameter name, so that backups and saved models can carry it
+//! and a model that changes shape never mixes one parameter's moments with
+//! another's. A leaf above the kernels: it knows nothing of models or
+//! training.
+//!
+//! Keras's optimizers (SGD, RMSprop, Adam, AdamW) share one [`base`]: the
+//! learning rate (a constant or a [`Schedule`]), clipping, weight decay, the
+//! step count, the state and the config; each adds its settings and its
+//! rule, which `kernels::optim` runs (in place on the CPU for f32).
 
 mod adam;
 mod base;
