@@ -36,7 +36,10 @@ pub mod prelude {
     pub use crate::layers::*;
     pub use crate::mistakes::{mistakes_gallery, Confusion};
     pub use crate::model::Sequential;
-    pub use crate::optim::{Adam, Optimizer};
+    pub use crate::optim::{
+        Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, Optimizer,
+        PiecewiseConstantDecay, RMSprop, Schedule, SGD,
+    };
     pub use crate::plot::{confusion_matrix, learning_curves, Figure};
     pub use crate::train::{Callback, Fit, Score};
     pub use anyhow::{anyhow, bail, ensure, Result};

@@ -137,3 +137,110 @@ fn saves_killed_at_random_moments_leave_a_whole_model() {
         seen[0], seen[1]
     );
 }
+
+/// A small batch for `model(k)` and labels over its three classes.
+fn batch() -> (Tensor, Tensor) {
+    let x: Vec<f32> = (0..4 * 3 * 64).map(|i| (i as f32 * 0.37).cos()).collect();
+    let y: Vec<f32> = (0..4 * 3).map(|i| (i % 4 == 0) as u8 as f32).collect();
+    (
+        Tensor::from_vec(x, (4, 3, 8, 8), &Device::Cpu).unwrap(),
+        Tensor::from_vec(y, (4, 3), &Device::Cpu).unwrap(),
+    )
+}
+
+fn weights(m: &Sequential) -> Vec<Vec<f32>> {
+    m.named_vars()
+        .into_iter()
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect()
+}
+
+/// Trains `model(1)` compiled with `o` three steps, saves it with its
+/// optimizer, loads it, and trains both one more step.
+fn trains_on_where_it_stopped(o: impl cifar10_cnn::optim::Optimizer + Clone + 'static) {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = batch();
+    let mut m = model(1);
+    m.compile(o.clone()).unwrap();
+    for _ in 0..3 {
+        m.train_on_batch(&x, &y).unwrap();
+    }
+    let stem = dir.path().join("m");
+    m.save_with_optimizer(&stem).unwrap();
+    let mut loaded = Sequential::load_on(&stem, &Device::Cpu).unwrap();
+    let restored = loaded.optimizer().expect("loaded compiled");
+    assert_eq!(restored.name(), o.name());
+    assert_eq!(restored.iterations(), 3);
+    assert_eq!(restored.config().unwrap(), o.config().unwrap());
+    let original = m.optimizer().unwrap();
+    assert_eq!(restored.learning_rate(), original.learning_rate());
+    assert_eq!(restored.state().len(), original.state().len());
+    assert_eq!(weights(&loaded), weights(&m));
+    m.train_on_batch(&x, &y).unwrap();
+    loaded.train_on_batch(&x, &y).unwrap();
+    assert_eq!(weights(&loaded), weights(&m), "{}", o.name());
+    assert_eq!(loaded.optimizer_iterations(), 4);
+}
+
+/// Saved with its optimizer (state, step count, settings and schedule), a
+/// model loads compiled and trains on exactly as if it had not stopped: one
+/// more step on both gives bit-identical weights.
+#[test]
+fn a_model_saved_with_its_optimizer_trains_on_where_it_stopped() {
+    use cifar10_cnn::optim::{AdamW, CosineDecay, RMSprop, SGD};
+    trains_on_where_it_stopped(SGD::new(CosineDecay::new(0.1, 10).warmup(0.2, 2)).momentum(0.9));
+    trains_on_where_it_stopped(
+        RMSprop::default()
+            .centered(true)
+            .momentum(0.5)
+            .clipnorm(1.0),
+    );
+    trains_on_where_it_stopped(AdamW::default().global_clipnorm(1.0));
+}
+
+/// A model saved without its optimizer (as by every earlier version) loads
+/// uncompiled, as before; saving the optimizer of an uncompiled model, or
+/// one whose schedule cannot be saved, is refused with what to do.
+#[test]
+fn a_model_saved_without_optimizer_loads_uncompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = model(2);
+    m.compile(cifar10_cnn::optim::Adam::default()).unwrap();
+    let (x, y) = batch();
+    m.train_on_batch(&x, &y).unwrap();
+    m.save(dir.path().join("plain")).unwrap();
+    let loaded = Sequential::load_on(dir.path().join("plain"), &Device::Cpu).unwrap();
+    assert!(loaded.optimizer().is_none());
+    assert_eq!(weights(&loaded), weights(&m));
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v0.1-small");
+    assert!(Sequential::load_on(fixtures, &Device::Cpu)
+        .unwrap()
+        .optimizer()
+        .is_none());
+    let e = model(1)
+        .save_with_optimizer(dir.path().join("none"))
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("compile() it first"), "{e:#}");
+
+    #[derive(Debug)]
+    struct Halving;
+    impl cifar10_cnn::optim::Schedule for Halving {
+        fn name(&self) -> &'static str {
+            "Halving"
+        }
+        fn check(&self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn rate(&self, step: u64) -> f64 {
+            0.1 / (1 << step.min(30)) as f64
+        }
+    }
+    let mut m = model(1);
+    m.compile(cifar10_cnn::optim::SGD::new(Halving)).unwrap();
+    let e = m.save_with_optimizer(dir.path().join("own")).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("Halving cannot be saved"),
+        "{e:#}"
+    );
+    assert!(!dir.path().join("own.safetensors").exists());
+}

@@ -2,14 +2,13 @@
 //! where candle's are wrong or slow, with portable fallbacks for other
 //! devices. Used by the layers; uses nothing of the crate above it.
 
-mod adam;
 pub(crate) mod conv;
 pub(crate) mod dropout;
 pub(crate) mod matmul;
 pub(crate) mod max_pool;
+pub(crate) mod optim;
 pub(crate) mod simd;
 
-pub use adam::{adam_runs_on, adam_update, AdamStep};
 pub use conv::{conv2d, conv2d_reference, conv2d_relu, conv2d_relu_max_pool2, ConvWindow};
 pub use dropout::dropout;
 pub use max_pool::{max_pool2d, max_pool2d_portable};

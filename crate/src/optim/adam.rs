@@ -1,151 +1,152 @@
-//! Keras's Adam.
+//! Keras's Adam, and AdamW (Adam with decoupled weight decay).
 
-use super::{LearningRate, Optimizer, Update};
-use crate::kernels::{adam_runs_on, adam_update, AdamStep};
-use anyhow::{Context, Result};
-use candle_core::Tensor;
-use std::collections::HashMap;
+use super::base::{base_options, Base, Keras};
+use super::LearningRate;
+use crate::kernels::optim::Rule;
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
 
-/// Keras's Adam. candle-nn's `AdamW` differs in its defaults (eps 1e-8,
-/// weight decay 0.01) and in where epsilon enters, so this follows Keras's
-/// update exactly: `w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`.
-#[derive(Clone, Debug)]
-pub struct Adam {
-    pub learning_rate: LearningRate,
-    pub beta_1: f64,
-    pub beta_2: f64,
-    pub epsilon: f64,
-    step: u64,
-    /// (m, v) of each parameter, by name
-    moments: HashMap<String, (Tensor, Tensor)>,
+fn beta_1() -> f64 {
+    0.9
 }
 
-impl Default for Adam {
-    fn default() -> Self {
-        Self::new(1e-3)
-    }
+fn beta_2() -> f64 {
+    0.999
 }
 
-impl Adam {
-    /// Adam with Keras's defaults (betas 0.9 / 0.999, epsilon 1e-7).
-    pub fn new(learning_rate: impl Into<LearningRate>) -> Self {
-        Self {
-            learning_rate: learning_rate.into(),
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-7,
-            step: 0,
-            moments: HashMap::new(),
-        }
-    }
+fn epsilon() -> f64 {
+    1e-7
 }
 
-impl Optimizer for Adam {
-    fn name(&self) -> &'static str {
-        "adam"
-    }
-
-    fn check(&self) -> Result<()> {
-        self.learning_rate.check("Adam")?;
-        for (name, beta) in [("beta_1", self.beta_1), ("beta_2", self.beta_2)] {
-            anyhow::ensure!(
-                (0.0..1.0).contains(&beta),
-                "Adam's {name} must be in [0, 1), got {beta}"
-            );
-        }
-        anyhow::ensure!(
-            self.epsilon.is_finite() && self.epsilon > 0.0,
-            "Adam's epsilon must be a small positive number, got {}",
-            self.epsilon
+fn check(class: &str, beta_1: f64, beta_2: f64, epsilon: f64) -> Result<()> {
+    for (name, beta) in [("beta_1", beta_1), ("beta_2", beta_2)] {
+        ensure!(
+            (0.0..1.0).contains(&beta),
+            "{class}'s {name} must be in [0, 1), got {beta}"
         );
-        Ok(())
     }
+    ensure!(
+        epsilon.is_finite() && epsilon > 0.0,
+        "{class}'s epsilon must be a small positive number, got {epsilon}"
+    );
+    Ok(())
+}
 
-    fn slots(&self) -> &'static [&'static str] {
-        &["m", "v"]
+/// Keras's update `t` (from 1); the bias corrections go into the rate.
+fn rule(lr: f64, t: u64, beta_1: f64, beta_2: f64, epsilon: f64) -> Rule {
+    Rule::Adam {
+        lr,
+        t,
+        beta_1,
+        beta_2,
+        epsilon,
     }
+}
 
-    fn update(&mut self, params: &[Update]) -> Result<()> {
-        for (name, var, _) in params {
-            if !self.moments.contains_key(*name) {
-                let zeros = (var.zeros_like()?, var.zeros_like()?);
-                self.moments.insert(name.to_string(), zeros);
+/// Defines Adam and AdamW: the same rule and state, other defaults.
+macro_rules! adam_kind {
+    ($(#[$doc:meta])* $t:ident, $class:literal, $name:literal, $weight_decay:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $t {
+            #[serde(default = "beta_1")]
+            pub beta_1: f64,
+            #[serde(default = "beta_2")]
+            pub beta_2: f64,
+            #[serde(default = "epsilon")]
+            pub epsilon: f64,
+            #[serde(skip)]
+            base: Base,
+        }
+
+        impl Default for $t {
+            fn default() -> Self {
+                Self::new(1e-3)
             }
         }
-        let lr = self.learning_rate.at(self.step);
-        self.step += 1;
-        let t = self.step as i32;
-        let alpha = lr * (1.0 - self.beta_2.powi(t)).sqrt() / (1.0 - self.beta_1.powi(t));
-        for (name, var, g) in params {
-            let Some(g) = g else { continue };
-            let (m, v) = self.moments.get_mut(*name).context("moments made above")?;
-            if adam_runs_on(var.as_tensor()) {
-                let c = AdamStep {
-                    beta_1: self.beta_1,
-                    beta_2: self.beta_2,
-                    alpha,
-                    epsilon: self.epsilon,
-                };
-                adam_update(var.as_tensor(), m, v, g, c)?;
-                continue;
+
+        impl $t {
+            pub fn new(learning_rate: impl Into<LearningRate>) -> Self {
+                let mut base = Base::new(learning_rate);
+                base.weight_decay = $weight_decay;
+                Self {
+                    beta_1: beta_1(),
+                    beta_2: beta_2(),
+                    epsilon: epsilon(),
+                    base,
+                }
             }
-            *m = ((&*m * self.beta_1)? + (*g * (1.0 - self.beta_1))?)?;
-            *v = ((&*v * self.beta_2)? + (g.sqr()? * (1.0 - self.beta_2))?)?;
-            let update = (m.clone() / (v.sqrt()? + self.epsilon)?)?;
-            var.set(&(var.as_tensor() - (update * alpha)?)?)?;
+
+            /// Keras's `beta_1`, the decay of the gradients' average.
+            pub fn beta_1(mut self, beta_1: f64) -> Self {
+                self.beta_1 = beta_1;
+                self
+            }
+
+            /// Keras's `beta_2`, the decay of the squared gradients' average.
+            pub fn beta_2(mut self, beta_2: f64) -> Self {
+                self.beta_2 = beta_2;
+                self
+            }
+
+            /// Keras's `epsilon`.
+            pub fn epsilon(mut self, epsilon: f64) -> Self {
+                self.epsilon = epsilon;
+                self
+            }
         }
-        Ok(())
-    }
 
-    fn learning_rate(&self) -> f64 {
-        self.learning_rate.at(self.step)
-    }
+        base_options!($t);
 
-    fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
-        self.learning_rate.set(lr)
-    }
+        impl Keras for $t {
+            const CLASS: &'static str = $class;
+            const NAME: &'static str = $name;
 
-    fn iterations(&self) -> u64 {
-        self.step
-    }
+            fn base(&self) -> &Base {
+                &self.base
+            }
 
-    fn reset(&mut self) {
-        self.step = 0;
-        self.moments.clear();
-    }
+            fn base_mut(&mut self) -> &mut Base {
+                &mut self.base
+            }
 
-    fn state(&self) -> Vec<(String, Tensor)> {
-        let mut names: Vec<&String> = self.moments.keys().collect();
-        names.sort();
-        names
-            .into_iter()
-            .flat_map(|n| {
-                let (m, v) = &self.moments[n];
-                [(format!("m.{n}"), m.clone()), (format!("v.{n}"), v.clone())]
-            })
-            .collect()
-    }
+            fn slots(&self) -> &'static [&'static str] {
+                &["m", "v"]
+            }
 
-    fn load_state(&mut self, iterations: u64, mut state: HashMap<String, Tensor>) -> Result<()> {
-        let names: Vec<String> = state
-            .keys()
-            .filter_map(|k| k.strip_prefix("m.").map(String::from))
-            .collect();
-        let mut moments = HashMap::new();
-        for n in names {
-            let m = state.remove(&format!("m.{n}")).context("m just listed")?;
-            let v = state
-                .remove(&format!("v.{n}"))
-                .with_context(|| format!("Adam's state has m but no v for {n}"))?;
-            moments.insert(n, (m, v));
+            fn check_settings(&self) -> Result<()> {
+                ensure!(
+                    $weight_decay.is_none() || self.base.weight_decay.is_some(),
+                    "{} needs a weight_decay (0.004 by default); use Adam for none",
+                    $class
+                );
+                check($class, self.beta_1, self.beta_2, self.epsilon)
+            }
+
+            fn rule(&self, lr: f64, t: u64) -> Rule {
+                rule(lr, t, self.beta_1, self.beta_2, self.epsilon)
+            }
         }
-        anyhow::ensure!(
-            state.is_empty(),
-            "Adam's state has entries it does not know: {:?}",
-            state.keys().collect::<Vec<_>>()
-        );
-        self.moments = moments;
-        self.step = iterations;
-        Ok(())
-    }
+    };
 }
+
+adam_kind!(
+    /// Keras's `Adam` (learning_rate 0.001, beta_1 0.9, beta_2 0.999,
+    /// epsilon 1e-7). candle-nn's `AdamW` differs in its defaults and in
+    /// where epsilon enters, so this follows Keras's update exactly:
+    /// `w -= lr · sqrt(1 - b2^t) / (1 - b1^t) · m / (sqrt(v) + eps)`.
+    Adam,
+    "Adam",
+    "adam",
+    None::<f64>
+);
+
+adam_kind!(
+    /// Keras's `AdamW`: Adam (same defaults) with decoupled weight decay
+    /// (`weight_decay` 0.004), `w -= w · weight_decay · lr` before each step.
+    AdamW,
+    "AdamW",
+    "adamw",
+    Some(0.004)
+);
