@@ -38,7 +38,10 @@ pub mod prelude {
     pub use crate::model::Sequential;
     pub use crate::optim::{Adam, Optimizer};
     pub use crate::plot::{confusion_matrix, learning_curves, Figure};
-    pub use crate::train::{Callback, Fit, Score};
+    pub use crate::train::{
+        BackupAndRestore, CSVLogger, Callback, EarlyStopping, Fit, LearningRateScheduler, Logs,
+        Mode, ModelCheckpoint, ReduceLROnPlateau, RunState, Score, TerminateOnNaN,
+    };
     pub use anyhow::{anyhow, bail, ensure, Result};
     pub use candle_core::Tensor;
 }
