@@ -87,6 +87,16 @@ impl EarlyStopping {
         self.verbose = verbose;
         self
     }
+
+    /// The epoch after which it stopped training (0: it did not).
+    pub fn stopped_epoch(&self) -> usize {
+        self.stopped_epoch
+    }
+
+    /// The best epoch so far (0: none yet).
+    pub fn best_epoch(&self) -> usize {
+        self.best_epoch
+    }
 }
 
 impl Callback for EarlyStopping {
