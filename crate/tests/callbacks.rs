@@ -107,7 +107,7 @@ fn mode(config: &serde_json::Value) -> Mode {
 #[test]
 fn early_stopping_stops_where_keras_does() {
     let cases = fixture()["early_stopping"].as_array().unwrap().clone();
-    assert_eq!(cases.len(), 8);
+    assert_eq!(cases.len(), 9);
     let mut model = tiny_model(0);
     for case in cases {
         let c = &case["config"];
