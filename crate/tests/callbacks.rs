@@ -89,7 +89,10 @@ fn run_state() -> RunState {
 }
 
 fn fixture() -> serde_json::Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keras_callbacks.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/keras_callbacks.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -147,7 +150,10 @@ fn early_stopping_stops_where_keras_does() {
 /// each epoch and trains the next with the same (Keras's rates are f32).
 #[test]
 fn reduce_lr_on_plateau_lowers_the_rate_where_keras_does() {
-    let cases = fixture()["reduce_lr_on_plateau"].as_array().unwrap().clone();
+    let cases = fixture()["reduce_lr_on_plateau"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(cases.len(), 5);
     for case in cases {
         let c = &case["config"];
@@ -285,7 +291,11 @@ fn model_checkpoint_writes_loadable_models_and_keeps_the_best() {
     let rec = Recorder::default();
     let loaded = Rc::new(RefCell::new(0));
     let every = dir.join("m-{epoch:02d}").to_str().unwrap().to_string();
-    let best = dir.join("best-{learning_rate:.4f}").to_str().unwrap().to_string();
+    let best = dir
+        .join("best-{learning_rate:.4f}")
+        .to_str()
+        .unwrap()
+        .to_string();
     model
         .fit(
             &x,
@@ -434,7 +444,10 @@ fn csv_logger_writes_keras_rows() {
     let h = fit(&mut model, 0.25, false);
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "epoch,accuracy,learning_rate,loss,val_accuracy,val_loss");
+    assert_eq!(
+        lines[0],
+        "epoch,accuracy,learning_rate,loss,val_accuracy,val_loss"
+    );
     assert_eq!(lines.len(), 3);
     for (i, line) in lines[1..].iter().enumerate() {
         let row: Vec<f64> = line.split(',').map(|v| v.parse().unwrap()).collect();
@@ -454,7 +467,10 @@ fn csv_logger_writes_keras_rows() {
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "{text}");
-    assert_eq!(lines[3], format!("0,{},0.001,{},NA,NA", h2.acc[0], h2.loss[0]));
+    assert_eq!(
+        lines[3],
+        format!("0,{},0.001,{},NA,NA", h2.acc[0], h2.loss[0])
+    );
 
     let mut model = tiny_model(5);
     model
@@ -545,7 +561,10 @@ fn unknown_monitors_are_refused_before_training() {
         "{e}"
     );
     let e = refused(0.0, EarlyStopping::default().into());
-    assert!(e.contains("\"val_loss\"") && e.contains("validation_split or validation_data"), "{e}");
+    assert!(
+        e.contains("\"val_loss\"") && e.contains("validation_split or validation_data"),
+        "{e}"
+    );
     let e = refused(0.0, ReduceLROnPlateau::new("val_accuracy").into());
     assert!(e.contains("ReduceLROnPlateau"), "{e}");
     let e = refused(0.0, ModelCheckpoint::new("m-{val_loss:.2f}").into());
@@ -582,7 +601,10 @@ fn validation_data_is_used_and_checked() {
         .unwrap();
     assert_eq!(model.optimizer_iterations(), 3);
     let score = model.evaluate_with(&xv, &yv, 16).unwrap();
-    assert_eq!((history.val_loss[0], history.val_acc[0]), (score.loss, score.accuracy));
+    assert_eq!(
+        (history.val_loss[0], history.val_acc[0]),
+        (score.loss, score.accuracy)
+    );
 
     let bad = Tensor::zeros((20, 3, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
     let e = model
@@ -607,7 +629,10 @@ fn validation_data_is_used_and_checked() {
             },
         )
         .unwrap_err();
-    assert!(format!("{e:#}").contains("validation_data's x holds"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("validation_data's x holds"),
+        "{e:#}"
+    );
     assert_eq!(model.optimizer_iterations(), 3);
 }
 
@@ -665,7 +690,13 @@ fn evaluate_and_predict_batch_sizes_give_the_default_results() {
 fn fit_defaults_are_keras_defaults() {
     let f = Fit::default();
     assert_eq!(
-        (f.batch_size, f.epochs, f.verbose, f.shuffle, f.initial_epoch),
+        (
+            f.batch_size,
+            f.epochs,
+            f.verbose,
+            f.shuffle,
+            f.initial_epoch
+        ),
         (32, 1, 1, true, 0)
     );
     assert!(f.validation_split == 0.0 && f.validation_data.is_none() && f.callbacks.is_empty());
@@ -712,7 +743,12 @@ fn verbose_child() {
 fn verbose_prints_what_keras_does() {
     for (v, lines) in [(0, 0), (1, 4), (2, 4)] {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["verbose_child", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "verbose_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("CIFAR10_CNN_VERBOSE_CHILD", v.to_string())
             .output()
             .unwrap();

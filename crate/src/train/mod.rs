@@ -24,10 +24,10 @@ use crate::history::{EpochMetrics, History};
 use crate::model::Sequential;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor, D};
+use progress::Progress;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use progress::Progress;
 use std::io::Write;
 use std::time::Instant;
 
@@ -190,7 +190,12 @@ impl Sequential {
         let (train, val) = self.fit_data(x, y, &args)?;
         let given = std::mem::take(&mut args.callbacks);
         let mut callbacks = fit_callbacks(&args, given)?;
-        callbacks.check(&Logs::names_for(val.is_some()).iter().map(String::as_str).collect::<Vec<_>>())?;
+        callbacks.check(
+            &Logs::names_for(val.is_some())
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )?;
         let mut run = self.run_state(&args, &train, &callbacks)?;
         let steps = run.train_samples.div_ceil(args.batch_size);
         callbacks.on_train_begin(self, &mut run)?;

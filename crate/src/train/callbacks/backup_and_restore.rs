@@ -189,7 +189,9 @@ impl Callback for BackupAndRestore {
             let steps = run.train_samples.div_ceil(run.batch_size);
             // The history holds the last epochs (a run begun at an initial_epoch).
             let first = state.epoch - state.history.epochs().min(state.epoch);
-            for (i, m) in (0..state.history.epochs()).filter_map(|i| Some((i, state.history.epoch(i)?))) {
+            for (i, m) in
+                (0..state.history.epochs()).filter_map(|i| Some((i, state.history.epoch(i)?)))
+            {
                 println!(
                     "Epoch {}/{} (restored)\n{}",
                     first + i + 1,

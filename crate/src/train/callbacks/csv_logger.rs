@@ -45,7 +45,10 @@ impl CSVLogger {
     }
 
     fn write(&mut self, line: &str) -> Result<()> {
-        let file = self.file.as_mut().context("CSVLogger: the file is not open")?;
+        let file = self
+            .file
+            .as_mut()
+            .context("CSVLogger: the file is not open")?;
         file.write_all(line.as_bytes())
             .and_then(|_| file.flush())
             .with_context(|| format!("CSVLogger cannot write {}", self.filename.display()))
@@ -106,10 +109,7 @@ impl Callback for CSVLogger {
             self.write(&line)?;
         }
         let mut row = vec![(epoch - 1).to_string()];
-        row.extend(
-            keys.iter()
-                .map(|k| logs.get(k).map_or("NA".into(), value)),
-        );
+        row.extend(keys.iter().map(|k| logs.get(k).map_or("NA".into(), value)));
         let line = row.join(&self.separator) + "\n";
         self.write(&line)
     }

@@ -48,8 +48,8 @@ mod model_checkpoint;
 mod reduce_lr_on_plateau;
 mod terminate_on_nan;
 
-pub use backup_and_restore::BackupAndRestore;
 pub(crate) use backup_and_restore::fingerprint;
+pub use backup_and_restore::BackupAndRestore;
 pub use csv_logger::CSVLogger;
 pub use early_stopping::EarlyStopping;
 pub use learning_rate_scheduler::LearningRateScheduler;

@@ -74,10 +74,9 @@ fn format_path(pattern: &str, value: &dyn Fn(&str) -> Option<f64>) -> Result<Str
     let mut rest = pattern;
     while let Some(open) = rest.find('{') {
         out += &rest[..open];
-        let close = rest[open..]
-            .find('}')
-            .with_context(|| format!("ModelCheckpoint filepath {pattern:?}: a '{{' is not closed"))?
-            + open;
+        let close = rest[open..].find('}').with_context(|| {
+            format!("ModelCheckpoint filepath {pattern:?}: a '{{' is not closed")
+        })? + open;
         let field = &rest[open + 1..close];
         let (name, spec) = field.split_once(':').unwrap_or((field, ""));
         let Some(v) = value(name) else {
@@ -118,7 +117,11 @@ fn format_value(v: f64, spec: &str) -> Option<String> {
             let s = format!("{v:.p$e}");
             let (m, e) = s.split_once('e')?;
             let e: i32 = e.parse().ok()?;
-            Some(format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs()))
+            Some(format!(
+                "{m}e{}{:02}",
+                if e < 0 { '-' } else { '+' },
+                e.abs()
+            ))
         }
         _ => None,
     }
@@ -129,11 +132,12 @@ impl Callback for ModelCheckpoint {
         if self.save_best_only {
             self.monitor.check("ModelCheckpoint", logs)?;
         }
-        format_path(&self.filepath, &|name| {
+        match format_path(&self.filepath, &|name| {
             (name == "epoch" || logs.contains(&name)).then_some(1.0)
-        })
-        .map(|_| ())
-        .with_context(|| format!("the names it can use: epoch, {}", logs.join(", ")))
+        }) {
+            Ok(_) => Ok(()),
+            Err(e) => bail!("{e:#}; the names it can use: epoch, {}", logs.join(", ")),
+        }
     }
 
     fn on_train_begin(&mut self, _: &mut Sequential, _: &mut RunState) -> Result<()> {

@@ -65,4 +65,3 @@ impl Callback for TerminateOnNaN {
         )
     }
 }
-
