@@ -189,13 +189,7 @@ impl Sequential {
     pub fn fit(&mut self, x: &Tensor, y: &Tensor, mut args: Fit) -> Result<History> {
         let (train, val) = self.fit_data(x, y, &args)?;
         let given = std::mem::take(&mut args.callbacks);
-        let mut callbacks = fit_callbacks(&args, given)?;
-        callbacks.check(
-            &Logs::names_for(val.is_some())
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )?;
+        let mut callbacks = fit_callbacks(&args, given, val.is_some())?;
         let mut run = self.run_state(&args, &train, &callbacks)?;
         let steps = run.train_samples.div_ceil(args.batch_size);
         callbacks.on_train_begin(self, &mut run)?;
@@ -550,8 +544,9 @@ impl Sequential {
 }
 
 /// `fit`'s callbacks: `TerminateOnNaN` (unless the caller passes one),
-/// `BackupAndRestore` with `backup_dir`, then the caller's, in order.
-fn fit_callbacks(args: &Fit, given: Vec<Box<dyn Callback>>) -> Result<Callbacks> {
+/// `BackupAndRestore` with `backup_dir`, then the caller's, in order;
+/// checked against the names the epochs will log.
+fn fit_callbacks(args: &Fit, given: Vec<Box<dyn Callback>>, validation: bool) -> Result<Callbacks> {
     let given = Callbacks(given);
     let mut all: Vec<Box<dyn Callback>> = Vec::new();
     if !given.has::<TerminateOnNaN>() {
@@ -565,7 +560,10 @@ fn fit_callbacks(args: &Fit, given: Vec<Box<dyn Callback>>) -> Result<Callbacks>
         all.push(BackupAndRestore::new(dir).into());
     }
     all.extend(given.0);
-    Ok(Callbacks(all))
+    let all = Callbacks(all);
+    let names = Logs::names_for(validation);
+    all.check(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    Ok(all)
 }
 
 /// Refuses arrays with NaN or infinite values, which would corrupt the
