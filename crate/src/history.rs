@@ -22,6 +22,10 @@ pub struct History {
     /// Wall-clock seconds of each epoch.
     #[serde(default, deserialize_with = "nullable")]
     pub epoch_seconds: Vec<f64>,
+    /// The optimizer's learning rate at the end of each epoch (Keras 3's
+    /// `learning_rate`); empty in histories saved before it was recorded.
+    #[serde(default, deserialize_with = "nullable")]
+    pub learning_rate: Vec<f64>,
 }
 
 /// Numbers, with `null` (how JSON writes NaN and infinities) as NaN.
@@ -36,6 +40,8 @@ pub struct EpochMetrics {
     pub loss: f64,
     pub acc: f64,
     pub val: Option<(f64, f64)>,
+    /// the rate of the next update, at the end of the epoch (NaN: unknown)
+    pub learning_rate: f64,
     pub seconds: f64,
 }
 
@@ -54,6 +60,7 @@ impl History {
                 .get(i)
                 .copied()
                 .zip(self.val_acc.get(i).copied()),
+            learning_rate: self.learning_rate.get(i).copied().unwrap_or(f64::NAN),
             seconds: self.epoch_seconds.get(i).copied().unwrap_or(0.0),
         })
     }
@@ -66,6 +73,7 @@ impl History {
             self.val_acc.push(acc);
         }
         self.epoch_seconds.push(m.seconds);
+        self.learning_rate.push(m.learning_rate);
     }
 
     pub fn to_json(&self) -> Result<String> {
@@ -115,6 +123,7 @@ mod tests {
                 loss,
                 acc: 0.5,
                 val: Some((loss, 0.25)),
+                learning_rate: 1e-3,
                 seconds: 1.0,
             });
         }
@@ -122,5 +131,20 @@ mod tests {
         assert_eq!(back.loss[0], 1.5);
         assert!(back.loss[1].is_nan() && back.val_loss[2].is_nan());
         assert_eq!(back.acc, h.acc);
+        assert_eq!(back.learning_rate, h.learning_rate);
+    }
+
+    /// Histories saved before the learning rate was recorded still load,
+    /// and a rate that was not known (null) reads as NaN.
+    #[test]
+    fn learning_rate_column_is_optional() {
+        let old = r#"{"loss":[1.0,0.5],"acc":[0.2,0.4],"val_loss":[],"val_acc":[]}"#;
+        let h = History::from_json(old).unwrap();
+        assert!(h.learning_rate.is_empty());
+        assert!(h.epoch(1).unwrap().learning_rate.is_nan());
+        let new = r#"{"loss":[1.0],"acc":[0.2],"val_loss":[],"val_acc":[],"learning_rate":[null]}"#;
+        assert!(History::from_json(new).unwrap().learning_rate[0].is_nan());
+        let json = h.to_json().unwrap();
+        assert!(json.contains("\"learning_rate\""), "{json}");
     }
 }

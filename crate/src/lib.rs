@@ -41,7 +41,10 @@ pub mod prelude {
         PiecewiseConstantDecay, RMSprop, Schedule, SGD,
     };
     pub use crate::plot::{confusion_matrix, learning_curves, Figure};
-    pub use crate::train::{Callback, Fit, Score};
+    pub use crate::train::{
+        BackupAndRestore, CSVLogger, Callback, EarlyStopping, Fit, LearningRateScheduler, Logs,
+        Mode, ModelCheckpoint, ReduceLROnPlateau, RunState, Score, TerminateOnNaN,
+    };
     pub use anyhow::{anyhow, bail, ensure, Result};
     pub use candle_core::Tensor;
 }

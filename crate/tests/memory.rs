@@ -42,7 +42,7 @@ fn assert_steps_are_freed(dtype: candle_core::DType, images: usize) {
     let fit = || Fit {
         batch_size: images,
         epochs: 5,
-        verbose: false,
+        verbose: 0,
         ..Fit::default()
     };
     model.fit(&x, &y, fit()).unwrap();

@@ -79,7 +79,7 @@ fn validation_is_the_last_fraction_of_the_data() {
                 batch_size: 16,
                 epochs: 2,
                 validation_split: 0.1,
-                verbose: false,
+                verbose: 0,
                 ..Fit::default()
             },
         )
@@ -111,7 +111,7 @@ fn the_same_seed_gives_the_same_run() {
                 batch_size: 32,
                 epochs: 2,
                 validation_split: 0.2,
-                verbose: false,
+                verbose: 0,
                 ..Fit::default()
             },
         )
@@ -137,7 +137,7 @@ fn the_last_partial_batch_is_trained_on() {
                 batch_size: 32,
                 epochs: 3,
                 validation_split: 0.1,
-                verbose: false,
+                verbose: 0,
                 ..Fit::default()
             },
         )
@@ -160,7 +160,7 @@ fn nan_loss_stops_training_with_a_clear_message() {
                 &x,
                 &y,
                 Fit {
-                    verbose: false,
+                    verbose: 0,
                     ..Fit::default()
                 }
             )
@@ -329,7 +329,7 @@ fn nan_keeps_the_last_good_weights() {
             &x,
             &y,
             Fit {
-                verbose: false,
+                verbose: 0,
                 ..Fit::default()
             }
         )
@@ -367,7 +367,7 @@ fn non_finite_inputs_are_refused_before_training() {
     let mut model = small_model(4, 4);
     let before: Vec<Vec<f32>> = weights(&model);
     let fit = Fit {
-        verbose: false,
+        verbose: 0,
         ..Fit::default()
     };
     let e = format!("{:#}", model.fit(&bad, &y, fit).err().unwrap());
@@ -404,7 +404,7 @@ fn divergence_stops_training_and_restores_the_last_good_epoch() {
         let fit = Fit {
             batch_size: 16,
             epochs: 4,
-            verbose: false,
+            verbose: 0,
             ..Fit::default()
         };
         let finite = |m: &Sequential| weights(m).iter().flatten().all(|v| v.is_finite());
@@ -446,7 +446,7 @@ fn terminate_on_nan_catches_non_finite_weights_behind_a_finite_loss() {
     model.compile(Adam::default()).unwrap();
     let before = weights(&model);
     let mut cb = TerminateOnNaN::default();
-    cb.on_epoch_begin(&model, 3).unwrap();
+    cb.on_epoch_begin(&mut model, 3).unwrap();
     let (name, var) = model.named_vars()[2].clone();
     let var = var.clone();
     let mut poisoned: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
@@ -488,7 +488,7 @@ fn outputs_that_are_not_class_vectors_are_refused() {
     let data = common::synthetic(8, 10, 8, 1);
     let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
     let fit = Fit {
-        verbose: false,
+        verbose: 0,
         ..Fit::default()
     };
     assert!(format!("{:#}", model.fit(&x, &y, fit).err().unwrap()).contains("flatten()"));
@@ -648,7 +648,7 @@ fn a_finished_run_survives_until_the_caller_has_saved_it() {
         batch_size: 32,
         epochs: 2,
         validation_split: 0.25,
-        verbose: false,
+        verbose: 0,
         backup_dir: Some(dir.clone()),
         ..Fit::default()
     };
@@ -690,7 +690,7 @@ fn a_backup_refuses_to_resume_another_run() {
     let fit = |epochs, augment| Fit {
         batch_size: 32,
         epochs,
-        verbose: false,
+        verbose: 0,
         augment,
         backup_dir: Some(dir.clone()),
         ..Fit::default()

@@ -1,19 +1,22 @@
 //! Training and evaluation with Keras's semantics: `compile`, `fit` (batches,
-//! epochs, the validation split, shuffling, one log line per epoch,
-//! callbacks), `evaluate` and `predict`.
+//! epochs, validation, shuffling, progress, callbacks), `evaluate` and
+//! `predict`.
 //!
 //! f32 on the CPU trains through the plan's own backward ([`step`]);
 //! every other device and dtype through candle's autograd over the plan's
 //! portable forward.
 
 pub mod callbacks;
+mod progress;
 pub(crate) mod step;
 
 pub use crate::data::augment;
 pub use crate::history::epoch_line;
 pub use crate::optim::{Adam, Optimizer};
 pub use callbacks::{
-    BackupAndRestore, BatchLogs, Callback, Callbacks, RunIdentity, RunState, TerminateOnNaN,
+    BackupAndRestore, BatchLogs, CSVLogger, Callback, Callbacks, EarlyStopping,
+    LearningRateScheduler, Logs, Mode, ModelCheckpoint, ReduceLROnPlateau, RunIdentity, RunState,
+    TerminateOnNaN,
 };
 
 use crate::data::split_sizes;
@@ -21,6 +24,7 @@ use crate::history::{EpochMetrics, History};
 use crate::model::Sequential;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor, D};
+use progress::Progress;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -28,15 +32,25 @@ use std::io::Write;
 use std::time::Instant;
 
 /// The arguments of Keras's `fit`; `Fit::default()` has Keras's defaults.
-#[derive(Clone, Debug)]
 pub struct Fit {
     pub batch_size: usize,
+    /// The epoch training ends with (with `initial_epoch`, not how many it runs).
     pub epochs: usize,
+    /// Keras's `verbose`: 0 silent, 1 the progress within each epoch (the
+    /// default: Keras's "auto"), 2 one line per epoch.
+    pub verbose: u8,
+    /// Called as training goes, in order, after the two `fit` adds itself:
+    /// `TerminateOnNaN` (unless given one) and `BackupAndRestore` (with
+    /// `backup_dir`). `vec![EarlyStopping::new("val_loss").patience(3).into()]`.
+    pub callbacks: Vec<Box<dyn Callback>>,
     /// The last fraction of the samples, taken before shuffling, used to validate.
     pub validation_split: f64,
+    /// Images and one-hot labels to validate on, instead of the split.
+    pub validation_data: Option<(Tensor, Tensor)>,
     pub shuffle: bool,
-    /// Print one line per epoch (Keras's `verbose=2`).
-    pub verbose: bool,
+    /// The epoch to start after: epochs `initial_epoch + 1 ..= epochs` run
+    /// (to resume an earlier run; its History holds those only, as Keras's).
+    pub initial_epoch: usize,
     /// Random crops (zero padding 4) and horizontal flips of each training
     /// batch. Off by default: the article trains on the images as they are.
     pub augment: bool,
@@ -53,14 +67,37 @@ impl Default for Fit {
         Self {
             batch_size: 32,
             epochs: 1,
+            verbose: 1,
+            callbacks: Vec::new(),
             validation_split: 0.0,
+            validation_data: None,
             shuffle: true,
-            verbose: true,
+            initial_epoch: 0,
             augment: false,
             backup_dir: None,
         }
     }
 }
+
+impl std::fmt::Debug for Fit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fit")
+            .field("batch_size", &self.batch_size)
+            .field("epochs", &self.epochs)
+            .field("verbose", &self.verbose)
+            .field("callbacks", &self.callbacks.len())
+            .field("validation_split", &self.validation_split)
+            .field("validation_data", &self.validation_data.is_some())
+            .field("shuffle", &self.shuffle)
+            .field("initial_epoch", &self.initial_epoch)
+            .field("augment", &self.augment)
+            .field("backup_dir", &self.backup_dir)
+            .finish()
+    }
+}
+
+/// Keras's batch size of `evaluate` and `predict` when none is given.
+pub const INFERENCE_BATCH_SIZE: usize = 32;
 
 /// What `evaluate` returns: Keras's `[loss, accuracy]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -127,17 +164,84 @@ impl Sequential {
         self.optimizer.as_ref().map_or(0, |o| o.iterations())
     }
 
+    /// The optimizer's learning rate: the rate of its next update (Keras's
+    /// `model.optimizer.learning_rate`).
+    pub fn learning_rate(&self) -> Result<f64> {
+        Ok(self
+            .optimizer
+            .as_ref()
+            .context("compile() the model first")?
+            .learning_rate())
+    }
+
+    /// Sets a constant learning rate (an error when it is a schedule).
+    pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        self.optimizer
+            .as_mut()
+            .context("compile() the model first")?
+            .set_learning_rate(lr)
+    }
+
     /// Keras's `fit`: trains on `x` (`[N, C, H, W]`) and one-hot `y`
-    /// (`[N, classes]`), printing one line per epoch, and returns the history.
-    pub fn fit(&mut self, x: &Tensor, y: &Tensor, args: Fit) -> Result<History> {
+    /// (`[N, classes]`) and returns the history. Everything is checked
+    /// before the first epoch: the arguments, the arrays, and the
+    /// callbacks against the names the epochs will log.
+    pub fn fit(&mut self, x: &Tensor, y: &Tensor, mut args: Fit) -> Result<History> {
         let (train, val) = self.fit_data(x, y, &args)?;
-        let mut callbacks = Callbacks(vec![Box::new(TerminateOnNaN::default())]);
-        if let Some(dir) = &args.backup_dir {
-            callbacks.0.push(Box::new(BackupAndRestore::new(dir)));
+        let given = std::mem::take(&mut args.callbacks);
+        let mut callbacks = fit_callbacks(&args, given, val.is_some())?;
+        let mut run = self.run_state(&args, &train, &callbacks)?;
+        let steps = run.train_samples.div_ceil(args.batch_size);
+        callbacks.on_train_begin(self, &mut run)?;
+        while run.epoch < args.epochs && !run.stop_training {
+            let epoch = run.epoch + 1;
+            let start = Instant::now();
+            if args.verbose > 0 {
+                println!("Epoch {epoch}/{}", args.epochs);
+            }
+            callbacks.on_epoch_begin(self, epoch)?;
+            let mut progress = (args.verbose == 1).then(|| Progress::new(steps));
+            let (loss, acc) =
+                self.train_epoch(&train, &args, epoch, &mut callbacks, progress.as_mut())?;
+            let val = match &val {
+                Some((xv, yv)) => Some(self.evaluate_on_device(xv, yv, args.batch_size)?),
+                None => None,
+            };
+            let metrics = EpochMetrics {
+                loss,
+                acc,
+                val: val.map(|s| (s.loss, s.accuracy)),
+                learning_rate: self.learning_rate()?,
+                seconds: start.elapsed().as_secs_f64(),
+            };
+            match (progress, args.verbose) {
+                (Some(mut p), _) => p.finish(&epoch_line(steps, &metrics)),
+                (None, 2) => println!("{}", epoch_line(steps, &metrics)),
+                _ => {}
+            }
+            let _ = std::io::stdout().flush();
+            run.history.push(metrics);
+            run.epoch = epoch;
+            // A fresh generator per epoch, seeded from the last, so that a run
+            // resumed from a backup continues exactly as it would have.
+            run.rng_seed = self.rng.random();
+            self.rng = StdRng::seed_from_u64(run.rng_seed);
+            callbacks.on_epoch_end(self, epoch, &Logs::of(&metrics), &mut run)?;
         }
-        let identity = match args.backup_dir {
+        callbacks.on_train_end(self, &run)?;
+        Ok(run.history)
+    }
+
+    /// The run as the callbacks first see it.
+    fn run_state(
+        &self,
+        args: &Fit,
+        train: &(Tensor, Tensor),
+        callbacks: &Callbacks,
+    ) -> Result<RunState> {
+        let identity = match callbacks.has::<BackupAndRestore>() {
             // Hashing the data costs a pass over it: only for backups.
-            Some(_) => RunIdentity {
+            true => RunIdentity {
                 epochs: args.epochs,
                 augment: args.augment,
                 shuffle: args.shuffle,
@@ -150,49 +254,19 @@ impl Sequential {
                         .collect::<Vec<_>>(),
                 )?,
             },
-            None => RunIdentity::default(),
+            false => RunIdentity::default(),
         };
-        let mut run = RunState {
+        Ok(RunState {
             history: History::default(),
+            epoch: args.initial_epoch,
+            epochs: args.epochs,
+            stop_training: false,
             rng_seed: 0,
             train_samples: train.0.dim(0)?,
             batch_size: args.batch_size,
             verbose: args.verbose,
             identity,
-        };
-        callbacks.on_train_begin(self, &mut run)?;
-        for epoch in run.history.epochs() + 1..=args.epochs {
-            let start = Instant::now();
-            callbacks.on_epoch_begin(self, epoch)?;
-            let (loss, acc) = self.train_epoch(&train, &args, epoch, &mut callbacks)?;
-            let val = match &val {
-                Some((xv, yv)) => Some(self.evaluate_on_device(xv, yv, args.batch_size)?),
-                None => None,
-            };
-            let metrics = EpochMetrics {
-                loss,
-                acc,
-                val: val.map(|s| (s.loss, s.accuracy)),
-                seconds: start.elapsed().as_secs_f64(),
-            };
-            if args.verbose {
-                let steps = run.train_samples.div_ceil(args.batch_size);
-                println!(
-                    "Epoch {epoch}/{}\n{}",
-                    args.epochs,
-                    epoch_line(steps, &metrics)
-                );
-                let _ = std::io::stdout().flush();
-            }
-            run.history.push(metrics);
-            // A fresh generator per epoch, seeded from the last, so that a run
-            // resumed from a backup continues exactly as it would have.
-            run.rng_seed = self.rng.random();
-            self.rng = StdRng::seed_from_u64(run.rng_seed);
-            callbacks.on_epoch_end(self, &run)?;
-        }
-        callbacks.on_train_end(self, &run)?;
-        Ok(run.history)
+        })
     }
 
     /// `fit`'s checks and data: compiles with Adam if not compiled, checks
@@ -211,11 +285,21 @@ impl Sequential {
         // Layers may have been added since compile().
         self.check_loss_fits()?;
         ensure!(args.batch_size > 0, "batch_size must be at least 1");
+        ensure!(
+            args.verbose <= 2,
+            "verbose must be 0 (silent), 1 (progress within each epoch) or 2 (one line per epoch), got {}",
+            args.verbose
+        );
         self.architecture.check_memory(args.batch_size, true)?;
         let n = self.check_inputs(x, Some(y))?;
         check_finite("x", x)?;
         check_finite("y", y)?;
-        let (n_train, n_val) = split_sizes(n, args.validation_split)?;
+        // Keras: validation_data, when given, overrides validation_split.
+        let split = match args.validation_data {
+            Some(_) => 0.0,
+            None => args.validation_split,
+        };
+        let (n_train, n_val) = split_sizes(n, split)?;
         ensure!(
             n_train > 0,
             "validation_split {} leaves no training samples out of {n}",
@@ -236,13 +320,23 @@ impl Sequential {
         let x = x.to_device(&self.device)?;
         let y = y.to_device(&self.device)?;
         let train = (x.narrow(0, 0, n_train)?, y.narrow(0, 0, n_train)?);
-        let val = match n_val {
-            0 => None,
-            _ => Some((x.narrow(0, n_train, n_val)?, y.narrow(0, n_train, n_val)?)),
+        let val = match (&args.validation_data, n_val) {
+            (Some((xv, yv)), _) => {
+                self.check_inputs(xv, Some(yv))
+                    .context("in validation_data")?;
+                check_finite("validation_data's x", xv)?;
+                check_finite("validation_data's y", yv)?;
+                Some((xv.to_device(&self.device)?, yv.to_device(&self.device)?))
+            }
+            (None, 0) => None,
+            (None, _) => Some((x.narrow(0, n_train, n_val)?, y.narrow(0, n_train, n_val)?)),
         };
         self.renew_vars()?;
-        if args.verbose && n_val > 0 {
-            println!("Train on {n_train} samples, validate on {n_val} samples");
+        if let (Some((xv, _)), 1..) = (&val, args.verbose) {
+            println!(
+                "Train on {n_train} samples, validate on {} samples",
+                xv.dim(0)?
+            );
         }
         Ok((train, val))
     }
@@ -255,6 +349,7 @@ impl Sequential {
         args: &Fit,
         epoch: usize,
         callbacks: &mut Callbacks,
+        mut progress: Option<&mut Progress>,
     ) -> Result<(f64, f64)> {
         let mut order: Vec<u32> = (0..x.dim(0)? as u32).collect();
         if args.shuffle {
@@ -271,6 +366,9 @@ impl Sequential {
             let logs = self.train_step(&xb, &yb)?;
             callbacks.on_batch_end(self, epoch, b, &logs)?;
             totals.add(logs.loss, logs.correct, batch.len());
+            if let Some(p) = progress.as_deref_mut() {
+                p.update(b + 1, totals.loss(), totals.accuracy());
+            }
         }
         Ok((totals.loss(), totals.accuracy()))
     }
@@ -380,12 +478,20 @@ impl Sequential {
         })
     }
 
-    /// Keras's `evaluate`: mean categorical cross-entropy and accuracy.
+    /// Keras's `evaluate`: mean categorical cross-entropy and accuracy, in
+    /// batches of Keras's 32.
     pub fn evaluate(&mut self, x: &Tensor, y: &Tensor) -> Result<Score> {
+        self.evaluate_with(x, y, INFERENCE_BATCH_SIZE)
+    }
+
+    /// `evaluate` in batches of `batch_size` (Keras's `batch_size=`): the
+    /// same score, computed with more or less memory at a time.
+    pub fn evaluate_with(&mut self, x: &Tensor, y: &Tensor, batch_size: usize) -> Result<Score> {
+        ensure!(batch_size > 0, "batch_size must be at least 1");
         let n = self.check_inputs(x, Some(y))?;
-        self.architecture.check_memory(n.min(128), false)?;
+        self.architecture.check_memory(n.min(batch_size), false)?;
         let (x, y) = (x.to_device(&self.device)?, y.to_device(&self.device)?);
-        self.evaluate_on_device(&x, &y, 128)
+        self.evaluate_on_device(&x, &y, batch_size)
     }
 
     fn evaluate_on_device(&mut self, x: &Tensor, y: &Tensor, batch_size: usize) -> Result<Score> {
@@ -404,15 +510,21 @@ impl Sequential {
         })
     }
 
-    /// Keras's `predict`: class probabilities `[N, classes]`, on the CPU.
+    /// Keras's `predict`: class probabilities `[N, classes]`, on the CPU, in
+    /// batches of Keras's 32.
     pub fn predict(&mut self, x: &Tensor) -> Result<Tensor> {
+        self.predict_with(x, INFERENCE_BATCH_SIZE)
+    }
+
+    /// `predict` in batches of `batch_size` (Keras's `batch_size=`).
+    pub fn predict_with(&mut self, x: &Tensor, batch_size: usize) -> Result<Tensor> {
+        ensure!(batch_size > 0, "batch_size must be at least 1");
         let n = self.check_inputs(x, None)?;
-        self.architecture.check_memory(n.min(128), false)?;
-        let n = x.dim(0)?;
+        self.architecture.check_memory(n.min(batch_size), false)?;
         let mut out = Vec::new();
-        for start in (0..n).step_by(128) {
+        for start in (0..n).step_by(batch_size) {
             let xb = x
-                .narrow(0, start, 128.min(n - start))?
+                .narrow(0, start, batch_size.min(n - start))?
                 .to_device(&self.device)?;
             out.push(
                 self.probabilities(&xb)?
@@ -460,6 +572,29 @@ impl Sequential {
         }
         Ok(dims[0])
     }
+}
+
+/// `fit`'s callbacks: `TerminateOnNaN` (unless the caller passes one),
+/// `BackupAndRestore` with `backup_dir`, then the caller's, in order;
+/// checked against the names the epochs will log.
+fn fit_callbacks(args: &Fit, given: Vec<Box<dyn Callback>>, validation: bool) -> Result<Callbacks> {
+    let given = Callbacks(given);
+    let mut all: Vec<Box<dyn Callback>> = Vec::new();
+    if !given.has::<TerminateOnNaN>() {
+        all.push(TerminateOnNaN::default().into());
+    }
+    if let Some(dir) = &args.backup_dir {
+        ensure!(
+            !given.has::<BackupAndRestore>(),
+            "both backup_dir and a BackupAndRestore callback are given: pass one of them"
+        );
+        all.push(BackupAndRestore::new(dir).into());
+    }
+    all.extend(given.0);
+    let all = Callbacks(all);
+    let names = Logs::names_for(validation);
+    all.check(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    Ok(all)
 }
 
 /// Refuses arrays with NaN or infinite values, which would corrupt the

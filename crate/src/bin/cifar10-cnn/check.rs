@@ -58,6 +58,7 @@ pub fn check(args: CheckArgs) -> Result<()> {
     let fit = Fit {
         batch_size: args.batch_size,
         epochs: args.timed_epochs,
+        verbose: 2,
         ..Fit::default()
     };
     let timed = model.fit(&x, &y, fit)?;
@@ -80,6 +81,7 @@ pub fn check(args: CheckArgs) -> Result<()> {
             let fit = Fit {
                 batch_size: args.batch_size,
                 epochs: args.epochs,
+                verbose: 2,
                 ..Fit::default()
             };
             let history = model.fit(&train.images_f32()?, &train.labels_one_hot()?, fit)?;

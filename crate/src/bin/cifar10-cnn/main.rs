@@ -146,6 +146,7 @@ fn train(args: TrainArgs) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| args.out.join("backup")),
         ),
+        verbose: 2,
         ..Fit::default()
     };
     let backup = fit.backup_dir.clone();

@@ -1,7 +1,6 @@
-//! Keras's callbacks: small objects that `fit` calls at the start and end of
-//! the run, of each epoch and after each batch. `TerminateOnNaN` and
-//! `BackupAndRestore` are the two `fit` uses today.
+//! Keras's `BackupAndRestore`, which `fit` adds with `Fit::backup_dir`.
 
+use super::{Callback, Logs, RunIdentity, RunState};
 use crate::history::{epoch_line, History};
 use crate::io::{read_safetensors, read_safetensors_metadata, safetensors_bytes_with};
 use crate::io::{write_atomic, NamedTensor};
@@ -13,174 +12,6 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// Where a run stands, as `fit` shows it to the callbacks.
-pub struct RunState {
-    /// Metrics of the epochs done so far.
-    pub history: History,
-    /// The seed the model's generator was last reseeded with (see `fit`).
-    pub rng_seed: u64,
-    pub train_samples: usize,
-    pub batch_size: usize,
-    pub verbose: bool,
-    /// What the run is: everything a backup must match to be carried on.
-    pub identity: RunIdentity,
-}
-
-/// What makes two runs the same run: the epochs asked for, the settings
-/// that change the updates, and fingerprints of the training data and of
-/// the model's initial weights (which the seed decides).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RunIdentity {
-    pub epochs: usize,
-    pub augment: bool,
-    pub shuffle: bool,
-    /// a hash of the training images and labels
-    pub data: u64,
-    /// a hash of the weights before training
-    pub initial_weights: u64,
-}
-
-/// Something `fit` calls as it goes. Every method has a default that does
-/// nothing; an error stops training with that error.
-pub trait Callback {
-    /// Before the first epoch; may restore an interrupted run into `model`
-    /// and `run` (weights, optimizer state, history, generator).
-    fn on_train_begin(&mut self, _model: &mut Sequential, _run: &mut RunState) -> Result<()> {
-        Ok(())
-    }
-    fn on_epoch_begin(&mut self, _model: &Sequential, _epoch: usize) -> Result<()> {
-        Ok(())
-    }
-    /// After the step of batch `batch` (0-based) of `epoch` (1-based).
-    fn on_batch_end(
-        &mut self,
-        _model: &mut Sequential,
-        _epoch: usize,
-        _batch: usize,
-        _logs: &BatchLogs,
-    ) -> Result<()> {
-        Ok(())
-    }
-    /// After the epoch's metrics are in `run.history`.
-    fn on_epoch_end(&mut self, _model: &mut Sequential, _run: &RunState) -> Result<()> {
-        Ok(())
-    }
-    fn on_train_end(&mut self, _model: &mut Sequential, _run: &RunState) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// What one training step measured.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BatchLogs {
-    /// mean loss over the batch
-    pub loss: f64,
-    /// how many of its images were classified right
-    pub correct: usize,
-    pub size: usize,
-    /// Why the step made no update, when it made none (a gradient that is
-    /// not finite).
-    pub skipped: Option<String>,
-}
-
-/// Callbacks called in order, as one.
-pub struct Callbacks(pub Vec<Box<dyn Callback>>);
-
-impl Callback for Callbacks {
-    fn on_train_begin(&mut self, model: &mut Sequential, run: &mut RunState) -> Result<()> {
-        self.0
-            .iter_mut()
-            .try_for_each(|c| c.on_train_begin(model, run))
-    }
-    fn on_epoch_begin(&mut self, model: &Sequential, epoch: usize) -> Result<()> {
-        self.0
-            .iter_mut()
-            .try_for_each(|c| c.on_epoch_begin(model, epoch))
-    }
-    fn on_batch_end(
-        &mut self,
-        m: &mut Sequential,
-        epoch: usize,
-        b: usize,
-        logs: &BatchLogs,
-    ) -> Result<()> {
-        self.0
-            .iter_mut()
-            .try_for_each(|c| c.on_batch_end(m, epoch, b, logs))
-    }
-    fn on_epoch_end(&mut self, model: &mut Sequential, run: &RunState) -> Result<()> {
-        self.0
-            .iter_mut()
-            .try_for_each(|c| c.on_epoch_end(model, run))
-    }
-    fn on_train_end(&mut self, model: &mut Sequential, run: &RunState) -> Result<()> {
-        self.0
-            .iter_mut()
-            .try_for_each(|c| c.on_train_end(model, run))
-    }
-}
-
-/// Keras's `TerminateOnNaN`, and more: a step whose loss, gradients or
-/// updated weights are not finite stops training, and the weights and the
-/// optimizer's state go back to those of the end of the last epoch. (A NaN
-/// can leave the loss finite: the ReLU turns it into 0, and `0 · NaN` puts
-/// it into the gradients, so the weights are checked as well.)
-#[derive(Default)]
-pub struct TerminateOnNaN {
-    weights: Vec<Tensor>,
-    optimizer: Option<(u64, Vec<(String, Tensor)>)>,
-}
-
-impl Callback for TerminateOnNaN {
-    fn on_epoch_begin(&mut self, model: &Sequential, _: usize) -> Result<()> {
-        self.weights = model.params.snapshot()?;
-        // Copies: the optimizer updates its state in place.
-        self.optimizer = match &model.optimizer {
-            Some(o) => Some((
-                o.iterations(),
-                o.state()
-                    .into_iter()
-                    .map(|(n, t)| Ok((n, t.copy()?)))
-                    .collect::<Result<_>>()?,
-            )),
-            None => None,
-        };
-        Ok(())
-    }
-
-    fn on_batch_end(
-        &mut self,
-        model: &mut Sequential,
-        epoch: usize,
-        batch: usize,
-        logs: &BatchLogs,
-    ) -> Result<()> {
-        let loss = logs.loss;
-        let problem = if !loss.is_finite() {
-            Some(format!("the loss became {loss}"))
-        } else if let Some(why) = &logs.skipped {
-            Some(why.clone())
-        } else {
-            model.params.first_non_finite()?.map(|(name, k)| {
-                format!(
-                    "{k} values of {name} became NaN or infinite (the loss was still {loss:.4})"
-                )
-            })
-        };
-        let Some(problem) = problem else {
-            return Ok(());
-        };
-        model.params.restore(&self.weights)?;
-        if let (Some(o), Some((iterations, state))) = (model.optimizer.as_mut(), &self.optimizer) {
-            o.load_state(*iterations, state.iter().cloned().collect())?;
-        }
-        bail!(
-            "{problem} in epoch {epoch} after {batch} batches: training stopped, and the weights and the optimizer's state are back to those of the end of epoch {}. Try a smaller learning rate, or check the inputs for NaN",
-            epoch - 1
-        )
-    }
-}
 
 /// Keras's `BackupAndRestore`: everything `fit` needs to carry on after the
 /// kernel died, in one safetensors file written atomically at the end of
@@ -343,7 +174,7 @@ impl Callback for BackupAndRestore {
             }
         }
         optimizer.load_state(state.adam_step, opt_state)?;
-        if run.verbose {
+        if run.verbose > 0 {
             let left = run.identity.epochs - state.epoch;
             println!(
                 "Restored the backup in {}: {} epochs done, {left} to go{}",
@@ -356,10 +187,14 @@ impl Callback for BackupAndRestore {
                 }
             );
             let steps = run.train_samples.div_ceil(run.batch_size);
-            for (i, m) in (0..state.epoch).filter_map(|i| Some((i, state.history.epoch(i)?))) {
+            // The history holds the last epochs (a run begun at an initial_epoch).
+            let first = state.epoch - state.history.epochs().min(state.epoch);
+            for (i, m) in
+                (0..state.history.epochs()).filter_map(|i| Some((i, state.history.epoch(i)?)))
+            {
                 println!(
                     "Epoch {}/{} (restored)\n{}",
-                    i + 1,
+                    first + i + 1,
                     run.identity.epochs,
                     epoch_line(steps, &m)
                 );
@@ -367,11 +202,18 @@ impl Callback for BackupAndRestore {
         }
         model.rng = StdRng::seed_from_u64(state.rng_seed);
         run.history = state.history;
+        run.epoch = state.epoch;
         run.rng_seed = state.rng_seed;
         Ok(())
     }
 
-    fn on_epoch_end(&mut self, model: &mut Sequential, run: &RunState) -> Result<()> {
+    fn on_epoch_end(
+        &mut self,
+        model: &mut Sequential,
+        _epoch: usize,
+        _logs: &Logs,
+        run: &mut RunState,
+    ) -> Result<()> {
         let optimizer = model
             .optimizer
             .as_ref()
@@ -384,7 +226,7 @@ impl Callback for BackupAndRestore {
             tensors.push(named(format!("{}.{name}", optimizer.name()), &t)?);
         }
         let state = BackupState {
-            epoch: run.history.epochs(),
+            epoch: run.epoch,
             history: run.history.clone(),
             rng_seed: run.rng_seed,
             adam_step: optimizer.iterations(),
