@@ -797,7 +797,7 @@ mod tests {
         for batch_size in [1, 4] {
             let args = crate::train::Fit {
                 batch_size,
-                verbose: false,
+                verbose: 0,
                 ..Default::default()
             };
             let e = format!("{:#}", m.fit(&x, &y, args).unwrap_err());
@@ -810,7 +810,7 @@ mod tests {
             assert_eq!(a.to_vec1::<f32>().ok(), b.to_vec1::<f32>().ok());
         }
         // Batches of 3 (9 samples): trains.
-        let args = crate::train::Fit { batch_size: 3, verbose: false, ..Default::default() };
+        let args = crate::train::Fit { batch_size: 3, verbose: 0, ..Default::default() };
         m.fit(&x, &y, args).unwrap();
     }
 
