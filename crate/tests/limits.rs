@@ -11,8 +11,9 @@ fn limit_to_1_gib() {
 }
 
 /// A 1×1 convolution of 65,536 filters is a small model (196,608
-/// parameters) whose activations for a batch of 128 take 32 GiB: predict
-/// refuses, saying so, instead of aborting the process.
+/// parameters) whose activations for predict's batch of 32 (Keras's
+/// default) take 16 GiB: predict refuses, saying so, instead of aborting
+/// the process.
 #[test]
 fn a_batch_that_does_not_fit_is_refused() {
     limit_to_1_gib();
@@ -24,7 +25,7 @@ fn a_batch_that_does_not_fit_is_refused() {
     let x = Tensor::zeros((128, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
     let e = format!("{:#}", m.predict(&x).err().unwrap());
     assert!(
-        e.contains("for the activations of a batch of 128") && e.contains("MEMORY_LIMIT"),
+        e.contains("for the activations of a batch of 32") && e.contains("MEMORY_LIMIT"),
         "{e}"
     );
     let y = Tensor::zeros((128, 2), DType::F32, &Device::Cpu).unwrap();
