@@ -277,62 +277,64 @@ impl LayerKind for BatchNormalization {
         let slots = self.slots();
         let stats: &Stats = super::kept(g.kept, "BatchNormalization")?;
         let (c, hw) = layout(g.step.input);
-        let (mut dy, mut relu) = (g.dy, g.step.fused.relu);
         let (mean, inv) = (&stats.mean, &stats.inv_std);
-        if let (true, Shape::Image(_, h, w)) = (g.step.fused.max_pool2, g.step.input) {
-            // The pooled gradient on each window's maximum, where the
-            // ReLU let it through: the gradient of the normalized image.
-            dy = unpool(&dy, g.y, &stats.argmax, h, w);
-            relu = false;
-        }
-        // Per-sample sums (masking dy by the fused ReLU on the way), then
-        // added in sample order: the same result whatever the thread count.
-        let partial: Vec<Vec<(f64, f64)>> = dy
-            .par_chunks_exact_mut(c * hw)
-            .zip(g.x.par_chunks_exact(c * hw))
-            .enumerate()
-            .map(|(i, (dys, xs))| {
-                // the output, for the ReLU's mask (unused once unpooled)
-                let ys = if relu { &g.y[i * c * hw..][..c * hw] } else { xs };
-                (0..c)
-                    .map(|k| {
-                        let at = k * hw..(k + 1) * hw;
+        let pooled = match g.step.input {
+            Shape::Image(_, h, w) if g.step.fused.max_pool2 => Some((h, w)),
+            _ => None,
+        };
+        // Each plane's [Σ dy, Σ dy·(x − mean)], through the fused ReLU (and
+        // pooling), then added per channel in plane order: the same result
+        // whatever the thread count.
+        let mut dy = g.dy;
+        let partial: Vec<[f32; 2]> = match pooled {
+            Some((h, w)) => pooled_grad_sums(&dy, g.y, &stats.argmax, g.x, h, w, |p| mean[p % c]),
+            None => {
+                let relu = g.step.fused.relu;
+                let ys = if relu { g.y } else { g.x }; // the mask's (unused without ReLU)
+                dy.par_chunks_exact_mut(hw)
+                    .zip(g.x.par_chunks_exact(hw).zip(ys.par_chunks_exact(hw)))
+                    .enumerate()
+                    .map(|(p, (d, (u, v)))| {
                         let mut sums = [0f32; 2];
-                        let (d, u, v) = (&mut dys[at.clone()], &xs[at.clone()], &ys[at]);
-                        grad_sums(d, u, v, mean[k], relu, &mut sums);
-                        (sums[0] as f64, sums[1] as f64 * inv[k] as f64)
+                        grad_sums(d, u, v, mean[p % c], relu, &mut sums);
+                        sums
                     })
                     .collect()
-            })
-            .collect();
-        let (mut sum_dy, mut sum_dy_xhat) = (vec![0f64; c], vec![0f64; c]);
-        for sample in &partial {
-            for (k, &(sd, sdx)) in sample.iter().enumerate() {
-                sum_dy[k] += sd;
-                sum_dy_xhat[k] += sdx;
             }
+        };
+        let (mut sum_dy, mut sum_dy_xhat) = (vec![0f64; c], vec![0f64; c]);
+        for (p, &[sd, sdx]) in partial.iter().enumerate() {
+            sum_dy[p % c] += sd as f64;
+            sum_dy_xhat[p % c] += sdx as f64 * inv[p % c] as f64;
         }
         let count = (g.step.n * hw) as f64;
-        if g.wants_dx {
+        let dx = if g.wants_dx {
+            // dx = scale·(dy − mean_dy − (x − mean)·inv·mean_dyx)
+            //    = scale·dy − scale·offset − x·scale·slope
             let gamma = |k: usize| slots.gamma.map_or(1.0, |i| g.params[i][k]);
-            let (scale, mean_dy, mean_dyx): (Vec<f32>, Vec<f32>, Vec<f32>) = (
-                (0..c).map(|k| gamma(k) * inv[k]).collect(),
-                sum_dy.iter().map(|&s| (s / count) as f32).collect(),
-                sum_dy_xhat.iter().map(|&s| (s / count) as f32).collect(),
-            );
-            dy.par_chunks_exact_mut(c * hw)
-                .zip(g.x.par_chunks_exact(c * hw))
-                .for_each(|(dys, xs)| {
-                    for (k, (d, u)) in dys.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate()
-                    {
-                        // dx = scale·(dy − mean_dy − (x − mean)·inv·mean_dyx)
-                        let slope = inv[k] * mean_dyx[k];
-                        grad_apply(d, u, scale[k], mean_dy[k] - mean[k] * slope, slope);
-                    }
-                });
+            let per_channel: Vec<[f32; 3]> = (0..c)
+                .map(|k| {
+                    let scale = gamma(k) * inv[k];
+                    let slope = inv[k] * (sum_dy_xhat[k] / count) as f32;
+                    [scale, (sum_dy[k] / count) as f32 - mean[k] * slope, slope]
+                })
+                .collect();
+            match pooled {
+                Some((h, w)) => pooled_dx(&dy, g.y, &stats.argmax, g.x, h, w, |p| per_channel[p % c]),
+                None => {
+                    dy.par_chunks_exact_mut(hw)
+                        .zip(g.x.par_chunks_exact(hw))
+                        .enumerate()
+                        .for_each(|(p, (d, u))| {
+                            let [scale, offset, slope] = per_channel[p % c];
+                            grad_apply(d, u, scale, offset, slope);
+                        });
+                    dy
+                }
+            }
         } else {
-            dy = Vec::new();
-        }
+            Vec::new()
+        };
         let mut grads = Vec::with_capacity(2);
         if slots.gamma.is_some() {
             grads.push(sum_dy_xhat.iter().map(|&v| v as f32).collect());
@@ -340,8 +342,80 @@ impl LayerKind for BatchNormalization {
         if slots.beta.is_some() {
             grads.push(sum_dy.iter().map(|&v| v as f32).collect());
         }
-        Ok((dy, grads))
+        Ok((dx, grads))
     }
+}
+
+/// Where window `i` (of `wo` per row) had its maximum `k` (row-major in
+/// the 2×2 window), in its plane of width `w`.
+#[inline(always)]
+fn window_max_at(i: usize, k: u8, wo: usize, w: usize) -> usize {
+    let (oh, ow) = (i / wo, i % wo);
+    (2 * oh + (k as usize >> 1)) * w + 2 * ow + (k as usize & 1)
+}
+
+/// [`grad_sums`] with the ReLU and 2×2 pooling fused: the normalized
+/// image's gradient is the pooled one on each window's maximum where the
+/// output `y` is positive, 0 elsewhere, so each plane's sums run over the
+/// windows alone (`dy`, `y`: `[planes, h/2, w/2]`; `x`: `[planes, h, w]`).
+fn pooled_grad_sums(
+    dy: &[f32],
+    y: &[f32],
+    argmax: &[u8],
+    x: &[f32],
+    h: usize,
+    w: usize,
+    mean: impl Fn(usize) -> f32 + Sync,
+) -> Vec<[f32; 2]> {
+    let (wo, windows) = (w / 2, (h / 2) * (w / 2));
+    dy.par_chunks_exact(windows)
+        .zip(y.par_chunks_exact(windows))
+        .zip(argmax.par_chunks_exact(windows).zip(x.par_chunks_exact(h * w)))
+        .enumerate()
+        .with_min_len(16)
+        .map(|(p, ((d, y), (a, x)))| {
+            let m = mean(p);
+            let (mut sd, mut sdx) = (0f32, 0f32);
+            for (i, ((&d, &y), &k)) in d.iter().zip(y).zip(a).enumerate() {
+                let d = if y > 0.0 { d } else { 0.0 };
+                sd += d;
+                sdx += d * (x[window_max_at(i, k, wo, w)] - m);
+            }
+            [sd, sdx]
+        })
+        .collect()
+}
+
+/// [`grad_apply`] with the ReLU and 2×2 pooling fused: the input's
+/// gradient `[planes, h, w]`, `−scale·offset − x·scale·slope` everywhere
+/// (vectorized), plus `scale·dy` on each window's maximum the ReLU passed.
+fn pooled_dx(
+    dy: &[f32],
+    y: &[f32],
+    argmax: &[u8],
+    x: &[f32],
+    h: usize,
+    w: usize,
+    coefficients: impl Fn(usize) -> [f32; 3] + Sync,
+) -> Vec<f32> {
+    let (wo, windows) = (w / 2, (h / 2) * (w / 2));
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_exact_mut(h * w)
+        .zip(x.par_chunks_exact(h * w))
+        .zip(dy.par_chunks_exact(windows).zip(y.par_chunks_exact(windows)))
+        .zip(argmax.par_chunks_exact(windows))
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(p, (((dx, x), (d, y)), a))| {
+            let [scale, offset, slope] = coefficients(p);
+            scale_shift(x, dx, -scale * slope, -scale * offset, false);
+            for (i, ((&d, &y), &k)) in d.iter().zip(y).zip(a).enumerate() {
+                if y > 0.0 {
+                    dx[window_max_at(i, k, wo, w)] += scale * d;
+                }
+            }
+        });
+    dx
 }
 
 /// Each channel's mean and biased variance over a batch `[N, C, hw]`.
@@ -391,62 +465,36 @@ fn pooled_forward(x: &[f32], c: usize, h: usize, w: usize, a: &[f32], b: &[f32])
         .enumerate()
         .with_min_len(16)
         .for_each(|(plane, ((yp, ap), xp))| {
-            // (the scratch is taken here: a closure inside pool_plane would
-            // be compiled without its vector ISA)
-            f32::with_scratch(2 * w, |rows| {
-                pool_plane(xp, yp, ap, rows, w, a[plane % c], b[plane % c])
-            });
+            pool_plane(xp, yp, ap, w, a[plane % c], b[plane % c]);
         });
     (y, arg)
 }
 
 multiversion! {
-    /// One plane of [`pooled_forward`]: each pair of input rows normalized
-    /// into a scratch row (vectorized), then each 2×2 window's first
-    /// maximum (row-major, NaN winning, as MaxPooling2D picks it), ReLU'd.
-    fn pool_plane<T>(xp: &[T], yp: &mut [T], ap: &mut [u8], rows: &mut [T], w: usize, a: T, b: T) {
+    /// One plane of [`pooled_forward`]: each 2×2 window normalized and its
+    /// first maximum taken (row-major, a NaN winning, as MaxPooling2D picks
+    /// it) as a small tournament, each row's pair first and then the two
+    /// rows: the same pick, without branches, so that the loop vectorizes.
+    fn pool_plane<T>(xp: &[T], yp: &mut [T], ap: &mut [u8], w: usize, a: T, b: T) {
         let wo = w / 2;
-        {
-            for (oh, (yr, ar)) in yp.chunks_exact_mut(wo).zip(ap.chunks_exact_mut(wo)).enumerate() {
-                for (t, &u) in rows.iter_mut().zip(&xp[2 * oh * w..][..2 * w]) {
-                    *t = T::mul_add(u, a, b);
-                }
-                let (r0, r1) = rows.split_at(w);
-                for (ow, (y, k)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
-                    let v = [r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]];
-                    let (mut m, mut arg) = (v[0], 0u8);
-                    for (i, &t) in v.iter().enumerate().skip(1) {
-                        let over = t > m || t != t;
-                        m = if over { t } else { m };
-                        arg = if over { i as u8 } else { arg };
-                    }
-                    *y = T::relu(m);
-                    *k = arg;
-                }
+        for (oh, (yr, ar)) in yp.chunks_exact_mut(wo).zip(ap.chunks_exact_mut(wo)).enumerate() {
+            let (r0, r1) = (&xp[2 * oh * w..][..2 * wo], &xp[(2 * oh + 1) * w..][..2 * wo]);
+            for (ow, (y, k)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
+                // (no closure: it would be compiled without the vector ISA)
+                let a0 = T::mul_add(r0[2 * ow], a, b);
+                let a1 = T::mul_add(r0[2 * ow + 1], a, b);
+                let b0 = T::mul_add(r1[2 * ow], a, b);
+                let b1 = T::mul_add(r1[2 * ow + 1], a, b);
+                let t0 = a1 > a0 || a1 != a1;
+                let t1 = b1 > b0 || b1 != b1;
+                let m0 = if t0 { a1 } else { a0 };
+                let m1 = if t1 { b1 } else { b0 };
+                let t = m1 > m0 || m1 != m1;
+                *y = T::relu(if t { m1 } else { m0 });
+                *k = if t { 2 + t1 as u8 } else { t0 as u8 };
             }
         }
     }
-}
-
-/// The gradient of the normalized (pre-pooling) image `[N, C, h, w]` from
-/// the pooled one: each window's value on its maximum when the pooled
-/// output `y` is positive (the ReLU passed it), 0 everywhere else.
-fn unpool(dy: &[f32], y: &[f32], argmax: &[u8], h: usize, w: usize) -> Vec<f32> {
-    let (ho, wo) = (h / 2, w / 2);
-    let planes = dy.len() / (ho * wo);
-    let mut full = vec![0f32; planes * h * w];
-    full.par_chunks_exact_mut(h * w)
-        .zip(dy.par_chunks_exact(ho * wo))
-        .zip(y.par_chunks_exact(ho * wo).zip(argmax.par_chunks_exact(ho * wo)))
-        .with_min_len(16)
-        .for_each(|((fp, dp), (yp, ap))| {
-            for (i, ((&d, &v), &k)) in dp.iter().zip(yp).zip(ap).enumerate() {
-                let (oh, ow) = (i / wo, i % wo);
-                let at = (2 * oh + (k as usize >> 1)) * w + 2 * ow + (k as usize & 1);
-                fp[at] = if v > 0.0 { d } else { 0.0 };
-            }
-        });
-    full
 }
 
 /// Lanes of the sums below: a whole AVX-512 register of f32s.

@@ -218,7 +218,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     let step = median_secs(args.steps.max(1), || {
         model.train_on_batch(&x, &y).map(|_| ())
     })?;
-    let infer = median_secs(args.steps.max(1), || model.predict(&x).map(|_| ()))?;
+    let infer = median_secs(args.steps.max(1), || model.predict_with(&x, b).map(|_| ()))?;
     eprintln!(
         "device: {}, batch {b}, {} timed steps, model: the article's{}",
         describe(&device),
