@@ -43,6 +43,7 @@ fn err_text<T>(r: anyhow::Result<T>) -> String {
 }
 
 #[test]
+#[allow(clippy::identity_op)] // the pixel formulas spelled out, with their zero terms
 fn reads_the_binary_format_exactly() {
     let dir = tempfile::tempdir().unwrap();
     write_cifar_dir(dir.path());

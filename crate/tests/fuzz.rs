@@ -220,7 +220,7 @@ fn fuzz_campaign_of_the_three_readers() {
         let ok =
             cifar10_cnn::data::parse_records(&bytes, classes, &mut images, &mut labels).is_ok();
         let should = classes > 0
-            && bytes.len() % RECORD == 0
+            && bytes.len().is_multiple_of(RECORD)
             && bytes.chunks(RECORD).all(|r| (r[0] as usize) < classes);
         assert_eq!(ok, should, "{} bytes, {classes} classes", bytes.len());
         if ok {

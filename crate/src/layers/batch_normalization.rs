@@ -485,16 +485,22 @@ multiversion! {
                 let a1 = T::mul_add(r0[2 * ow + 1], a, b);
                 let b0 = T::mul_add(r1[2 * ow], a, b);
                 let b1 = T::mul_add(r1[2 * ow + 1], a, b);
-                let t0 = a1 > a0 || a1 != a1;
-                let t1 = b1 > b0 || b1 != b1;
+                let (t0, t1) = (takes_over(a1, a0), takes_over(b1, b0));
                 let m0 = if t0 { a1 } else { a0 };
                 let m1 = if t1 { b1 } else { b0 };
-                let t = m1 > m0 || m1 != m1;
+                let t = takes_over(m1, m0);
                 *y = T::relu(if t { m1 } else { m0 });
                 *k = if t { 2 + t1 as u8 } else { t0 as u8 };
             }
         }
     }
+}
+
+/// Whether `v` replaces `best` as a window's maximum: larger, or NaN.
+#[inline(always)]
+#[allow(clippy::eq_op)] // v != v: NaN, for any float type
+fn takes_over<T: PartialOrd>(v: T, best: T) -> bool {
+    v > best || v != v
 }
 
 /// Lanes of the sums below: a whole AVX-512 register of f32s.
