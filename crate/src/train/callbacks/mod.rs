@@ -29,7 +29,8 @@
 //! }
 //!
 //! # fn main() -> Result<()> {
-//! # let (x, y): (Tensor, Tensor) = unimplemented!();
+//! # let x = Tensor::rand(0f32, 1f32, (64, 3, 32, 32), &Device::Cpu)?;
+//! # let y = Tensor::zeros((64, 10), candle_core::DType::F32, &Device::Cpu)?; // one-hot labels
 //! # let mut model = Sequential::article(&[3, 32, 32], 10, 0, &candle_core::Device::Cpu)?;
 //! let history = model.fit(&x, &y, Fit {
 //!     epochs: 50,
