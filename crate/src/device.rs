@@ -39,3 +39,35 @@ pub fn describe(device: &Device) -> String {
         Device::Metal(_) => "metal".to_string(),
     }
 }
+
+/// The set-up cell's last line: the crate's version, how it was built and
+/// the device the cells will use, e.g. `cifar10-cnn 0.1.0 (optimized),
+/// device: cpu (2 threads), AVX-512`.
+pub fn about() -> Result<String> {
+    let build = if cfg!(debug_assertions) {
+        "debug build: about 3x slower, use :opt 3"
+    } else {
+        "optimized"
+    };
+    let device = pick_device()?;
+    let simd = if device.is_cpu() { simd() } else { "" };
+    Ok(format!(
+        "cifar10-cnn {} ({build}), device: {}{simd}",
+        env!("CARGO_PKG_VERSION"),
+        describe(&device),
+    ))
+}
+
+/// The widest vector instructions the CPU kernels will use here.
+fn simd() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return ", AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return ", AVX2";
+        }
+    }
+    ""
+}

@@ -98,6 +98,52 @@ impl History {
     }
 }
 
+impl History {
+    /// The metric `name` (`loss`, `acc`, `val_loss`, `val_acc`) over the
+    /// epochs so far as one line of block characters, lowest `▁` to highest
+    /// `█` (a NaN as `?`), with its last value and its best: the shape of
+    /// the learning curve while the plot can only come after `fit`.
+    /// The last `width` epochs at most. None for an unknown or empty metric.
+    pub fn sparkline(&self, name: &str, width: usize) -> Option<String> {
+        const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+        let values = match name {
+            "loss" => &self.loss,
+            "acc" => &self.acc,
+            "val_loss" => &self.val_loss,
+            "val_acc" => &self.val_acc,
+            _ => return None,
+        };
+        let shown = &values[values.len().saturating_sub(width)..];
+        let last = *shown.last()?;
+        let finite = || shown.iter().copied().filter(|v| v.is_finite());
+        let (lo, hi) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+        let line: String = shown
+            .iter()
+            .map(|&v| match v.is_finite() {
+                false => '?',
+                // A flat curve sits in the middle.
+                true if hi - lo <= 0.0 => BLOCKS[3],
+                true => BLOCKS[(((v - lo) / (hi - lo)) * 7.0).round() as usize],
+            })
+            .collect();
+        let lower_is_better = name.ends_with("loss");
+        let best = values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite())
+            .reduce(|a, b| match (b.1 < a.1) == lower_is_better && b.1 != a.1 {
+                true => b,
+                false => a,
+            });
+        Some(match best {
+            Some((i, v)) => format!("{name} {line} {last:.4} (best {v:.4}, epoch {})", i + 1),
+            None => format!("{name} {line}"),
+        })
+    }
+}
+
 /// Keras's `verbose=2` line: `352/352 - 41s - loss: 0.9208 - acc: 0.6753 - val_loss: 0.8062 - val_acc: 0.7172`.
 pub fn epoch_line(steps: usize, m: &EpochMetrics) -> String {
     let mut line = format!(
@@ -113,6 +159,48 @@ pub fn epoch_line(steps: usize, m: &EpochMetrics) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn of(val_loss: &[f64]) -> History {
+        let mut h = History::default();
+        for &v in val_loss {
+            h.push(EpochMetrics {
+                loss: v,
+                acc: 0.5,
+                val: Some((v, 0.5)),
+                learning_rate: 1e-3,
+                seconds: 1.0,
+            });
+        }
+        h
+    }
+
+    /// Lowest to highest as ▁ to █, the last value, the best and its epoch.
+    #[test]
+    fn the_sparkline_draws_the_curve_so_far() {
+        let h = of(&[1.4, 1.0, 0.8, 0.7, 0.65, 0.7, 0.95]);
+        assert_eq!(
+            h.sparkline("val_loss", 25).unwrap(),
+            "val_loss █▄▂▁▁▁▄ 0.9500 (best 0.6500, epoch 5)"
+        );
+        // The last `width` epochs, scaled among themselves; the best of all.
+        assert_eq!(
+            h.sparkline("val_loss", 3).unwrap(),
+            "val_loss ▁▂█ 0.9500 (best 0.6500, epoch 5)"
+        );
+        // Accuracy: higher is better; the first of equal bests.
+        let mut h = of(&[1.0, 1.0]);
+        h.val_acc = vec![0.5, 0.7, 0.7];
+        assert_eq!(
+            h.sparkline("val_acc", 25).unwrap(),
+            "val_acc ▁██ 0.7000 (best 0.7000, epoch 2)"
+        );
+        assert_eq!(
+            h.sparkline("loss", 25).unwrap(),
+            "loss ▄▄ 1.0000 (best 1.0000, epoch 1)"
+        );
+        assert!(h.sparkline("lr", 25).is_none());
+        assert!(History::default().sparkline("val_loss", 25).is_none());
+    }
 
     /// A run whose loss became NaN or infinite still saves and loads.
     #[test]
@@ -130,6 +218,10 @@ mod tests {
         let back = History::from_json(&h.to_json().unwrap()).unwrap();
         assert_eq!(back.loss[0], 1.5);
         assert!(back.loss[1].is_nan() && back.val_loss[2].is_nan());
+        assert_eq!(
+            h.sparkline("val_loss", 25).unwrap(),
+            "val_loss ▄?? inf (best 1.5000, epoch 1)"
+        );
         assert_eq!(back.acc, h.acc);
         assert_eq!(back.learning_rate, h.learning_rate);
     }

@@ -30,7 +30,7 @@ pub mod prelude {
         self as cifar10, load_data, tensor_row, to_categorical, Dataset, CLASS_NAMES,
     };
     pub use crate::device::describe as describe_device;
-    pub use crate::device::{pick_device, Device};
+    pub use crate::device::{about, pick_device, Device};
     pub use crate::gallery::Gallery;
     pub use crate::history::History;
     pub use crate::layers::*;
@@ -43,7 +43,7 @@ pub mod prelude {
     pub use crate::plot::{confusion_matrix, learning_curves, Figure};
     pub use crate::train::{
         BackupAndRestore, CSVLogger, Callback, EarlyStopping, Fit, LearningRateScheduler, Logs,
-        Mode, ModelCheckpoint, ReduceLROnPlateau, RunState, Score, TerminateOnNaN,
+        Mode, ModelCheckpoint, ReduceLROnPlateau, RunState, Score, StopFile, TerminateOnNaN,
     };
     pub use anyhow::{anyhow, bail, ensure, Result};
     pub use candle_core::Tensor;

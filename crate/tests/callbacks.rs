@@ -738,10 +738,12 @@ fn verbose_child() {
 }
 
 /// verbose 0 prints nothing; 2 an `Epoch k/n` line and a line per epoch;
-/// 1 into a pipe (no terminal) the same few lines, not one per batch.
+/// 1 into a pipe (no terminal) Keras's bar at the quarters of each epoch
+/// (here steps 1, 2, 3 of 4), the full bar with the epoch's metrics, and
+/// from the second epoch the curve so far.
 #[test]
 fn verbose_prints_what_keras_does() {
-    for (v, lines) in [(0, 0), (1, 4), (2, 4)] {
+    for (v, lines) in [(0, 0), (1, 11), (2, 4)] {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "verbose_child",
@@ -760,8 +762,34 @@ fn verbose_prints_what_keras_does() {
             .and_then(|t| t.split(">>>").next())
             .unwrap_or_else(|| panic!("no markers in {text}"));
         assert_eq!(printed.lines().count(), lines, "verbose {v}: {printed:?}");
-        if lines > 0 {
-            assert!(printed.starts_with("Epoch 1/2\n4/4 - "), "{printed:?}");
+        match v {
+            2 => assert!(printed.starts_with("Epoch 1/2\n4/4 - "), "{printed:?}"),
+            1 => {
+                let l: Vec<&str> = printed.lines().collect();
+                assert_eq!(l[0], "Epoch 1/2");
+                assert!(
+                    l[1].starts_with("1/4 [======>.......................] - ETA: "),
+                    "{printed:?}"
+                );
+                assert!(
+                    l[3].starts_with("3/4 [=====================>........] - ETA: "),
+                    "{printed:?}"
+                );
+                assert!(
+                    l[4].starts_with("4/4 [==============================] - "),
+                    "{printed:?}"
+                );
+                assert!(
+                    l[4].contains("s - loss: ") && l[4].contains(" - acc: "),
+                    "{printed:?}"
+                );
+                assert_eq!(l[5], "Epoch 2/2");
+                assert!(
+                    l[10].starts_with("  loss ") && l[10].contains("(best "),
+                    "{printed:?}"
+                );
+            }
+            _ => {}
         }
     }
 }

@@ -16,7 +16,7 @@ pub use crate::optim::{Adam, Optimizer};
 pub use callbacks::{
     BackupAndRestore, BatchLogs, CSVLogger, Callback, Callbacks, EarlyStopping,
     LearningRateScheduler, Logs, Mode, ModelCheckpoint, ReduceLROnPlateau, RunIdentity, RunState,
-    TerminateOnNaN,
+    StopFile, TerminateOnNaN,
 };
 
 use crate::data::split_sizes;
@@ -59,6 +59,11 @@ pub struct Fit {
     /// after the kernel died or was interrupted (at most one epoch lost).
     /// It is kept when `fit` completes (a rerun then trains nothing):
     /// remove it with `BackupAndRestore::remove` once the model is saved.
+    ///
+    /// It also holds the safe stop ([`StopFile`]): while the file `STOP`
+    /// is in this folder, training ends after the current epoch, and a
+    /// rerun (after the kernel was killed) restores the backup and trains
+    /// no further. Delete `STOP` to train on.
     pub backup_dir: Option<std::path::PathBuf>,
 }
 
@@ -214,13 +219,22 @@ impl Sequential {
                 learning_rate: self.learning_rate()?,
                 seconds: start.elapsed().as_secs_f64(),
             };
+            run.history.push(metrics);
             match (progress, args.verbose) {
-                (Some(mut p), _) => p.finish(&epoch_line(steps, &metrics)),
+                (Some(mut p), _) => {
+                    p.finish(&metrics);
+                    // The learning curve so far, while the plot must wait
+                    // for the cell's end (evcxr sends pictures only then).
+                    let watched = if val.is_some() { "val_loss" } else { "loss" };
+                    let curve = run.history.sparkline(watched, 50);
+                    if let (Some(curve), 2..) = (curve, run.history.epochs()) {
+                        println!("  {curve}");
+                    }
+                }
                 (None, 2) => println!("{}", epoch_line(steps, &metrics)),
                 _ => {}
             }
             let _ = std::io::stdout().flush();
-            run.history.push(metrics);
             run.epoch = epoch;
             // A fresh generator per epoch, seeded from the last, so that a run
             // resumed from a backup continues exactly as it would have.
@@ -589,6 +603,8 @@ fn fit_callbacks(args: &Fit, given: Vec<Box<dyn Callback>>, validation: bool) ->
             "both backup_dir and a BackupAndRestore callback are given: pass one of them"
         );
         all.push(BackupAndRestore::new(dir).into());
+        // After the restore, so that it knows the epoch the run is at.
+        all.push(StopFile::new(StopFile::in_dir(dir)).into());
     }
     all.extend(given.0);
     let all = Callbacks(all);

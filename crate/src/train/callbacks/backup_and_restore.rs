@@ -251,15 +251,19 @@ impl BackupAndRestore {
         dir.join(BACKUP_FILE)
     }
 
-    /// Removes the backup in `dir` (if any): call it once the trained model
+    /// Removes the backup in `dir` (if any), and its stop file (which
+    /// would stop the next run at once): call it once the trained model
     /// and its history are saved, not before.
     pub fn remove(dir: &Path) -> Result<()> {
-        match std::fs::remove_file(Self::file(dir)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("cannot remove the backup in {}", dir.display()))
+        for file in [Self::file(dir), super::StopFile::in_dir(dir)] {
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("cannot remove {}", file.display()))?
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 }
 

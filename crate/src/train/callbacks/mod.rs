@@ -47,6 +47,7 @@ mod early_stopping;
 mod learning_rate_scheduler;
 mod model_checkpoint;
 mod reduce_lr_on_plateau;
+mod stop_file;
 mod terminate_on_nan;
 
 pub(crate) use backup_and_restore::fingerprint;
@@ -56,6 +57,7 @@ pub use early_stopping::EarlyStopping;
 pub use learning_rate_scheduler::LearningRateScheduler;
 pub use model_checkpoint::ModelCheckpoint;
 pub use reduce_lr_on_plateau::ReduceLROnPlateau;
+pub use stop_file::StopFile;
 pub use terminate_on_nan::TerminateOnNaN;
 
 use crate::history::{EpochMetrics, History};
