@@ -41,8 +41,11 @@ notebook: setup
 	RESULTS_DIR=$(RESULTS_DIR) $(VENV)/bin/python tests/run_notebooks.py --timeout 14400 --out $(RESULTS_DIR) notebooks/cifar10_cnn.ipynb
 
 ## lab: JupyterLab with the Rust kernel
+# Jupyter refuses to start as root unless told: containers often run as root,
+# so there it is told (and says so).
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks
+	@if [ "$$(id -u)" = 0 ]; then echo "running as root (as in most containers): starting JupyterLab with --allow-root"; fi
+	$(VENV)/bin/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks
 
 ## bench: the article's training step and inference, release build, one JSON line
 # (BENCH_ARGS=--batch-norm: with a BatchNormalization after each convolution)
@@ -129,12 +132,15 @@ $(KERNEL): $(EVCXR) $(VENV)/.installed
 	rustup component add rust-src || echo "warning: could not add rust-src (only completions need it)"
 	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(EVCXR) --install
 
-# evcxr runs the cells with RUST_BACKTRACE=1, so an error shown with the
-# notebooks' `:efmt {:?}` would end in a stack backtrace; RUST_LIB_BACKTRACE=0
-# in the kernel's environment keeps backtraces off errors (panics keep theirs).
-$(VENV)/.kernel-env: $(KERNEL)
-	$(VENV)/bin/python -c "import json, sys; p = sys.argv[1]; k = json.load(open(p)); k.setdefault('env', {})['RUST_LIB_BACKTRACE'] = '0'; json.dump(k, open(p, 'w'), indent=1)" $(KERNEL)
+# The kernel starts through scripts/rust-kernel, which gives it a build folder
+# that outlives it (target/evcxr/<slot>), so that a restarted kernel finds the
+# crate built. evcxr runs the cells with RUST_BACKTRACE=1, so an error shown
+# with the notebooks' `:efmt {:?}` would end in a stack backtrace;
+# RUST_LIB_BACKTRACE=0 in the kernel's environment keeps backtraces off errors
+# (panics keep theirs).
+$(VENV)/.kernel-env: $(KERNEL) scripts/set-kernel.py
+	$(VENV)/bin/python scripts/set-kernel.py $(KERNEL) $(CURDIR)/scripts/rust-kernel $(EVCXR)
 	touch $@
 
 clean:
-	rm -rf $(VENV) target/notebooks target/notebook-results
+	rm -rf $(VENV) target/notebooks target/notebook-results target/evcxr

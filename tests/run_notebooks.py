@@ -11,9 +11,11 @@ what it exists to show (curves, image grid, evaluation line).
 The environment (EPOCHS, TRAIN_SIZE, CIFAR10_DIR, ...) passes to the kernel.
 """
 import argparse
+import json
 import os
 import queue
 import random
+import re
 import struct
 import sys
 import tempfile
@@ -45,15 +47,29 @@ def has_text(text):
     return lambda outs: any(o.get("output_type") == "stream" and text in o.get("text", "") for o in outs)
 
 
+def has_line(pattern):
+    """A line of the streamed text matching the regular expression."""
+    regex = re.compile(pattern, re.M)
+    return lambda outs: any(o.get("output_type") == "stream" and regex.search(o.get("text", "")) for o in outs)
+
+
+# The set-up cell's last line, and Keras's progress bar within an epoch.
+READY = ("the set-up cell's version and device", has_line(r"^cifar10-cnn \d+\.\d+\.\d+ \(optimized\), device: "))
+PROGRESS = ("the progress within an epoch", has_line(r"^ *\d+/\d+ \[[=>.]{30}\] - ETA: \d+s - loss: "))
+
+
 CHECKS = {
     "cifar10_cnn.ipynb": [
+        READY,
         ("the model summary", has_text("Total params: 1,250,858")),
+        PROGRESS,
         ("the per-epoch log", has_text("val_acc: ")),
         ("the learning curves (SVG)", has_mime("image/svg+xml")),
         ("the prediction grid (PNG)", has_png_only()),
         ("the evaluation line", has_text("Test Data accuracy: ")),
     ],
     "own_images.ipynb": [
+        READY,
         ("the per-epoch log", has_text("val_acc: ")),
         ("the learning curves (SVG)", has_mime("image/svg+xml")),
         ("the prediction grid (PNG)", has_png_only()),
@@ -102,6 +118,35 @@ def problems_in(nb):
     return found
 
 
+def cell_seconds(cell):
+    """How long a cell took from the kernel's busy to its reply, from the
+    timestamps nbclient records in the cell's metadata."""
+    from datetime import datetime
+    t = cell.get("metadata", {}).get("execution", {})
+    start, end = t.get("iopub.status.busy"), t.get("shell.execute_reply")
+    if not (start and end):
+        return None
+    parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def timing_table(nb, name):
+    """Each code cell's time and first line, slowest marked: what a learner
+    waits for."""
+    rows = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            lines = [l for l in cell.source.splitlines() if l.strip()]
+            # The set-up cell by its `:dep`, the others by their first line of code.
+            first = next((l for l in lines if l.startswith(":dep")), None) or next(
+                (l for l in lines if not l.startswith(":")), lines[0] if lines else "")
+            rows.append((i, cell_seconds(cell), first[:70]))
+    lines = [f"per-cell time, {name}:", "  cell  seconds  first line"]
+    for i, sec, first in rows:
+        lines.append(f"  {i:>4}  {'-' if sec is None else f'{sec:7.1f}'}  {first}")
+    return "\n".join(lines), rows
+
+
 def run(path, out_dir, timeout):
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
@@ -120,6 +165,11 @@ def run(path, out_dir, timeout):
     seconds = time.time() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / path.name)
+
+    table, rows = timing_table(nb, path.name)
+    print(table, flush=True)
+    (out_dir / (path.stem + ".timings.json")).write_text(
+        json.dumps([{"cell": i, "seconds": sec, "first_line": first} for i, sec, first in rows], indent=1))
 
     problems = problems_in(nb)
     if failure and not problems:

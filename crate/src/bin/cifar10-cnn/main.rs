@@ -74,6 +74,9 @@ struct TrainArgs {
     /// Random crops (padding 4) and horizontal flips of the training images; the article has none.
     #[arg(long)]
     augment: bool,
+    /// Keras's verbose: 0 silent, 1 a progress bar within each epoch, 2 one line per epoch.
+    #[arg(long, default_value_t = 1)]
+    verbose: u8,
 }
 
 fn main() -> Result<()> {
@@ -146,7 +149,7 @@ fn train(args: TrainArgs) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| args.out.join("backup")),
         ),
-        verbose: 2,
+        verbose: args.verbose,
         ..Fit::default()
     };
     let backup = fit.backup_dir.clone();
