@@ -143,7 +143,7 @@ $(EVCXR):
 # only serves evcxr's completions, so a failure there does not stop anything.
 $(KERNEL): $(EVCXR) $(VENV)/.installed
 	rustup component add rust-src || echo "warning: could not add rust-src (only completions need it)"
-	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(EVCXR) --install
+	JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(EVCXR) --install
 
 # evcxr runs the cells with RUST_BACKTRACE=1, so an error shown with the
 # notebooks' `:efmt {:?}` would end in a stack backtrace; RUST_LIB_BACKTRACE=0
