@@ -113,12 +113,24 @@ OUTPUTS_JS = """() => {
   });
 }"""
 
-# The height the notebook needs to be shown whole, and the height of the
-# rest of JupyterLab's window around it.
+# The height of the notebook's cells, from the top of the first to the bottom
+# of the last, and of the rest of JupyterLab's window around the notebook's
+# scrolling area (the notebook is scrolled back to its top first; its
+# scrollHeight would count the room JupyterLab leaves below the last cell).
 HEIGHTS_JS = """() => {
   const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
   const scroller = panel.querySelector('.jp-WindowedPanel-outer') || panel.querySelector('.jp-Notebook');
-  return {content: scroller.scrollHeight, visible: scroller.clientHeight, window: window.innerHeight};
+  scroller.scrollTop = 0;
+  const cells = panel.querySelectorAll('.jp-Cell');
+  const top = scroller.getBoundingClientRect().top;
+  const bottom = cells[cells.length - 1].getBoundingClientRect().bottom;
+  return {content: bottom - top + scroller.scrollTop, visible: scroller.clientHeight, window: window.innerHeight};
+}"""
+
+SCROLL_TOP_JS = """() => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  const scroller = panel.querySelector('.jp-WindowedPanel-outer') || panel.querySelector('.jp-Notebook');
+  scroller.scrollTop = 0;
 }"""
 
 
@@ -311,6 +323,11 @@ def run_in_browser(url, token, name, out_dir, timeout):
             state = page.evaluate(STATE_JS)
             now = time.monotonic()
             prompts = state["prompts"]
+            if state["dialog"]:
+                # "Kernel Restarting: the kernel ... appears to have died", or
+                # any other dialog in the way: the run is over.
+                print(f"  JupyterLab shows a dialog: {state['dialog']!r}", flush=True)
+                break
             busy = state["indicator"] != "idle" or any(p == "[*]:" for p in prompts)
             started = started or busy or any(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
             if started and not busy:
@@ -337,9 +354,11 @@ def run_in_browser(url, token, name, out_dir, timeout):
         # window is made as tall as the notebook before the screenshot.
         page.keyboard.press("Control+s")
         heights = page.evaluate(HEIGHTS_JS)
-        full = heights["window"] - heights["visible"] + heights["content"] + 40
+        full = int(heights["window"] - heights["visible"] + heights["content"] + 40)
         page.set_viewport_size({"width": 1280, "height": min(max(full, 900), 32000)})
-        page.wait_for_timeout(1500)
+        page.wait_for_timeout(1000)
+        page.evaluate(SCROLL_TOP_JS)
+        page.wait_for_timeout(500)
         screenshot = out_dir / "jupyterlab.png"
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
