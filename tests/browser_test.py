@@ -298,7 +298,7 @@ def run_in_browser(url, token, name, out_dir, timeout):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the kernel did not start within 180 s: {state}")
             time.sleep(0.5)
-        print(f"  kernel idle, {state['cells']} cells; Run > Run All Cells", flush=True)
+        print("  kernel idle; Run > Run All Cells", flush=True)
 
         # Close the file browser: the screenshot is of the notebook.
         if page.locator("#jp-left-stack:not(.lm-mod-hidden)").count():
@@ -313,12 +313,14 @@ def run_in_browser(url, token, name, out_dir, timeout):
 
         # Done: the kernel is idle and no cell waits ([*]), and stays so for a
         # few seconds (evcxr forwards the program's output from a thread of its
-        # own, so late lines can arrive just after a cell's end). A cell that
-        # fails stops the run with the cells after it left at [ ]:.
+        # own, so late lines can arrive just after a cell's end). evcxr runs
+        # the cells after a failing one; a kernel that stops there leaves them
+        # at [ ]:, which the checks report.
         start = time.monotonic()
         stable_since = None
         last_report = start
         started = False
+        ended = "the run ended"
         while True:
             state = page.evaluate(STATE_JS)
             now = time.monotonic()
@@ -326,7 +328,8 @@ def run_in_browser(url, token, name, out_dir, timeout):
             if state["dialog"]:
                 # "Kernel Restarting: the kernel ... appears to have died", or
                 # any other dialog in the way: the run is over.
-                print(f"  JupyterLab shows a dialog: {state['dialog']!r}", flush=True)
+                ended = f"JupyterLab showed a dialog: {state['dialog']!r}"
+                print(f"  {ended}", flush=True)
                 break
             busy = state["indicator"] != "idle" or any(p == "[*]:" for p in prompts)
             started = started or busy or any(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
@@ -341,7 +344,8 @@ def run_in_browser(url, token, name, out_dir, timeout):
                 print(f"  {now - start:.0f} s: {done}/{len(prompts)} code cells done, kernel {state['indicator']}", flush=True)
                 last_report = now
             if now - start > timeout:
-                print(f"  TIMEOUT after {timeout} s: {state}", flush=True)
+                ended = f"TIMEOUT: still running after {timeout} s"
+                print(f"  {ended}: {state}", flush=True)
                 break
             time.sleep(1)
         seconds = time.monotonic() - start
@@ -362,7 +366,7 @@ def run_in_browser(url, token, name, out_dir, timeout):
         screenshot = out_dir / "jupyterlab.png"
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
-    return seconds, outputs, screenshot
+    return seconds, ended, outputs, screenshot
 
 
 def main():
@@ -403,7 +407,7 @@ def main():
     print(f"JupyterLab on {copy} (headless Chromium) ...", flush=True)
     process, url, token = start_lab(copy.parent, work, log_path)
     try:
-        seconds, outputs, screenshot = run_in_browser(url, token, copy.name, out_dir, args.timeout)
+        seconds, ended, outputs, screenshot = run_in_browser(url, token, copy.name, out_dir, args.timeout)
     finally:
         process.terminate()
         try:
@@ -420,7 +424,8 @@ def main():
     if copy.exists():
         shutil.copyfile(copy, out_dir / "jupyterlab.ipynb")
 
-    results = evaluate(CHECKS, outputs, source_cells)
+    results = [("the run ended (no timeout, no dialog)", ended == "the run ended", "" if ended == "the run ended" else ended)]
+    results += evaluate(CHECKS, outputs, source_cells)
     width = max(len(name) for name, _, _ in results)
     for name, ok, detail in results:
         print(f"  {'ok  ' if ok else 'FAIL'} {name.ljust(width)}  {detail}".rstrip(), flush=True)
