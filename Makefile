@@ -21,7 +21,7 @@ TEST_ENV := EPOCHS=1 TRAIN_SIZE=2000 BATCH_SIZE=128 SEED=0 RESULTS_DIR=$(CURDIR)
 .PHONY: test test-crate test-notebooks notebook lab bench bench-peers keras-reference setup cuda-check gpu-pack clean
 
 ## test: crate tests, then the notebooks on the real CIFAR-10 (when CIFAR10_DIR is set)
-test: test-crate test-notebooks
+test: test-crate test-notebooks test-browser
 
 test-crate:
 	cargo test --workspace
@@ -33,6 +33,22 @@ test-notebooks: setup
 	  echo "CIFAR10_DIR is not set: SKIPPING the notebook runs (they need a local CIFAR-10; tests never download)"; \
 	else \
 	  $(TEST_ENV) $(VENV)/bin/python tests/run_notebooks.py --timeout 1800; \
+	fi
+
+## test-browser: the main notebook run in JupyterLab in headless Chromium (Debian's
+# /usr/bin/chromium, driven by Playwright; nothing downloads a browser), checked in the
+# page; the screenshot goes to target/notebook-results/jupyterlab.png
+CHROMIUM := /usr/bin/chromium
+.PHONY: test-browser
+test-browser: setup
+	@if [ -z "$${CIFAR10_DIR:-}" ] && [ -n "$${CI:-}" ] && [ "$${CI:-}" != false ]; then \
+	  echo "CIFAR10_DIR is not set, and CI always has the real CIFAR-10: set it (.ci/run does)"; exit 1; \
+	elif [ -z "$${CIFAR10_DIR:-}" ]; then \
+	  echo "CIFAR10_DIR is not set: SKIPPING the browser test (it needs a local CIFAR-10; tests never download)"; \
+	elif [ ! -x $(CHROMIUM) ]; then \
+	  echo "$(CHROMIUM) is missing: the browser test needs Debian's chromium (apt-get install chromium)"; exit 1; \
+	else \
+	  $(TEST_ENV) $(VENV)/bin/python tests/browser_test.py --timeout 1800; \
 	fi
 
 ## notebook: the main job, the article's defaults; the executed copy goes to results/
@@ -130,7 +146,7 @@ $(EVCXR):
 # only serves evcxr's completions, so a failure there does not stop anything.
 $(KERNEL): $(EVCXR) $(VENV)/.installed
 	rustup component add rust-src || echo "warning: could not add rust-src (only completions need it)"
-	JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(EVCXR) --install
+	JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(EVCXR) --install
 
 # The kernel starts through scripts/rust-kernel, which gives it a build folder
 # that outlives it (target/evcxr/<slot>), so that a restarted kernel finds the
