@@ -40,7 +40,7 @@ pub mod prelude {
         Adam, AdamW, CosineDecay, ExponentialDecay, LearningRate, Optimizer,
         PiecewiseConstantDecay, RMSprop, Schedule, SGD,
     };
-    pub use crate::plot::{confusion_matrix, learning_curves, Figure};
+    pub use crate::plot::{compare_curves, confusion_matrix, learning_curves, Figure};
     pub use crate::train::{
         BackupAndRestore, CSVLogger, Callback, EarlyStopping, Fit, LearningRateScheduler, Logs,
         Mode, ModelCheckpoint, ReduceLROnPlateau, RunState, Score, StopFile, TerminateOnNaN,

@@ -25,6 +25,19 @@ static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 pub const TRAIN_COLOR: [u8; 3] = [31, 119, 180];
 /// Colour of the validation series (matplotlib's second default colour).
 pub const VAL_COLOR: [u8; 3] = [255, 127, 14];
+/// The colours of runs side by side: matplotlib's default cycle (tab10).
+pub const PALETTE: [[u8; 3]; 10] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+    [188, 189, 34],
+    [23, 190, 207],
+];
 
 /// PNGs are drawn this many times larger, then reduced by averaging, which
 /// smooths the lines and text that plotters' bitmap backend draws aliased.
@@ -111,6 +124,8 @@ const AXIS: RGBColor = RGBColor(90, 90, 90);
 #[derive(Clone, Debug)]
 enum Content {
     Curves(History),
+    /// Named runs and whether their training curves are drawn too.
+    Comparison(Vec<(String, History)>),
     Confusion(ConfusionLayout),
 }
 
@@ -158,6 +173,34 @@ pub fn learning_curves(history: &History) -> Result<Figure> {
     })
 }
 
+/// Several runs' validation loss and accuracy overlaid, one colour per
+/// run, named in the legend: how each change to a recipe shows against the
+/// others, epoch by epoch. Runs may have different numbers of epochs.
+///
+/// Errors when there is no run, or a run has no validation results.
+pub fn compare_curves(runs: &[(&str, &History)]) -> Result<Figure> {
+    ensure!(
+        !runs.is_empty(),
+        "no runs to compare: give at least one (name, history)"
+    );
+    for (name, h) in runs {
+        ensure!(
+            !h.val_loss.is_empty() && h.val_loss.len() == h.val_acc.len(),
+            "run {name:?} has no validation results to compare (train it with validation_split or validation_data)"
+        );
+    }
+    ensure_font()?;
+    Ok(Figure {
+        content: Content::Comparison(
+            runs.iter()
+                .map(|(n, h)| (n.to_string(), (*h).clone()))
+                .collect(),
+        ),
+        width: 1000,
+        height: 420,
+    })
+}
+
 /// A confusion matrix as a heat map: `matrix[t][p]` is the number of images
 /// of true class `t` predicted as `p` (rows: true label, columns: predicted
 /// label), written in each cell, with the class names on both axes.
@@ -196,7 +239,7 @@ impl Figure {
     /// be resized (a confusion matrix sizes itself from its classes).
     pub fn with_size(mut self, width: u32, height: u32) -> Result<Self> {
         ensure!(
-            matches!(self.content, Content::Curves(_)),
+            !matches!(self.content, Content::Confusion(_)),
             "a confusion matrix sizes itself; it cannot be resized"
         );
         ensure!(
@@ -213,6 +256,7 @@ impl Figure {
         root.fill(&WHITE).map_err(drawing_error)?;
         match &self.content {
             Content::Curves(h) => draw_curves(root, h, s)?,
+            Content::Comparison(runs) => draw_comparison(root, runs, s)?,
             Content::Confusion(layout) => layout.draw(root, s)?,
         }
         root.present().map_err(drawing_error)
@@ -303,32 +347,62 @@ fn draw_curves<DB: DrawingBackend>(
     let panels = root
         .margin(6.0 * s, 6.0 * s, 6.0 * s, 12.0 * s)
         .split_evenly((1, 2));
-    fn val(v: &[f64]) -> Option<&[f64]> {
-        if v.is_empty() {
-            None
-        } else {
-            Some(v)
+    fn pair<'a>(train: &'a [f64], val: &'a [f64]) -> Vec<Line<'a>> {
+        let mut lines = vec![Line {
+            label: "training",
+            values: train,
+            color: rgb(TRAIN_COLOR),
+            dashed: false,
+        }];
+        if !val.is_empty() {
+            lines.push(Line {
+                label: "validation",
+                values: val,
+                color: rgb(VAL_COLOR),
+                dashed: false,
+            });
         }
+        lines
     }
-    draw_panel(
-        &panels[0],
-        "Model loss",
-        "Loss",
-        &h.loss,
-        val(&h.val_loss),
-        SeriesLabelPosition::UpperRight,
-        s,
-    )?;
+    let (loss, acc) = (pair(&h.loss, &h.val_loss), pair(&h.acc, &h.val_acc));
+    let upper = SeriesLabelPosition::UpperRight;
+    draw_panel(&panels[0], ("Model loss", "Loss"), &loss, upper, s)?;
+    let lower = SeriesLabelPosition::LowerRight;
+    draw_panel(&panels[1], ("Model accuracy", "Accuracy"), &acc, lower, s)
+}
+
+/// Several runs' validation curves, one colour each: loss on the left,
+/// accuracy on the right.
+fn draw_comparison<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[(String, History)],
+    s: f64,
+) -> Result<()> {
+    let panels = root
+        .margin(6.0 * s, 6.0 * s, 6.0 * s, 12.0 * s)
+        .split_evenly((1, 2));
+    let lines = |values: fn(&History) -> &[f64]| -> Vec<Line> {
+        let colors = PALETTE.iter().cycle();
+        (runs.iter().zip(colors))
+            .map(|((name, h), &c)| Line {
+                label: name,
+                values: values(h),
+                color: rgb(c),
+                dashed: false,
+            })
+            .collect()
+    };
+    let (loss, acc) = (lines(|h| &h.val_loss), lines(|h| &h.val_acc));
+    let upper = SeriesLabelPosition::UpperRight;
+    draw_panel(&panels[0], ("Validation loss", "Loss"), &loss, upper, s)?;
+    let lower = SeriesLabelPosition::LowerRight;
     draw_panel(
         &panels[1],
-        "Model accuracy",
-        "Accuracy",
-        &h.acc,
-        val(&h.val_acc),
-        SeriesLabelPosition::LowerRight,
+        ("Validation accuracy", "Accuracy"),
+        &acc,
+        lower,
         s,
-    )?;
-    Ok(())
+    )
 }
 
 /// Ticks for epochs 1..=n: every epoch when there are few, else multiples of
@@ -426,25 +500,35 @@ fn finite_runs(values: &[f64]) -> Vec<Vec<(f64, f64)>> {
     runs
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One line of a panel: its legend label, values per epoch, colour and
+/// whether it is dashed.
+struct Line<'a> {
+    label: &'a str,
+    values: &'a [f64],
+    color: RGBColor,
+    dashed: bool,
+}
+
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    title: &str,
-    y_desc: &str,
-    train: &[f64],
-    val: Option<&[f64]>,
+    (title, y_desc): (&str, &str),
+    lines: &[Line],
     legend_at: SeriesLabelPosition,
     s: f64,
 ) -> Result<()> {
-    let n = train.len();
+    let n = lines
+        .iter()
+        .map(|l| l.values.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let pad = if n == 1 {
         0.5
     } else {
         ((n - 1) as f64 * 0.04).max(0.2)
     };
     let (x0, x1) = (1.0 - pad, n as f64 + pad);
-    let mut all = vec![train];
-    all.extend(val);
+    let all: Vec<&[f64]> = lines.iter().map(|l| l.values).collect();
     let (y0, y1) = value_range(&all);
     let decimals = tick_decimals(y1 - y0);
 
@@ -483,26 +567,26 @@ fn draw_panel<DB: DrawingBackend>(
 
     let line_w = (2.0 * s).round() as u32;
     let markers = n <= 40;
-    let mut series = vec![("training", train, rgb(TRAIN_COLOR))];
-    if let Some(v) = val {
-        series.push(("validation", v, rgb(VAL_COLOR)));
-    }
-    for (label, values, color) in series {
+    for line in lines {
+        let (color, dashed) = (line.color, line.dashed);
+        let style = color.stroke_width(line_w);
         let mut labelled = false;
-        for run in finite_runs(values) {
-            let line = chart
-                .draw_series(LineSeries::new(run.clone(), color.stroke_width(line_w)))
-                .map_err(drawing_error)?;
-            if !labelled {
-                line.label(label).legend(move |(x, y)| {
-                    PathElement::new(
-                        vec![(x, y), (x + (22.0 * s) as i32, y)],
-                        color.stroke_width(line_w),
-                    )
+        for run in finite_runs(line.values) {
+            let drawn = if dashed {
+                let (size, gap) = ((6.0 * s) as u32, (4.0 * s) as u32);
+                chart.draw_series(DashedLineSeries::new(run.clone(), size, gap, style))
+            } else {
+                chart.draw_series(LineSeries::new(run.clone(), style))
+            }
+            .map_err(drawing_error)?;
+            // Unlabelled lines (training curves beside their run) stay out of the legend.
+            if !labelled && !line.label.is_empty() {
+                drawn.label(line.label).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + (22.0 * s) as i32, y)], style)
                 });
                 labelled = true;
             }
-            if markers {
+            if markers && !dashed {
                 chart
                     .draw_series(
                         run.iter()

@@ -635,3 +635,73 @@ fn image_to_png_round_trips() {
     let back = decode(&image_to_png(&src).unwrap());
     assert_eq!(back, src);
 }
+
+/// Three runs of different lengths: each run's colour of the palette in
+/// both panels, its name in the legend, the panels' titles.
+#[test]
+fn compare_curves_overlays_each_run_in_its_own_colour() {
+    // Apart from each other, so no run's line hides another's.
+    let shifted = |epochs: usize, by: f64| {
+        let mut h = history(epochs, true);
+        h.val_loss.iter_mut().for_each(|v| *v += by);
+        h.val_acc.iter_mut().for_each(|v| *v -= by / 2.0);
+        h
+    };
+    let (a, b, c) = (shifted(10, 0.0), shifted(6, 0.3), shifted(12, -0.3));
+    let runs = [
+        ("1. article", &a),
+        ("2. augmentation", &b),
+        ("3. batch norm", &c),
+    ];
+    let fig = plot::compare_curves(&runs).unwrap();
+    let png = fig.png().unwrap();
+    preview("compare.png", &png);
+    let img = decode(&png);
+    assert_eq!(img.dimensions(), (1000, 420));
+    for (i, color) in plot::PALETTE.iter().take(3).enumerate() {
+        let side = |left: bool| {
+            img.enumerate_pixels()
+                .filter(|(x, _, p)| (*x < 500) == left && near(p, *color, 30))
+                .count()
+        };
+        let (left, right) = (side(true), side(false));
+        assert!(
+            left > 200 && right > 200,
+            "run {i} colour {color:?}: {left} pixels left, {right} right"
+        );
+    }
+    assert_eq!(
+        count_near(&img, plot::PALETTE[3], 20),
+        0,
+        "a fourth run's colour is drawn, with three runs"
+    );
+    let svg = fig.svg();
+    for text in [
+        "Validation loss",
+        "Validation accuracy",
+        "1. article",
+        "2. augmentation",
+        "3. batch norm",
+    ] {
+        assert!(has_text(&svg, text), "the SVG has no text {text:?}");
+    }
+    // The longest run sets the epoch axis.
+    assert!(
+        has_text(&svg, "12"),
+        "no tick for the longest run's last epoch"
+    );
+}
+
+#[test]
+fn compare_curves_says_what_is_missing() {
+    let err = plot::compare_curves(&[]).unwrap_err().to_string();
+    assert!(err.contains("no runs to compare"), "{err}");
+    let (with, without) = (history(3, true), history(3, false));
+    let err = plot::compare_curves(&[("ok", &with), ("plain", &without)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"plain\"") && err.contains("no validation"),
+        "{err}"
+    );
+}
