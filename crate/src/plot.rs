@@ -124,7 +124,7 @@ const AXIS: RGBColor = RGBColor(90, 90, 90);
 #[derive(Clone, Debug)]
 enum Content {
     Curves(History),
-    /// Named runs and whether their training curves are drawn too.
+    /// Named runs, drawn over each other.
     Comparison(Vec<(String, History)>),
     Confusion(ConfusionLayout),
 }
@@ -352,14 +352,12 @@ fn draw_curves<DB: DrawingBackend>(
             label: "training",
             values: train,
             color: rgb(TRAIN_COLOR),
-            dashed: false,
         }];
         if !val.is_empty() {
             lines.push(Line {
                 label: "validation",
                 values: val,
                 color: rgb(VAL_COLOR),
-                dashed: false,
             });
         }
         lines
@@ -388,7 +386,6 @@ fn draw_comparison<DB: DrawingBackend>(
                 label: name,
                 values: values(h),
                 color: rgb(c),
-                dashed: false,
             })
             .collect()
     };
@@ -500,13 +497,11 @@ fn finite_runs(values: &[f64]) -> Vec<Vec<(f64, f64)>> {
     runs
 }
 
-/// One line of a panel: its legend label, values per epoch, colour and
-/// whether it is dashed.
+/// One line of a panel: its legend label, values per epoch and colour.
 struct Line<'a> {
     label: &'a str,
     values: &'a [f64],
     color: RGBColor,
-    dashed: bool,
 }
 
 fn draw_panel<DB: DrawingBackend>(
@@ -568,25 +563,21 @@ fn draw_panel<DB: DrawingBackend>(
     let line_w = (2.0 * s).round() as u32;
     let markers = n <= 40;
     for line in lines {
-        let (color, dashed) = (line.color, line.dashed);
+        let color = line.color;
         let style = color.stroke_width(line_w);
         let mut labelled = false;
         for run in finite_runs(line.values) {
-            let drawn = if dashed {
-                let (size, gap) = ((6.0 * s) as u32, (4.0 * s) as u32);
-                chart.draw_series(DashedLineSeries::new(run.clone(), size, gap, style))
-            } else {
-                chart.draw_series(LineSeries::new(run.clone(), style))
-            }
-            .map_err(drawing_error)?;
-            // Unlabelled lines (training curves beside their run) stay out of the legend.
-            if !labelled && !line.label.is_empty() {
+            let drawn = chart
+                .draw_series(LineSeries::new(run.clone(), style))
+                .map_err(drawing_error)?;
+            // Label once, not once per finite stretch between NaNs.
+            if !labelled {
                 drawn.label(line.label).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + (22.0 * s) as i32, y)], style)
                 });
                 labelled = true;
             }
-            if markers && !dashed {
+            if markers {
                 chart
                     .draw_series(
                         run.iter()
