@@ -58,6 +58,26 @@ pub fn about() -> Result<String> {
     ))
 }
 
+/// The machine, for the records of runs and benchmarks: `lscpu`'s model
+/// name, the threads the kernels use and the widest vector instructions,
+/// e.g. `AMD EPYC, 2 threads, AVX-512`.
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!(
+        "{model}, {} threads{}",
+        candle_core::utils::get_num_threads(),
+        simd()
+    )
+}
+
 /// The widest vector instructions the CPU kernels will use here.
 fn simd() -> &'static str {
     #[cfg(target_arch = "x86_64")]

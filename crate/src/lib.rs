@@ -21,6 +21,7 @@ pub mod mistakes;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod recipe;
 pub mod train;
 
 /// Everything a notebook needs, in one `use`.
@@ -41,6 +42,7 @@ pub mod prelude {
         PiecewiseConstantDecay, RMSprop, Schedule, SGD,
     };
     pub use crate::plot::{compare_curves, confusion_matrix, learning_curves, Figure};
+    pub use crate::recipe::{OptimizerRecipe, Recipe, Run, Runs};
     pub use crate::train::{
         BackupAndRestore, CSVLogger, Callback, EarlyStopping, Fit, LearningRateScheduler, Logs,
         Mode, ModelCheckpoint, ReduceLROnPlateau, RunState, Score, StopFile, TerminateOnNaN,

@@ -547,6 +547,63 @@ fn impossible_settings_are_refused_up_front() {
     assert!(format!("{:#}", s.check().err().unwrap()).contains("is a file"));
 }
 
+/// Label smoothing trains on `y·(1 − s) + s/classes`, exactly as training
+/// on labels smoothed by hand would, while the validation metrics score
+/// against the true labels; values outside [0, 1) are refused.
+#[test]
+fn label_smoothing_softens_the_training_targets_only() {
+    let data = common::synthetic(96, 4, 8, 21);
+    let (x, y) = (data.images_f32().unwrap(), data.labels_one_hot().unwrap());
+    let val = common::synthetic(40, 4, 8, 22);
+    let (xv, yv) = (val.images_f32().unwrap(), val.labels_one_hot().unwrap());
+    let s = 0.2;
+    let soft = ((&y * (1.0 - s)).unwrap() + s / 4.0).unwrap();
+    let run = |targets: &Tensor, smoothing| {
+        let mut m = small_model(3, 4);
+        let h = m
+            .fit(
+                &x,
+                targets,
+                Fit {
+                    batch_size: 32,
+                    epochs: 2,
+                    verbose: 0,
+                    validation_data: Some((xv.clone(), yv.clone())),
+                    label_smoothing: smoothing,
+                    ..Fit::default()
+                },
+            )
+            .unwrap();
+        (h, weights(&m))
+    };
+    let (by_fit, w_fit) = run(&y, s);
+    let (by_hand, w_hand) = run(&soft, 0.0);
+    let (plain, _) = run(&y, 0.0);
+    assert_eq!(by_fit.loss, by_hand.loss);
+    assert_eq!(by_fit.val_loss, by_hand.val_loss);
+    assert_eq!(by_fit.val_acc, by_hand.val_acc);
+    assert_eq!(w_fit, w_hand);
+    assert_ne!(by_fit.loss, plain.loss, "the smoothing changed nothing");
+    for bad in [-0.1, 1.0, f64::NAN] {
+        let e = small_model(3, 4)
+            .fit(
+                &x,
+                &y,
+                Fit {
+                    label_smoothing: bad,
+                    verbose: 0,
+                    ..Fit::default()
+                },
+            )
+            .err()
+            .unwrap();
+        assert!(
+            format!("{e:#}").contains("label_smoothing must be"),
+            "{e:#}"
+        );
+    }
+}
+
 /// The CLI checks its arguments before it loads or trains anything: a bad
 /// one fails at once and writes nothing.
 #[test]
@@ -708,6 +765,16 @@ fn a_backup_refuses_to_resume_another_run() {
     assert!(e.contains("other training data"), "{e}");
     let e = refused(7, &x, &y, fit(3, true));
     assert!(e.contains("augment false (this run: true)"), "{e}");
+    let e = refused(
+        7,
+        &x,
+        &y,
+        Fit {
+            label_smoothing: 0.1,
+            ..fit(3, false)
+        },
+    );
+    assert!(e.contains("label_smoothing 0 (this run: 0.1)"), "{e}");
     let e = refused(7, &x, &y, fit(2, false));
     assert!(e.contains("3 epochs, more than the 2 asked for"), "{e}");
     // The same run, asked for more epochs, carries on.

@@ -34,3 +34,12 @@ pub fn augment(x: &Tensor, pad: usize, rng: &mut impl rand::Rng) -> Result<Tenso
     }
     Ok(Tensor::from_vec(out, (n, c, h, w), x.device())?.to_dtype(x.dtype())?)
 }
+
+/// Each image mirrored left-right (`[N, C, H, W]`, the last axis reversed):
+/// the copies test-time augmentation scores beside the originals.
+pub fn flip_horizontal(x: &Tensor) -> Result<Tensor> {
+    let w = x.dim(3)?;
+    let reversed: Vec<u32> = (0..w as u32).rev().collect();
+    let reversed = Tensor::from_vec(reversed, w, x.device())?;
+    Ok(x.index_select(&reversed, 3)?)
+}

@@ -54,6 +54,12 @@ pub struct Fit {
     /// Random crops (zero padding 4) and horizontal flips of each training
     /// batch. Off by default: the article trains on the images as they are.
     pub augment: bool,
+    /// Keras's `CategoricalCrossentropy(label_smoothing=…)`: training
+    /// targets `y·(1 − s) + s/classes`, so that the model is not pushed
+    /// towards certainty. Only the training batches: the validation
+    /// metrics (and `evaluate`) score against the true labels, so that
+    /// runs with and without it compare. 0 (the default) is off.
+    pub label_smoothing: f64,
     /// Keras's `BackupAndRestore`: a folder where each epoch ends with an
     /// atomic backup, from which the next `fit` of the same run carries on
     /// after the kernel died or was interrupted (at most one epoch lost).
@@ -79,6 +85,7 @@ impl Default for Fit {
             shuffle: true,
             initial_epoch: 0,
             augment: false,
+            label_smoothing: 0.0,
             backup_dir: None,
         }
     }
@@ -96,6 +103,7 @@ impl std::fmt::Debug for Fit {
             .field("shuffle", &self.shuffle)
             .field("initial_epoch", &self.initial_epoch)
             .field("augment", &self.augment)
+            .field("label_smoothing", &self.label_smoothing)
             .field("backup_dir", &self.backup_dir)
             .finish()
     }
@@ -105,7 +113,7 @@ impl std::fmt::Debug for Fit {
 pub const INFERENCE_BATCH_SIZE: usize = 32;
 
 /// What `evaluate` returns: Keras's `[loss, accuracy]`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Score {
     pub loss: f64,
     pub accuracy: f64,
@@ -259,6 +267,7 @@ impl Sequential {
                 epochs: args.epochs,
                 augment: args.augment,
                 shuffle: args.shuffle,
+                label_smoothing: args.label_smoothing,
                 data: callbacks::fingerprint(&[&train.0, &train.1])?,
                 initial_weights: callbacks::fingerprint(
                     &self
@@ -299,6 +308,11 @@ impl Sequential {
         // Layers may have been added since compile().
         self.check_loss_fits()?;
         ensure!(args.batch_size > 0, "batch_size must be at least 1");
+        ensure!(
+            (0.0..1.0).contains(&args.label_smoothing),
+            "label_smoothing must be at least 0 and below 1 (0.1 is usual), got {}",
+            args.label_smoothing
+        );
         ensure!(
             args.verbose <= 2,
             "verbose must be 0 (silent), 1 (progress within each epoch) or 2 (one line per epoch), got {}",
@@ -376,7 +390,11 @@ impl Sequential {
             if args.augment {
                 xb = augment(&xb, 4, &mut self.rng)?;
             }
-            let yb = y.index_select(&idx, 0)?;
+            let mut yb = y.index_select(&idx, 0)?;
+            if args.label_smoothing > 0.0 {
+                let s = args.label_smoothing;
+                yb = ((yb * (1.0 - s))? + s / y.dim(1)? as f64)?; // [b, classes]
+            }
             let logs = self.train_step(&xb, &yb)?;
             callbacks.on_batch_end(self, epoch, b, &logs)?;
             totals.add(logs.loss, logs.correct, batch.len());

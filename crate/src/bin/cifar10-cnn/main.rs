@@ -3,6 +3,7 @@
 //!
 //!     cargo run --release -p cifar10-cnn -- train --epochs 25 --out results
 //!     cargo run --release -p cifar10-cnn -- bench
+//!     cargo run --release -p cifar10-cnn -- recipe results/improving/5-label-smoothing-and-flips/recipe.json --seeds 1,2
 //!     cifar10-cnn check --train sample_train.bin --test sample_test.bin   (on a GPU machine)
 
 mod check;
@@ -22,6 +23,9 @@ use std::time::Instant;
 enum Command {
     /// Train the article's model, save it, load it, evaluate it, show predictions.
     Train(TrainArgs),
+    /// Train a recipe of the improving notebook (a JSON file, such as a run's recipe.json)
+    /// as one run per seed, each saved in a folder of its own, and print them as a table.
+    Recipe(RecipeArgs),
     /// Time the article's training step and inference at one batch size; prints one JSON line.
     Bench(BenchArgs),
     /// Time an epoch of 45,000 images on this machine's device, check that training there
@@ -39,6 +43,33 @@ struct BenchArgs {
     /// The article's model with a BatchNormalization after each convolution.
     #[arg(long)]
     batch_norm: bool,
+    /// The model and optimizer of a recipe (a JSON file) instead of the article's.
+    #[arg(long, conflicts_with = "batch_norm")]
+    recipe: Option<PathBuf>,
+}
+
+#[derive(Parser, Debug)]
+struct RecipeArgs {
+    /// The recipe (see cifar10_cnn::recipe::Recipe for its fields).
+    recipe: PathBuf,
+    /// The seeds to train, e.g. 0,1,2 (default: the recipe's).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// The runs' name, followed by "seed S" (default: the recipe's folder name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the runs are kept, one folder each; a finished run there is loaded, not trained.
+    #[arg(long, default_value = "results/improving")]
+    out: PathBuf,
+    /// Train on the first N training images only (default: all 50,000).
+    #[arg(long)]
+    train_size: Option<usize>,
+    /// Folder of the CIFAR-10 binary version (default: $CIFAR10_DIR, else download from the Hub).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Keras's verbose: 0 silent, 1 a progress bar within each epoch, 2 one line per epoch.
+    #[arg(long, default_value_t = 2)]
+    verbose: u8,
 }
 
 #[derive(Parser, Debug)]
@@ -82,6 +113,7 @@ struct TrainArgs {
 fn main() -> Result<()> {
     match Command::parse() {
         Command::Train(args) => train(args),
+        Command::Recipe(args) => recipe(args),
         Command::Bench(args) => bench(args),
         Command::Check(args) => check::check(args),
     }
@@ -181,6 +213,51 @@ fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Each seed of a recipe as a run of its own, then the table of them.
+fn recipe(args: RecipeArgs) -> Result<()> {
+    use cifar10_cnn::recipe::{Recipe, Runs};
+    let recipe = Recipe::load(&args.recipe)?;
+    anyhow::ensure!(
+        args.train_size != Some(0),
+        "--train-size 0: it must be at least 1"
+    );
+    anyhow::ensure!(args.verbose <= 2, "--verbose must be 0, 1 or 2");
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => args
+            .recipe
+            .canonicalize()?
+            .parent()
+            .and_then(|d| d.file_name())
+            .map_or("recipe".into(), |n| n.to_string_lossy().into_owned()),
+    };
+    let (train, test) = match &args.data {
+        Some(dir) => data::load_dir(dir)?,
+        None => data::load_data()?,
+    };
+    let train = subset(train, args.train_size);
+    let (x_train, y_train) = (train.images_f32()?, train.labels_one_hot()?);
+    let (x_test, y_test) = (test.images_f32()?, test.labels_one_hot()?);
+    let mut runs = Runs::new(&args.out, (&x_train, &y_train), (&x_test, &y_test))?;
+    runs.verbose = args.verbose;
+    let seeds = match args.seeds.is_empty() {
+        true => vec![recipe.seed],
+        false => args.seeds.clone(),
+    };
+    println!("device: {}", cifar10_cnn::device::machine());
+    for seed in seeds {
+        runs.train(
+            &format!("{name} seed {seed}"),
+            &Recipe {
+                seed,
+                ..recipe.clone()
+            },
+        )?;
+    }
+    println!("\n{}", runs.table());
+    Ok(())
+}
+
 fn subset(data: Dataset, n: Option<usize>) -> Dataset {
     match n {
         Some(n) if n < data.len() => data.take(n),
@@ -206,15 +283,21 @@ fn bench(args: BenchArgs) -> Result<()> {
     let device = pick_device()?;
     let b = args.batch_size;
     let (x, y) = check::generated(b, &device)?;
-    let mut model = Sequential::on(&[3, 32, 32], 0, &device)?;
-    for layer in article_layers(10) {
-        let conv = matches!(layer, Layer::Conv2D(_));
-        model.add(layer)?;
-        if args.batch_norm && conv {
-            model.add(batch_normalization())?;
+    let mut model = match &args.recipe {
+        Some(file) => cifar10_cnn::recipe::Recipe::load(file)?.model(&x, 10)?,
+        None => {
+            let mut model = Sequential::on(&[3, 32, 32], 0, &device)?;
+            for layer in article_layers(10) {
+                let conv = matches!(layer, Layer::Conv2D(_));
+                model.add(layer)?;
+                if args.batch_norm && conv {
+                    model.add(batch_normalization())?;
+                }
+            }
+            model.compile(Adam::default())?;
+            model
         }
-    }
-    model.compile(Adam::default())?;
+    };
     for _ in 0..3 {
         model.train_on_batch(&x, &y)?;
     }
@@ -223,13 +306,13 @@ fn bench(args: BenchArgs) -> Result<()> {
     })?;
     let infer = median_secs(args.steps.max(1), || model.predict_with(&x, b).map(|_| ()))?;
     eprintln!(
-        "device: {}, batch {b}, {} timed steps, model: the article's{}",
+        "device: {}, batch {b}, {} timed steps, model: {}",
         describe(&device),
         args.steps,
-        if args.batch_norm {
-            " with BatchNormalization after each Conv2D"
-        } else {
-            ""
+        match (&args.recipe, args.batch_norm) {
+            (Some(file), _) => format!("the recipe {}", file.display()),
+            (None, true) => "the article's with BatchNormalization after each Conv2D".into(),
+            (None, false) => "the article's".into(),
         }
     );
     println!(

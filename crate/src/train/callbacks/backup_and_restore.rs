@@ -78,6 +78,12 @@ impl BackupState {
                     differs.push(format!("{what} {was} (this run: {is})"));
                 }
             }
+            if saved.label_smoothing != now.label_smoothing {
+                differs.push(format!(
+                    "label_smoothing {} (this run: {})",
+                    saved.label_smoothing, now.label_smoothing
+                ));
+            }
         }
         (!differs.is_empty()).then(|| differs.join(", "))
     }

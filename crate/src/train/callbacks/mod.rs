@@ -95,6 +95,9 @@ pub struct RunIdentity {
     pub epochs: usize,
     pub augment: bool,
     pub shuffle: bool,
+    /// absent in the backups of version 0.2 and before (which had none)
+    #[serde(default)]
+    pub label_smoothing: f64,
     /// a hash of the training images and labels
     pub data: u64,
     /// a hash of the weights before training
