@@ -18,7 +18,7 @@ KERNEL := $(VENV)/share/jupyter/kernels/rust/kernel.json
 # The small configuration the notebook tests run in.
 TEST_ENV := EPOCHS=1 TRAIN_SIZE=2000 BATCH_SIZE=128 SEED=0 RESULTS_DIR=$(CURDIR)/target/notebook-results
 
-.PHONY: test test-crate test-notebooks notebook lab bench bench-peers keras-reference setup cuda-check gpu-pack clean
+.PHONY: test test-crate test-notebooks notebook improving lab bench bench-peers keras-reference setup cuda-check gpu-pack clean
 
 ## test: crate tests, then the notebooks on the real CIFAR-10 (when CIFAR10_DIR is set)
 test: test-crate test-notebooks test-browser
@@ -32,7 +32,7 @@ test-notebooks: setup
 	elif [ -z "$${CIFAR10_DIR:-}" ]; then \
 	  echo "CIFAR10_DIR is not set: SKIPPING the notebook runs (they need a local CIFAR-10; tests never download)"; \
 	else \
-	  $(TEST_ENV) $(VENV)/bin/python tests/run_notebooks.py --timeout 1800; \
+	  $(TEST_ENV) $(VENV)/bin/python tests/run_notebooks.py --fresh --timeout 1800; \
 	fi
 
 ## test-browser: the main notebook run in JupyterLab in headless Chromium (Debian's
@@ -50,6 +50,11 @@ test-browser: setup
 	else \
 	  $(TEST_ENV) $(VENV)/bin/python tests/browser_test.py --timeout 1800; \
 	fi
+
+## improving: the sequel notebook with its defaults (five runs of 25 epochs; finished runs
+# in $(RESULTS_DIR)/improving are loaded, not trained again)
+improving: setup
+	RESULTS_DIR=$(RESULTS_DIR) $(VENV)/bin/python tests/run_notebooks.py --timeout 14400 --out $(RESULTS_DIR) notebooks/improving.ipynb
 
 ## notebook: the main job, the article's defaults; the executed copy goes to results/
 notebook: setup

@@ -16,6 +16,7 @@ import os
 import queue
 import random
 import re
+import shutil
 import struct
 import sys
 import tempfile
@@ -58,6 +59,10 @@ READY = ("the set-up cell's version and device", has_line(r"^cifar10-cnn \d+\.\d
 PROGRESS = ("the progress within an epoch", has_line(r"^ *\d+/\d+ \[[=>.]{30}\] - ETA: \d+s - loss: "))
 
 
+# The improving notebook's runs, by name.
+IMPROVING_STEPS = ["1. the article", "2. augmentation", "3. batch normalization",
+                   "4. SGD, warm-up and cosine decay", "5. label smoothing, test-time flips"]
+
 CHECKS = {
     "cifar10_cnn.ipynb": [
         READY,
@@ -67,6 +72,18 @@ CHECKS = {
         ("the learning curves (SVG)", has_mime("image/svg+xml")),
         ("the prediction grid (PNG)", has_png_only()),
         ("the evaluation line", has_text("Test Data accuracy: ")),
+    ],
+    "improving.ipynb": [
+        READY,
+        PROGRESS,
+        ("each step's test line", lambda outs: all(has_text(f"{n}: test accuracy ")(outs) for n in IMPROVING_STEPS)),
+        ("the comparison plot of every step (SVG)", lambda outs: any(
+            all(n in o.get("data", {}).get("image/svg+xml", "") for n in IMPROVING_STEPS) for o in outs)),
+        ("the table of every step (HTML)", lambda outs: any(
+            'class="runs"' in o.get("data", {}).get("text/html", "")
+            and o["data"]["text/html"].count("<tr>") == len(IMPROVING_STEPS) + 1
+            and all(n in o["data"]["text/html"] for n in IMPROVING_STEPS) for o in outs)),
+        ("the final model's confusion report", has_text("most confused")),
     ],
     "own_images.ipynb": [
         READY,
@@ -245,6 +262,9 @@ def main():
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "target" / "notebooks")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete RESULTS_DIR/improving first, so that the improving notebook trains its runs "
+                             "instead of loading those of an earlier test (RESULTS_DIR must be set)")
     args = parser.parse_args()
     notebooks = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb"))
     failed = passed = 0
@@ -254,6 +274,10 @@ def main():
             write_image_folder(folder)
             os.environ["IMAGES_DIR"] = str(folder)
             print(f"IMAGES_DIR is not set: wrote a small image folder to {folder}", flush=True)
+        if path.name == "improving.ipynb" and args.fresh:
+            if not os.environ.get("RESULTS_DIR"):
+                sys.exit("--fresh needs RESULTS_DIR: it would delete the runs in notebooks/results")
+            shutil.rmtree(Path(os.environ["RESULTS_DIR"]) / "improving", ignore_errors=True)
         print(f"executing {path.name} ...", flush=True)
         seconds, problems = run(path.resolve(), args.out, args.timeout)
         if problems:

@@ -6,7 +6,9 @@
 //! plan that every forward and backward pass runs, its parameters by name,
 //! and an optimizer from [`optim`]. The layers compute with [`kernels`].
 //! [`io`] (atomic writes, safetensors) is the leaf every file goes through;
-//! [`gallery`], [`mistakes`] and [`plot`] draw. No module uses one above it.
+//! [`gallery`], [`mistakes`] and [`plot`] draw. [`recipe`], at the top, is
+//! the improving notebook's: a run's settings as one struct, trained into a
+//! folder beside them, and runs compared. No module uses one above it.
 //! Every notebook cell is a few calls into these modules.
 
 pub mod config;
@@ -42,7 +44,7 @@ pub mod prelude {
         PiecewiseConstantDecay, RMSprop, Schedule, SGD,
     };
     pub use crate::plot::{compare_curves, confusion_matrix, learning_curves, Figure};
-    pub use crate::recipe::{OptimizerRecipe, Recipe, Run, Runs};
+    pub use crate::recipe::{OptimizerRecipe, Recipe, Run, Runs, RunsTable};
     pub use crate::train::{
         BackupAndRestore, CSVLogger, Callback, EarlyStopping, Fit, LearningRateScheduler, Logs,
         Mode, ModelCheckpoint, ReduceLROnPlateau, RunState, Score, StopFile, TerminateOnNaN,

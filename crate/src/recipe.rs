@@ -260,10 +260,11 @@ impl std::fmt::Display for Run {
         if let Some(s) = self.test_flip {
             write!(f, "; with flipped copies {:.4}", s.accuracy)?;
         }
+        let epochs = self.history.epochs();
+        let plural = if epochs == 1 { "" } else { "s" };
         write!(
             f,
-            " ({} epochs in {})",
-            self.history.epochs(),
+            " ({epochs} epoch{plural} in {})",
             minutes(self.train_seconds)
         )
     }
