@@ -109,13 +109,15 @@ $(CUDA_VENV)/.installed:
 	$(CUDA_VENV)/bin/python -m pip install -q $(CUDA_WHEELS)
 	touch $@
 
-## gpu-pack: what scripts/gpu-check.sh needs on a GPU machine, in gpu-check/ (about 30 MiB):
+## gpu-pack: what scripts/gpu-check.sh and scripts/gpu-profile.sh need on a GPU machine, in gpu-check/ (about 30 MiB):
 # the CLI built with CUDA (xz-compressed: 57 MiB of it is mostly GPU code), and 5,000 training and 2,000 test images of the real CIFAR-10
 # (from CIFAR10_DIR). Linking needs cuBLAS, cuRAND and NVRTC (PyPI wheels, 1 GB) and the
 # driver's libcuda, for which a stub is made from cudarc's declarations; the GPU machine
 # brings the real libraries.
 CUDA_LINK_WHEELS := nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==$(CUDA_VERSION)
 GPU_PACK ?= gpu-check
+# The improving notebook's final recipe, which scripts/gpu-profile.sh times too.
+FINAL_RECIPE := docs/results/improving/5-label-smoothing-test-time-flips/recipe.json
 gpu-pack: $(CUDA_VENV)/.installed $(CUDA_VENV)/.installed-link
 	@test -n "$${CIFAR10_DIR:-}" || { echo "set CIFAR10_DIR to the CIFAR-10 binary version (for the real sample)"; exit 1; }
 	$(CUDA_ENV) scripts/libcuda-stub.sh target/cuda/stub && \
@@ -126,7 +128,8 @@ gpu-pack: $(CUDA_VENV)/.installed $(CUDA_VENV)/.installed-link
 	xz -6 -T2 -c target/cuda/cifar10-cnn-stripped > $(GPU_PACK)/cifar10-cnn.xz
 	head -c $$((5000 * 3073)) $$CIFAR10_DIR/data_batch_1.bin > $(GPU_PACK)/sample_train.bin
 	head -c $$((2000 * 3073)) $$CIFAR10_DIR/test_batch.bin > $(GPU_PACK)/sample_test.bin
-	cp scripts/gpu-check.sh tests/bench_peers.py $(GPU_PACK)/
+	cp scripts/gpu-check.sh scripts/gpu-profile.sh tests/bench_peers.py $(GPU_PACK)/
+	cp $(FINAL_RECIPE) $(GPU_PACK)/final-recipe.json
 	du -sh $(GPU_PACK)
 
 $(CUDA_VENV)/.installed-link: $(CUDA_VENV)/.installed

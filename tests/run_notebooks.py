@@ -76,6 +76,7 @@ CHECKS = {
     "improving.ipynb": [
         READY,
         PROGRESS,
+        ("the augmented copies (PNG)", has_png_only()),
         ("each step's test line", lambda outs: all(has_text(f"{n}: test accuracy ")(outs) for n in IMPROVING_STEPS)),
         ("the comparison plot of every step (SVG)", lambda outs: any(
             all(n in o.get("data", {}).get("image/svg+xml", "") for n in IMPROVING_STEPS) for o in outs)),

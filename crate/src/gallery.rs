@@ -5,7 +5,7 @@
 //! CIFAR-10 image becomes 128x128) and the captions are drawn with the
 //! embedded DejaVu Sans, into one PNG that a notebook shows inline.
 
-use crate::data::Dataset;
+use crate::data::{Dataset, Jitter};
 use crate::plot::{
     base64_png, downsample, drawing_error, ensure_font, evcxr_block, font, image_to_png, text_size,
 };
@@ -143,6 +143,48 @@ impl Gallery {
             .map(|i| Ok(data.class_name(i)?.to_string()))
             .collect::<Result<_>>()?;
         Gallery::new(images, names)
+    }
+
+    /// What augmentation shows the model: each of the first `n` images of
+    /// `data` in a row, as it is and then `copies` augmented copies (crops
+    /// of the image padded by `pad`, and mirrors), each captioned with what
+    /// moved. The draws come from `seed`.
+    pub fn augmented(
+        data: &Dataset,
+        n: usize,
+        copies: usize,
+        pad: usize,
+        seed: u64,
+    ) -> Result<Gallery> {
+        ensure!(
+            n > 0 && copies > 0,
+            "show at least one image and one copy, asked for {n} and {copies}"
+        );
+        ensure!(
+            n <= data.len(),
+            "cannot show {n} images of a dataset of {}",
+            data.len()
+        );
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (h, w) = (data.height, data.width);
+        let mut images = Vec::with_capacity(n * (copies + 1));
+        let mut captions = Vec::with_capacity(n * (copies + 1));
+        for i in 0..n {
+            images.push(data.image(i)?);
+            captions.push(data.class_name(i)?.to_string());
+            let src = data.image_bytes(i)?; // [C, H, W]
+            let mut out = vec![0u8; src.len()];
+            for _ in 0..copies {
+                let jitter = Jitter::draw(pad, &mut rng);
+                jitter.apply(src, &mut out, (h, w));
+                images.push(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                    let p = y as usize * w + x as usize;
+                    Rgb([out[p], out[h * w + p], out[2 * h * w + p]])
+                }));
+                captions.push(jitter.describe());
+            }
+        }
+        Ok(Gallery::new(images, captions)?.columns(copies + 1))
     }
 
     /// `n` distinct test images picked at random (reproducibly, from

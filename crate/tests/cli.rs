@@ -1,4 +1,7 @@
-//! The CLI's `check` subcommand (the GPU check's engine), run on the CPU.
+//! The CLI's `check` subcommand (the GPU check's engine), run on the CPU,
+//! and its `recipe` subcommand.
+
+mod common;
 
 use std::process::Command;
 
@@ -89,4 +92,69 @@ fn check_refuses_a_broken_sample_with_a_clear_message() {
         stderr.contains("bad.bin") && stderr.contains("whole number of CIFAR-10 records"),
         "{stderr}"
     );
+}
+
+/// `recipe` without `--seeds` trains the recipe as the run NAME (so that a
+/// step of the improving notebook can be trained here and loaded there), and
+/// a second call loads it; with `--seeds`, each seed is a run "NAME seed S".
+#[test]
+fn recipe_trains_the_named_run_then_loads_it_and_adds_seeds() {
+    let Some(data) = common::cifar10_dir() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("recipe.json");
+    let article = cifar10_cnn::recipe::Recipe {
+        epochs: 1,
+        batch_size: 64,
+        ..cifar10_cnn::recipe::Recipe::article()
+    };
+    std::fs::write(&recipe, serde_json::to_string(&article).unwrap()).unwrap();
+    let out = dir.path().join("runs");
+    let cli = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cifar10-cnn"))
+            .arg("recipe")
+            .arg(&recipe)
+            .args([
+                "--name",
+                "1. the article",
+                "--train-size",
+                "300",
+                "--verbose",
+                "0",
+            ])
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let read = |folder: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(out.join(folder).join("run.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+
+    let first = cli(&[]);
+    assert!(!first.contains("loaded from"), "{first}");
+    let run = read("1-the-article");
+    assert_eq!(run["name"], "1. the article");
+    assert_eq!(run["train_images"], 300);
+    assert_eq!(run["recipe"]["seed"], 0);
+
+    let again = cli(&[]);
+    assert!(again.contains("1. the article: loaded from"), "{again}");
+
+    cli(&["--seeds", "1"]);
+    let seeded = read("1-the-article-seed-1");
+    assert_eq!(seeded["name"], "1. the article seed 1");
+    assert_eq!(seeded["recipe"]["seed"], 1);
 }

@@ -210,3 +210,42 @@ fn models_saved_by_version_0_1_load_and_predict_bit_identically() {
     let json = std::fs::read_to_string(dir.join("v0.1-article.json")).unwrap();
     assert_eq!(article.to_json().unwrap(), json);
 }
+
+/// Long names (`batch_normalization_4 (BatchNormalization)`) widen the name
+/// column: every row is as wide as the rules, with its count at the right edge.
+#[test]
+fn the_summary_keeps_its_columns_with_long_names() {
+    let recipe = cifar10_cnn::recipe::Recipe {
+        batch_norm: true,
+        ..cifar10_cnn::recipe::Recipe::article()
+    };
+    let mut model = Sequential::on(&[3, 32, 32], 0, &Device::Cpu).unwrap();
+    for layer in recipe.layers(10) {
+        model.add(layer).unwrap();
+    }
+    let summary = model.summary_string().unwrap();
+    let lines: Vec<&str> = summary.lines().collect();
+    let width = lines[1].chars().count();
+    let rows: Vec<&str> = lines
+        .iter()
+        .skip_while(|l| !l.starts_with('='))
+        .skip(1)
+        .take_while(|l| !l.starts_with('='))
+        .copied()
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("batch_normalization_4 (BatchNormalization)")),
+        "{summary}"
+    );
+    for row in &rows {
+        assert_eq!(
+            row.chars().count(),
+            width,
+            "row {row:?} is not as wide as the rules:\n{summary}"
+        );
+    }
+    // The shapes start in one column.
+    let column: Vec<usize> = rows.iter().map(|r| r.find("(None").unwrap()).collect();
+    assert!(column.windows(2).all(|w| w[0] == w[1]), "{summary}");
+}

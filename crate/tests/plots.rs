@@ -705,3 +705,65 @@ fn compare_curves_says_what_is_missing() {
         "{err}"
     );
 }
+
+/// Each row: the image as it is, then augmented copies whose captions say
+/// where the picture moved; a lit pixel is found where the caption puts it.
+#[test]
+fn augmented_gallery_shows_each_copy_moved_as_its_caption_says() {
+    let (h, w) = (32usize, 32usize);
+    let mut images = vec![0u8; 2 * 3 * h * w];
+    for i in 0..2 {
+        for c in 0..3 {
+            images[(i * 3 + c) * h * w + 16 * w + 10] = 255; // a white dot at (16, 10)
+        }
+    }
+    let data = Dataset::new(images, vec![3, 5], class_names(), h, w).unwrap();
+    let copies = 6;
+    let g = Gallery::augmented(&data, 2, copies, 4, 0).unwrap();
+    assert_eq!(g.len(), 2 * (copies + 1));
+    assert_eq!(g.captions()[0], CLASS_NAMES[3]);
+    assert_eq!(g.captions()[copies + 1], CLASS_NAMES[5]);
+    let layout = g.layout().unwrap();
+    // One row per image: the first column's images sit at one x.
+    assert_eq!(layout.image_rects[0].0, layout.image_rects[copies + 1].0);
+    assert!(layout.image_rects[copies + 1].1 > layout.image_rects[0].1);
+    let img = g.rgb_image().unwrap();
+    let mut moved = 0;
+    for (k, caption) in g.captions().iter().enumerate() {
+        let (mut x, mut y) = (10i64, 16i64);
+        if k % (copies + 1) != 0 {
+            for part in caption.split(", ") {
+                let (v, dir) = part.split_once(' ').unwrap_or((part, ""));
+                match (v, dir) {
+                    ("mirrored", _) => x = w as i64 - 1 - x,
+                    ("as", "is") => {}
+                    (v, "right") => x += v.parse::<i64>().unwrap(),
+                    (v, "left") => x -= v.parse::<i64>().unwrap(),
+                    (v, "down") => y += v.parse::<i64>().unwrap(),
+                    (v, "up") => y -= v.parse::<i64>().unwrap(),
+                    _ => panic!("caption {caption:?}"),
+                }
+            }
+            moved += (caption != "as is") as usize;
+        }
+        let (rx, ry, rw, _) = layout.image_rects[k];
+        let s = rw / w as u32; // the enlargement
+        let lit = |x: i64, y: i64| {
+            img.get_pixel(rx + x as u32 * s + s / 2, ry + y as u32 * s + s / 2)
+                .0
+                == [255; 3]
+        };
+        assert!(lit(x, y), "copy {k} ({caption}): no dot at ({x}, {y})");
+        let lit_count = (0..w as i64)
+            .flat_map(|x| (0..h as i64).map(move |y| (x, y)))
+            .filter(|&(x, y)| lit(x, y))
+            .count();
+        assert_eq!(lit_count, 1, "copy {k} ({caption})");
+    }
+    assert!(
+        moved >= copies,
+        "the copies should mostly move: {:?}",
+        g.captions()
+    );
+    assert!(Gallery::augmented(&data, 3, 1, 4, 0).is_err());
+}

@@ -8,7 +8,7 @@ mod folder;
 #[cfg(feature = "hub")]
 mod hub;
 
-pub use augment::{augment, flip_horizontal};
+pub use augment::{augment, flip_horizontal, Jitter};
 pub use cifar10::{load_data, load_dir, load_records, parse_batch, parse_records, CLASS_NAMES};
 pub use folder::{load_image_folder, load_image_folders};
 #[cfg(feature = "hub")]

@@ -196,18 +196,32 @@ impl Sequential {
     pub fn summary_string(&self) -> Result<String> {
         use std::fmt::Write;
         let shapes = self.architecture.shapes()?;
-        let rule = "_".repeat(72);
+        let names = self.architecture.layer_names();
+        let labels: Vec<String> = self
+            .architecture
+            .layers
+            .iter()
+            .zip(&names)
+            .map(|(layer, name)| format!("{name} ({})", layer.kind().class_name()))
+            .collect();
+        // Keras's widths, with the name column widened to the longest name
+        // (`batch_normalization_4 (BatchNormalization)`) so the rows stay aligned.
+        let first = labels
+            .iter()
+            .map(|l| l.chars().count() + 2)
+            .fold(32, usize::max);
+        let width = first + 26 + 12;
+        let rule = "_".repeat(width);
         let mut s = String::new();
         writeln!(s, "Model: \"{}\"", self.architecture.name)?;
         writeln!(s, "{rule}")?;
         writeln!(
             s,
-            "{:<32}{:<26}{:>12}",
+            "{:<first$}{:<26}{:>12}",
             "Layer (type)", "Output Shape (N, C, H, W)", "Param #"
         )?;
-        writeln!(s, "{}", "=".repeat(72))?;
-        let names = self.architecture.layer_names();
-        for ((layer, shape), name) in self.architecture.layers.iter().zip(&shapes).zip(&names) {
+        writeln!(s, "{}", "=".repeat(width))?;
+        for ((label, shape), name) in labels.iter().zip(&shapes).zip(&names) {
             let prefix = format!("{name}.");
             let params: usize = self
                 .params
@@ -215,11 +229,10 @@ impl Sequential {
                 .filter(|p| p.name.starts_with(&prefix))
                 .map(|p| p.var.elem_count())
                 .sum();
-            let label = format!("{name} ({})", layer.kind().class_name());
-            writeln!(s, "{label:<32}{:<26}{params:>12}", shape.to_string())?;
+            writeln!(s, "{label:<first$}{:<26}{params:>12}", shape.to_string())?;
         }
         let (total, trainable) = (self.params.count(false), self.params.count(true));
-        writeln!(s, "{}", "=".repeat(72))?;
+        writeln!(s, "{}", "=".repeat(width))?;
         writeln!(s, "Total params: {}", thousands(total))?;
         writeln!(s, "Trainable params: {}", thousands(trainable))?;
         writeln!(s, "Non-trainable params: {}", thousands(total - trainable))?;

@@ -3,7 +3,7 @@
 //!
 //!     cargo run --release -p cifar10-cnn -- train --epochs 25 --out results
 //!     cargo run --release -p cifar10-cnn -- bench
-//!     cargo run --release -p cifar10-cnn -- recipe results/improving/5-label-smoothing-and-flips/recipe.json --seeds 1,2
+//!     cargo run --release -p cifar10-cnn -- recipe results/improving/5-label-smoothing-test-time-flips/recipe.json --seeds 1,2
 //!     cifar10-cnn check --train sample_train.bin --test sample_test.bin   (on a GPU machine)
 
 mod check;
@@ -55,7 +55,9 @@ struct RecipeArgs {
     /// The seeds to train, e.g. 0,1,2 (default: the recipe's).
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
-    /// The runs' name, followed by "seed S" (default: the recipe's folder name).
+    /// The runs' name (default: the recipe's folder name); with --seeds, each run's is
+    /// followed by "seed S". Without --seeds the recipe trains as the run NAME, which is how
+    /// the improving notebook's steps can be trained here and then loaded there.
     #[arg(long)]
     name: Option<String>,
     /// Where the runs are kept, one folder each; a finished run there is loaded, not trained.
@@ -240,12 +242,11 @@ fn recipe(args: RecipeArgs) -> Result<()> {
     let (x_test, y_test) = (test.images_f32()?, test.labels_one_hot()?);
     let mut runs = Runs::new(&args.out, (&x_train, &y_train), (&x_test, &y_test))?;
     runs.verbose = args.verbose;
-    let seeds = match args.seeds.is_empty() {
-        true => vec![recipe.seed],
-        false => args.seeds.clone(),
-    };
     println!("device: {}", cifar10_cnn::device::machine());
-    for seed in seeds {
+    if args.seeds.is_empty() {
+        runs.train(&name, &recipe)?;
+    }
+    for &seed in &args.seeds {
         runs.train(
             &format!("{name} seed {seed}"),
             &Recipe {
