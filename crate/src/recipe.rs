@@ -244,6 +244,43 @@ pub struct Run {
 }
 
 impl Run {
+    /// The finished run kept in `folder`: its `run.json` and `history.json`.
+    pub fn load(folder: impl AsRef<Path>) -> Result<Run> {
+        let folder = folder.as_ref();
+        let file = folder.join("run.json");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let mut run: Run = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a run's record", file.display()))?;
+        run.history = History::load(folder.join("history.json"))?;
+        Ok(run)
+    }
+
+    /// Every finished run in the folders of `dir` (those holding a
+    /// `run.json`), in the order of the folders' names: `1-the-article`
+    /// first. Unfinished runs (a backup, no `run.json`) are left out.
+    pub fn load_all(dir: impl AsRef<Path>) -> Result<Vec<Run>> {
+        let dir = dir.as_ref();
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read the runs' folder {}", dir.display()))?;
+        let mut folders = Vec::new();
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot list {}", dir.display()))?
+                .path();
+            if path.join("run.json").is_file() {
+                folders.push(path);
+            }
+        }
+        ensure!(
+            !folders.is_empty(),
+            "{} holds no finished run (a folder with a run.json)",
+            dir.display()
+        );
+        folders.sort();
+        folders.iter().map(Run::load).collect()
+    }
+
     /// The test accuracy the recipe reports: with flips when it uses them.
     pub fn accuracy(&self) -> f64 {
         self.test_flip.unwrap_or(self.test).accuracy
@@ -343,14 +380,10 @@ impl Runs {
     /// this data.
     fn load(&self, name: &str, recipe: &Recipe) -> Result<Option<Run>> {
         let folder = self.folder(name);
-        let file = folder.join("run.json");
-        if !file.exists() {
+        if !folder.join("run.json").exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let mut run: Run = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a run's record", file.display()))?;
+        let run = Run::load(&folder)?;
         let mut differs = run.recipe.differences(recipe);
         if run.data != self.data {
             differs.push(format!(
@@ -366,7 +399,6 @@ impl Runs {
                 differs.join(", ")
             );
         }
-        run.history = History::load(folder.join("history.json"))?;
         Ok(Some(run))
     }
 

@@ -157,4 +157,41 @@ fn recipe_trains_the_named_run_then_loads_it_and_adds_seeds() {
     let seeded = read("1-the-article-seed-1");
     assert_eq!(seeded["name"], "1. the article seed 1");
     assert_eq!(seeded["recipe"]["seed"], 1);
+
+    // `compare` tables the finished runs (an unfinished one has no run.json)
+    // and draws their curves, without training.
+    std::fs::create_dir_all(out.join("2-unfinished/backup")).unwrap();
+    let compare = |dir: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_cifar10-cnn"))
+            .arg("compare")
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let done = compare(&out);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| 1. the article"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        rows[0].starts_with("| 1. the article |")
+            && rows[1].starts_with("| 1. the article seed 1 |"),
+        "{table}"
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains(&table));
+    let png = std::fs::read(out.join("comparison.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "comparison.png is not a PNG");
+    let empty = compare(&out.join("2-unfinished"));
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(
+        !empty.status.success() && stderr.contains("holds no finished run"),
+        "{stderr}"
+    );
 }

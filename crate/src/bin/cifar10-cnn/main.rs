@@ -4,6 +4,7 @@
 //!     cargo run --release -p cifar10-cnn -- train --epochs 25 --out results
 //!     cargo run --release -p cifar10-cnn -- bench
 //!     cargo run --release -p cifar10-cnn -- recipe results/improving/5-label-smoothing-test-time-flips/recipe.json --seeds 1,2
+//!     cargo run --release -p cifar10-cnn -- compare results/improving
 //!     cifar10-cnn check --train sample_train.bin --test sample_test.bin   (on a GPU machine)
 
 mod check;
@@ -26,6 +27,9 @@ enum Command {
     /// Train a recipe of the improving notebook (a JSON file, such as a run's recipe.json)
     /// as one run per seed, each saved in a folder of its own, and print them as a table.
     Recipe(RecipeArgs),
+    /// Compare the finished runs in a folder (such as results/improving): their table, and
+    /// their validation curves overlaid, written beside them as table.md and comparison.png.
+    Compare(CompareArgs),
     /// Time the article's training step and inference at one batch size; prints one JSON line.
     Bench(BenchArgs),
     /// Time an epoch of 45,000 images on this machine's device, check that training there
@@ -46,6 +50,13 @@ struct BenchArgs {
     /// The model and optimizer of a recipe (a JSON file) instead of the article's.
     #[arg(long, conflicts_with = "batch_norm")]
     recipe: Option<PathBuf>,
+}
+
+#[derive(Parser, Debug)]
+struct CompareArgs {
+    /// The runs' folder: each subfolder with a run.json is a run.
+    #[arg(default_value = "results/improving")]
+    dir: PathBuf,
 }
 
 #[derive(Parser, Debug)]
@@ -116,6 +127,7 @@ fn main() -> Result<()> {
     match Command::parse() {
         Command::Train(args) => train(args),
         Command::Recipe(args) => recipe(args),
+        Command::Compare(args) => compare(args),
         Command::Bench(args) => bench(args),
         Command::Check(args) => check::check(args),
     }
@@ -256,6 +268,26 @@ fn recipe(args: RecipeArgs) -> Result<()> {
         )?;
     }
     println!("\n{}", runs.table());
+    Ok(())
+}
+
+/// The finished runs of a folder as a table (printed, and table.md) and
+/// their curves overlaid (comparison.png), as the improving notebook ends.
+fn compare(args: CompareArgs) -> Result<()> {
+    use cifar10_cnn::recipe::{Run, RunsTable};
+    let runs = Run::load_all(&args.dir)?;
+    let named: Vec<(&str, &cifar10_cnn::history::History)> =
+        runs.iter().map(|r| (r.name.as_str(), &r.history)).collect();
+    let figure = cifar10_cnn::plot::compare_curves(&named)?;
+    figure.save_png(args.dir.join("comparison.png"))?;
+    let table = RunsTable(runs).to_string();
+    cifar10_cnn::io::write_atomic(&args.dir.join("table.md"), table.as_bytes())?;
+    println!("{table}");
+    println!(
+        "written: {} and {}",
+        args.dir.join("table.md").display(),
+        args.dir.join("comparison.png").display()
+    );
     Ok(())
 }
 
