@@ -5,7 +5,7 @@
 //! CIFAR-10 image becomes 128x128) and the captions are drawn with the
 //! embedded DejaVu Sans, into one PNG that a notebook shows inline.
 
-use crate::data::{Dataset, Jitter};
+use crate::data::{rgb_from_planes, Dataset, Jitter};
 use crate::plot::{
     base64_png, downsample, drawing_error, ensure_font, evcxr_block, font, image_to_png, text_size,
 };
@@ -177,10 +177,7 @@ impl Gallery {
             for _ in 0..copies {
                 let jitter = Jitter::draw(pad, &mut rng);
                 jitter.apply(src, &mut out, (h, w));
-                images.push(RgbImage::from_fn(w as u32, h as u32, |x, y| {
-                    let p = y as usize * w + x as usize;
-                    Rgb([out[p], out[h * w + p], out[2 * h * w + p]])
-                }));
+                images.push(rgb_from_planes(&out, h, w));
                 captions.push(jitter.describe());
             }
         }

@@ -113,12 +113,11 @@ impl Dataset {
 
     /// Image `i` as an RGB picture (for galleries and for saving).
     pub fn image(&self, i: usize) -> Result<image::RgbImage> {
-        let (h, w) = (self.height, self.width);
-        let planes = self.image_bytes(i)?;
-        Ok(image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
-            let p = y as usize * w + x as usize;
-            image::Rgb([planes[p], planes[h * w + p], planes[2 * h * w + p]])
-        }))
+        Ok(rgb_from_planes(
+            self.image_bytes(i)?,
+            self.height,
+            self.width,
+        ))
     }
 
     /// The name of the class of image `i`.
@@ -194,6 +193,15 @@ impl Dataset {
     pub fn labels_one_hot(&self) -> Result<Tensor> {
         to_categorical(&self.labels, self.num_classes())
     }
+}
+
+/// One image's three colour planes (`[3, H, W]`, as the dataset keeps it)
+/// as an RGB picture.
+pub fn rgb_from_planes(planes: &[u8], h: usize, w: usize) -> image::RgbImage {
+    image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let p = y as usize * w + x as usize;
+        image::Rgb([planes[p], planes[h * w + p], planes[2 * h * w + p]])
+    })
 }
 
 /// Keras's `to_categorical`: label `l` becomes a row of zeros with a one at `l`.
