@@ -502,12 +502,17 @@ impl RunsTable {
     ];
 
     fn rows(&self) -> Vec<[String; 6]> {
-        let first = self.0.first().map(|r| r.train_seconds);
+        let first = self.0.first();
         self.0
             .iter()
             .map(|r| {
+                // Times compare only on the same machine: a run trained elsewhere
+                // names its machine instead of a ratio.
                 let ratio = match first {
-                    Some(f) if f > 0.0 => format!(" ({:.2}×)", r.train_seconds / f),
+                    Some(f) if f.machine != r.machine => format!(" (on {})", r.machine),
+                    Some(f) if f.train_seconds > 0.0 => {
+                        format!(" ({:.2}×)", r.train_seconds / f.train_seconds)
+                    }
                     _ => String::new(),
                 };
                 [

@@ -8,7 +8,7 @@ mod common;
 use candle_core::Tensor;
 use cifar10_cnn::data::flip_horizontal;
 use cifar10_cnn::layers::{article_layers, Layer};
-use cifar10_cnn::recipe::{flip_score, OptimizerRecipe, Recipe, Runs};
+use cifar10_cnn::recipe::{flip_score, OptimizerRecipe, Recipe, Run, RunsTable, Runs};
 
 /// 12x12 images: the smallest the article's network takes (two blocks of
 /// a same and a valid convolution, each pooled).
@@ -298,6 +298,17 @@ fn the_table_shows_every_run_and_its_time_against_the_first() {
     assert!(lines[3].contains(&flip), "{md}");
     let ratio = format!("({:.2}×)", b.train_seconds / a.train_seconds);
     assert!(lines[3].contains(&ratio), "{md}");
+    // A run trained on another machine names it instead of a time ratio.
+    let elsewhere = Run {
+        machine: "Other CPU, 8 threads, AVX2".into(),
+        ..b.clone()
+    };
+    let md = RunsTable(vec![a.clone(), elsewhere]).to_string();
+    let row = md.lines().nth(3).unwrap();
+    assert!(
+        row.contains("(on Other CPU, 8 threads, AVX2)") && !row.contains('×'),
+        "{md}"
+    );
     let html = runs.table().html();
     assert!(
         html.starts_with("<table") && html.matches("<tr>").count() == 3,
