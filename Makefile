@@ -32,6 +32,7 @@ test-notebooks: setup
 	elif [ -z "$${CIFAR10_DIR:-}" ]; then \
 	  echo "CIFAR10_DIR is not set: SKIPPING the notebook runs (they need a local CIFAR-10; tests never download)"; \
 	else \
+	  $(VENV)/bin/python scripts/warm-kernel.py && \
 	  $(TEST_ENV) $(VENV)/bin/python tests/run_notebooks.py --fresh --timeout 1800; \
 	fi
 
@@ -62,9 +63,14 @@ notebook: setup
 	RESULTS_DIR=$(RESULTS_DIR) $(VENV)/bin/python tests/run_notebooks.py --timeout 14400 --out $(RESULTS_DIR) notebooks/cifar10_cnn.ipynb
 
 ## lab: JupyterLab with the Rust kernel
+# First the notebooks' set-up cell is built in the kernel's build folder
+# (scripts/warm-kernel.py, showing each crate as it compiles: minutes the first
+# time, seconds after), so that the first cell in the browser answers in seconds.
+# A failed warm-up does not stop JupyterLab: the notebook shows the same error.
 # Jupyter refuses to start as root unless told: containers often run as root,
 # so there it is told (and says so).
 lab: setup
+	$(VENV)/bin/python scripts/warm-kernel.py || echo "warm-kernel failed: starting JupyterLab anyway"
 	@if [ "$$(id -u)" = 0 ]; then echo "running as root (as in most containers): starting JupyterLab with --allow-root"; fi
 	$(VENV)/bin/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks
 
