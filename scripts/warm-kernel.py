@@ -53,8 +53,8 @@ def show_build(stream, start):
 def main():
     notebook = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "notebooks" / "cifar10_cnn.ipynb"
     code = setup_cell(notebook)
-    print(f"warm-kernel: building the notebooks' crate in the Rust kernel's build folder "
-          f"(about 4 minutes on 2 cores the first time, seconds after that)", flush=True)
+    print("warm-kernel: building the notebooks' crate in the Rust kernel's build folder "
+          "(about 4 minutes on 2 cores the first time, seconds after that)", flush=True)
     start = time.monotonic()
     manager = KernelManager(kernel_name="rust")
     # evcxr's stdout says only that it found no evcxr.toml; its stderr carries the build log.
