@@ -8,7 +8,7 @@ mod common;
 use candle_core::Tensor;
 use cifar10_cnn::data::flip_horizontal;
 use cifar10_cnn::layers::{article_layers, Layer};
-use cifar10_cnn::recipe::{flip_score, OptimizerRecipe, Recipe, Run, RunsTable, Runs};
+use cifar10_cnn::recipe::{flip_score, OptimizerRecipe, Recipe, Run, Runs, RunsTable};
 
 /// 12x12 images: the smallest the article's network takes (two blocks of
 /// a same and a valid convolution, each pooled).
