@@ -641,12 +641,14 @@ multiversion! {
 multiversion! {
     /// `y = x·a + b` over one plane, then the fused ReLU.
     fn scale_shift<T>(x: &[T], y: &mut [T], a: T, b: T, relu: bool) {
-        for (v, &u) in y.iter_mut().zip(x) {
-            *v = T::mul_add(u, a, b);
-        }
+        // one pass each way (a second pass for the ReLU read the plane again)
         if relu {
-            for v in y.iter_mut() {
-                *v = T::relu(*v);
+            for (v, &u) in y.iter_mut().zip(x) {
+                *v = T::relu(T::mul_add(u, a, b));
+            }
+        } else {
+            for (v, &u) in y.iter_mut().zip(x) {
+                *v = T::mul_add(u, a, b);
             }
         }
     }
@@ -656,23 +658,26 @@ multiversion! {
     /// Over one plane: masks `dy` by the fused ReLU (where `y > 0`), and
     /// sums `[Σ dy, Σ dy·(x − mean)]`.
     fn grad_sums<T>(dy: &mut [T], x: &[T], y: &[T], mean: T, relu: bool, out: &mut [T; 2]) {
-        if relu {
-            for (d, &v) in dy.iter_mut().zip(y) {
-                *d = T::relu_grad(*d, v);
-            }
-        }
+        // the mask and the sums in one pass over `dy`
         let (mut a, mut b) = ([T::zero(); LANES], [T::zero(); LANES]);
-        let (groups, tail) = dy.as_chunks::<LANES>();
+        let (groups, tail) = dy.as_chunks_mut::<LANES>();
         let (xg, xt) = x.as_chunks::<LANES>();
-        for (g, u) in groups.iter().zip(xg) {
+        let (yg, yt) = y.as_chunks::<LANES>();
+        for ((g, u), v) in groups.iter_mut().zip(xg).zip(yg) {
             for l in 0..LANES {
+                if relu {
+                    g[l] = T::relu_grad(g[l], v[l]);
+                }
                 a[l] += g[l];
                 b[l] = T::mul_add(g[l], u[l] - mean, b[l]);
             }
         }
-        for (l, (&d, &u)) in tail.iter().zip(xt).enumerate() {
-            a[l] += d;
-            b[l] = T::mul_add(d, u - mean, b[l]);
+        for (l, ((d, &u), &v)) in tail.iter_mut().zip(xt).zip(yt).enumerate() {
+            if relu {
+                *d = T::relu_grad(*d, v);
+            }
+            a[l] += *d;
+            b[l] = T::mul_add(*d, u - mean, b[l]);
         }
         total(a, b, out);
     }
