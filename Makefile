@@ -80,10 +80,13 @@ BENCH_ARGS ?=
 bench:
 	cargo run --release -q -p cifar10-cnn -- bench $(BENCH_ARGS)
 
-## bench-peers: the same model in PyTorch and Keras/TensorFlow (CPU), same JSON line
+## bench-peers: the crate, Keras/TensorFlow and PyTorch (CPU) in turn, ROUNDS rounds in one
+# window, the same JSON line each; then the CPU's name and the crate's ratios to each peer
 PEERS_VENV ?= .venv-peers
-bench-peers: bench $(PEERS_VENV)/.installed
-	$(PEERS_VENV)/bin/python tests/bench_peers.py $(BENCH_ARGS)
+ROUNDS ?= 3
+bench-peers: $(PEERS_VENV)/.installed
+	cargo build --release -q -p cifar10-cnn
+	$(PEERS_VENV)/bin/python tests/bench_peers.py --ours "cargo run --release -q -p cifar10-cnn --" --rounds $(ROUNDS) $(BENCH_ARGS)
 
 ## keras-reference: the article's own Keras program on the same CIFAR-10 (CPU, 25 epochs)
 SEED ?= 0
