@@ -183,14 +183,14 @@ def cpu_name():
     isa = [f for f in ("avx512f", "avx512_bf16", "amx_tile", "avx2", "fma") if f in flags]
     name = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in fields:  # virtual machines often hide the generation: the family says it
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+        name += f", family {fields['cpu family']} model {fields.get('model', '?')}"
     return name, isa
 
 
 def print_ratios(rounds):
     """The crate's train step and inference over each peer's, round by round."""
     name, isa = cpu_name()
-    print(f"\nCPU: {name} ({', '.join(isa) or 'no AVX2'}), {len(rounds)} round(s) in one window")
+    print(f"\nCPU: {name}; {', '.join(isa) or 'no AVX2'}; {len(rounds)} round(s) in one window")
     print("ratio (crate / peer)      " + "  ".join(f"round {i + 1:<2}" for i in range(len(rounds))))
     for peer in ("keras", "torch"):
         for what in ("train_step_ms", "infer_ms"):
