@@ -13,6 +13,8 @@ CARGO_HOME ?= $(HOME)/.cargo
 EVCXR_VERSION := 0.22.0
 EVCXR := $(CARGO_HOME)/bin/evcxr_jupyter
 RESULTS_DIR ?= $(CURDIR)/results
+# The kernel runs in notebooks/: a relative RESULTS_DIR=results/x would land in notebooks/results/x
+override RESULTS_DIR := $(abspath $(RESULTS_DIR))
 KERNEL := $(VENV)/share/jupyter/kernels/rust/kernel.json
 
 # The small configuration the notebook tests run in.
