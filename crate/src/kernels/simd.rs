@@ -144,6 +144,20 @@ pub(crate) fn kernel_grad_dots<T: Float>(
             unsafe { grad_dots::<T, Lanes<8>, 4, 3>(o, c, n, dm, v, du_t) }
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
+            if T::DTYPE == candle_core::DType::F32 {
+                // SAFETY: T is f32 (its dtype says so), so the slices are
+                // f32 slices of the same lengths; the CPU has AVX-512F.
+                return unsafe {
+                    avx512_dots::grad_dots_f32(
+                        o,
+                        c,
+                        cols,
+                        std::slice::from_raw_parts(dm.as_ptr().cast(), dm.len()),
+                        std::slice::from_raw_parts(v.as_ptr().cast(), v.len()),
+                        std::slice::from_raw_parts_mut(du_t.as_mut_ptr().cast(), du_t.len()),
+                    )
+                };
+            }
             // SAFETY: this CPU has the features avx512 is built for.
             return unsafe { avx512(o, c, cols, dm, v, du_t) };
         }
@@ -353,6 +367,142 @@ mod avx2_dots {
     }
 }
 
+/// The AVX-512 dots of f32 in explicit registers, for the reasons of
+/// [`avx2_dots`]; and one more: the portable 16-lane block summed each
+/// accumulator's lanes in scalar code through the stack (`perf` on a Zen 4:
+/// a fifth of the dots' samples, for 512-column chunks). Here the 16 sums
+/// of a 4×4 block are one transposed tree of shuffles and 15 vector adds,
+/// each lane pair added in the portable order, so the sums are
+/// [`dot_block`]'s bit for bit.
+#[cfg(target_arch = "x86_64")]
+mod avx512_dots {
+    use super::{grad_dots, Dots};
+    use std::arch::x86_64::*;
+
+    struct Avx512;
+
+    impl Dots<f32> for Avx512 {
+        const L: usize = 16;
+        #[inline(always)]
+        unsafe fn block<const BO: usize, const BC: usize>(
+            a: [&[f32]; BO],
+            b: [&[f32]; BC],
+        ) -> [[f32; BC]; BO] {
+            // SAFETY: the caller's promise (AVX-512F).
+            unsafe { block(a, b) }
+        }
+    }
+
+    /// [`super::kernel_grad_dots`] for f32 in 4×4 blocks.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn grad_dots_f32(
+        o: usize,
+        c: usize,
+        cols: usize,
+        dm: &[f32],
+        v: &[f32],
+        du_t: &mut [f32],
+    ) {
+        // SAFETY: the caller's promise.
+        unsafe { grad_dots::<f32, Avx512, 4, 4>(o, c, cols, dm, v, du_t) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn block<const BO: usize, const BC: usize>(
+        a: [&[f32]; BO],
+        b: [&[f32]; BC],
+    ) -> [[f32; BC]; BO] {
+        let n = a[0].len() / 16;
+        assert!(a.iter().all(|r| r.len() >= 16 * n) && b.iter().all(|r| r.len() >= 16 * n));
+        let mut acc = [[_mm512_setzero_ps(); BC]; BO];
+        for t in 0..n {
+            let mut y = [_mm512_setzero_ps(); BC];
+            for j in 0..BC {
+                // SAFETY: 16·t + 16 ≤ 16·n ≤ the row's length (asserted).
+                y[j] = unsafe { _mm512_loadu_ps(b[j].as_ptr().add(16 * t)) };
+            }
+            for i in 0..BO {
+                // SAFETY: as above.
+                let x = unsafe { _mm512_loadu_ps(a[i].as_ptr().add(16 * t)) };
+                for j in 0..BC {
+                    acc[i][j] = _mm512_fmadd_ps(x, y[j], acc[i][j]);
+                }
+            }
+        }
+        if (BO, BC) == (4, 4) {
+            // Sum (i, j) is entry 4j + i (see `sums_4x4`).
+            let sums = sums_4x4(std::array::from_fn(|k| acc[k / 4][k % 4]));
+            return std::array::from_fn(|i| std::array::from_fn(|j| sums[4 * j + i]));
+        }
+        let mut out = [[0f32; BC]; BO];
+        for i in 0..BO {
+            for j in 0..BC {
+                out[i][j] = lanes_sum(acc[i][j]);
+            }
+        }
+        out
+    }
+
+    /// The 16 lanes added pairwise in halves, as [`super::dot_block`] does.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn lanes_sum(v: __m512) -> f32 {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let s8 = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2)))
+    }
+
+    /// The lane sums of 16 accumulators `acc[4i + j]` at once, entry `4j + i`
+    /// of the result: each level pairs two registers' halves with one
+    /// shuffle each way and adds them, the same additions as [`lanes_sum`]
+    /// (lane `l` plus lane `l + half`, for halves 8, 4, 2, 1).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn sums_4x4(acc: [__m512; 16]) -> [f32; 16] {
+        // 16 → 8: register p holds accumulator 2p's 8 partial sums in its
+        // low half, 2p + 1's in its high half.
+        let s8: [__m512; 8] = std::array::from_fn(|p| {
+            let (a, b) = (acc[2 * p], acc[2 * p + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x44>(a, b),
+                _mm512_shuffle_f32x4::<0xEE>(a, b),
+            )
+        });
+        // 8 → 4: register q holds accumulator 4q + m's 4 in 128-bit lane m.
+        let s4: [__m512; 4] = std::array::from_fn(|q| {
+            let (a, b) = (s8[2 * q], s8[2 * q + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0x88>(a, b),
+                _mm512_shuffle_f32x4::<0xDD>(a, b),
+            )
+        });
+        // 4 → 2: register h, lane m: accumulators 8h + m and 8h + 4 + m, 2 each.
+        let s2: [__m512; 2] = std::array::from_fn(|h| {
+            let (a, b) = (s4[2 * h], s4[2 * h + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0x44>(a, b),
+                _mm512_shuffle_ps::<0xEE>(a, b),
+            )
+        });
+        // 2 → 1: lane m holds accumulators m, 4 + m, 8 + m, 12 + m.
+        let (a, b) = (s2[0], s2[1]);
+        let s1 = _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(a, b),
+            _mm512_shuffle_ps::<0xDD>(a, b),
+        );
+        let mut out = [0f32; 16];
+        // SAFETY: `out` holds 16 f32.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), s1) };
+        out
+    }
+}
+
 /// The first `n · L` values of `r` as `n` groups of `L`.
 #[inline(always)]
 fn as_lanes<T, const L: usize>(r: &[T], n: usize) -> &[[T; L]] {
@@ -431,12 +581,22 @@ mod tests {
             }
             kernel_grad_dots(o, c, n, dm, v, du_t)
         }
+        /// The explicit AVX-512 block, where the CPU has it (else the dispatch).
+        fn avx512_f32(o: usize, c: usize, n: usize, dm: &[f32], v: &[f32], du_t: &mut [f32]) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is here.
+                return unsafe { avx512_dots::grad_dots_f32(o, c, n, dm, v, du_t) };
+            }
+            kernel_grad_dots(o, c, n, dm, v, du_t)
+        }
         // SAFETY (the `unsafe` blocks): portable code.
-        let shapes: [(&str, Dots); 5] = [
+        let shapes: [(&str, Dots); 6] = [
             ("dispatch", kernel_grad_dots::<f32>),
             ("avx-512 16×4×4", |o, c, n, dm, v, du| unsafe {
                 grad_dots::<f32, Lanes<16>, 4, 4>(o, c, n, dm, v, du)
             }),
+            ("avx-512 16×4×4 explicit", avx512_f32),
             ("avx2 8×4×3", |o, c, n, dm, v, du| unsafe {
                 grad_dots::<f32, Lanes<8>, 4, 3>(o, c, n, dm, v, du)
             }),
@@ -475,16 +635,27 @@ mod tests {
                     );
                 }
             }
-            // the explicit AVX2 block sums as the portable one, bit for bit
-            let (portable, explicit) = (&by_shape[2], &by_shape[3]);
-            let differ = portable
-                .iter()
-                .zip(explicit)
-                .position(|(a, b)| a.to_bits() != b.to_bits());
-            assert_eq!(
-                differ, None,
-                "{o}×{c}×{cols}: the explicit AVX2 sums differ from the portable ones"
-            );
+            // the explicit blocks sum as the portable ones, bit for bit
+            // (where the CPU runs them: else the dispatch stands in)
+            #[cfg(target_arch = "x86_64")]
+            let has = [
+                std::arch::is_x86_feature_detected!("avx512f"),
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma"),
+            ];
+            #[cfg(not(target_arch = "x86_64"))]
+            let has = [false; 2];
+            let pairs = [("AVX-512", 1, 2), ("AVX2", 3, 4)];
+            for (_, (isa, portable, explicit)) in has.into_iter().zip(pairs).filter(|(h, _)| *h) {
+                let differ = by_shape[portable]
+                    .iter()
+                    .zip(&by_shape[explicit])
+                    .position(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(
+                    differ, None,
+                    "{o}×{c}×{cols}: the explicit {isa} sums differ from the portable ones"
+                );
+            }
         }
     }
 }
