@@ -381,15 +381,15 @@ multiversion! {
             map4to2([m[4 * i], m[4 * i + 1], m[4 * i + 2], m[4 * i + 3]], s0, s1, at);
         }
         // ... then Aᵀ down each column j: pixel (a, j) of each tile.
-        let s = &*s;
+        let sums = &*s;
         let [y00, y01, y10, y11] = runs_mut::<T, 4>(quads, t.quad_len());
         for (j, (ya, yb)) in [(y00, y10), (y01, y11)].into_iter().enumerate() {
-            let row = |i: usize| &s[(2 * i + j) * n..][..n];
+            let row = |i: usize| &sums[(2 * i + j) * n..][..n];
             map4to2([row(0), row(1), row(2), row(3)], &mut ya[..n], yb, at);
         }
         match argmax {
             None => merge(quads, g.wo, 0, t, y_o, bias, relu),
-            Some(argmax) => pool_tiles(quads, t, g.wo / 2, y_o, argmax, bias),
+            Some(argmax) => pool_tiles(quads, t, g.wo / 2, y_o, argmax, bias, &mut s[..2 * n]),
         }
     }
 }
@@ -397,7 +397,11 @@ multiversion! {
 /// ReLU then 2×2 max-pooling of each tile's pixels (the quadrant planes
 /// `quads`), `wo` windows a row, into `y` and `argmax` (both `[Ho/2, wo]`).
 /// Ties go to the first pixel in row-major order and a NaN wins, as in
-/// `max_pool2d`.
+/// `max_pool2d`. The windows are picked in one flat loop over whole rows of
+/// tiles (the extra column too) into `flat`, then copied out row by row:
+/// this model's rows of 15 and 6 windows are shorter than AVX-512's 16
+/// lanes, and a loop per row ran them all as scalar code with branches
+/// (`perf` on a Zen 4: a third of the forward's output transform).
 #[inline(always)]
 fn pool_tiles<T: Float>(
     quads: &[T],
@@ -406,22 +410,31 @@ fn pool_tiles<T: Float>(
     y: &mut [MaybeUninit<T>],
     argmax: &mut [MaybeUninit<u8>],
     bias: T,
+    flat: &mut [T],
 ) {
-    for (py, (y, argmax)) in y
-        .chunks_exact_mut(wo)
-        .zip(argmax.chunks_exact_mut(wo))
-        .enumerate()
-    {
-        let px: [&[T]; 4] = std::array::from_fn(|q| &quads[q * t.quad_len() + py * t.tq..][..wo]);
-        for (x, (y, k)) in y.iter_mut().zip(argmax.iter_mut()).enumerate() {
-            let (mut best, mut at) = (T::relu(px[0][x] + bias), 0);
-            for (q, px) in px.iter().enumerate().skip(1) {
-                let v = T::relu(px[x] + bias);
-                let wins = takes_over(v, best);
-                (best, at) = if wins { (v, q as u8) } else { (best, at) };
-            }
-            y.write(best);
-            k.write(at);
+    let len = y.len() / wo * t.tq;
+    // best [len] and its pixel 0..4 (as T, so that the loop is one width)
+    let (best, at) = flat[..2 * len].split_at_mut(len);
+    let px: [&[T]; 4] = std::array::from_fn(|q| &quads[q * t.quad_len()..][..len]);
+    for i in 0..len {
+        let (mut b, mut k) = (T::relu(px[0][i] + bias), T::zero());
+        for (q, px) in px.iter().enumerate().skip(1) {
+            let v = T::relu(px[i] + bias);
+            let wins = takes_over(v, b);
+            (b, k) = if wins {
+                (v, T::from_f64(q as f64))
+            } else {
+                (b, k)
+            };
+        }
+        (best[i], at[i]) = (b, k);
+    }
+    let rows = y.chunks_exact_mut(wo).zip(argmax.chunks_exact_mut(wo));
+    for (py, (y, argmax)) in rows.enumerate() {
+        let (best, at) = (&best[py * t.tq..][..wo], &at[py * t.tq..][..wo]);
+        for ((y, k), (&b, &a)) in y.iter_mut().zip(argmax).zip(best.iter().zip(at)) {
+            y.write(b);
+            k.write(a.to_f64() as u8);
         }
     }
 }
