@@ -1,0 +1,87 @@
+//! What one core of this CPU can multiply, at most: f32 FMAs (`vfmadd231ps`,
+//! what every product of the crate runs on) against the bf16 dot product of
+//! AVX512-BF16 (`vdpbf16ps`: pairs of bf16 multiplied and added into f32),
+//! each as 12 independent accumulators in registers, no memory. The ratio is
+//! what a mixed-precision option could gain at most on the products (issue
+//! #19; BENCHMARKS.md, 2026-12-06).
+//!
+//!     cargo run --release -p cifar10-cnn --example isa_peak
+//!
+//! Prints one JSON line; the bf16 figure is null on a CPU without
+//! AVX512-BF16, and both are null off x86-64 or without AVX-512F.
+
+use std::time::Instant;
+
+/// Iterations of the 12 accumulators per timing: about 0.1 s at peak.
+const ITERS: usize = 10_000_000;
+
+fn main() {
+    let best = |f: fn() -> Option<f64>| (0..3).filter_map(|_| f()).reduce(f64::max);
+    let (f32_fma, bf16_dot) = (best(f32_gflops), best(bf16_gflops));
+    let show = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.0}"));
+    let ratio = f32_fma.zip(bf16_dot).map(|(f, b)| b / f);
+    println!(
+        "{{\"f32_fma_gflops\": {}, \"bf16_dot_gflops\": {}, \"bf16_over_f32\": {}}}",
+        show(f32_fma),
+        show(bf16_dot),
+        ratio.map_or("null".to_string(), |r| format!("{r:.2}"))
+    );
+}
+
+/// GFLOP/s of f32 FMAs on one core, where the CPU has AVX-512F.
+fn f32_gflops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let start = Instant::now();
+        // SAFETY: this CPU has AVX-512F.
+        std::hint::black_box(unsafe { x86::fma_loop(ITERS) });
+        // 12 registers × 16 lanes × (multiply + add)
+        return Some((ITERS * 12 * 16 * 2) as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    None
+}
+
+/// GFLOP/s of bf16 dot products on one core, where the CPU has AVX512-BF16.
+fn bf16_gflops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bf16") {
+        let start = Instant::now();
+        // SAFETY: this CPU has AVX512-BF16 (and so AVX-512F).
+        std::hint::black_box(unsafe { x86::bf16_loop(ITERS) });
+        // 12 registers × 16 lanes × 2 pairs × (multiply + add)
+        return Some((ITERS * 12 * 16 * 4) as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// 12 chains of FMAs: more than latency × throughput, so the pipes stay full.
+    #[target_feature(enable = "avx512f")]
+    pub fn fma_loop(n: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 12];
+        let (x, y) = (_mm512_set1_ps(1.0001), _mm512_set1_ps(0.9999));
+        for _ in 0..n {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(x, y, *a);
+            }
+        }
+        acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+    }
+
+    /// The same with `vdpbf16ps` (1.0 in bf16 is 0x3f80).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub fn bf16_loop(n: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 12];
+        // SAFETY: __m512i and __m512bh are both 512 bits of plain data.
+        let one: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi16(0x3f80)) };
+        for _ in 0..n {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, one, one);
+            }
+        }
+        acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+    }
+}
