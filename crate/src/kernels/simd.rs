@@ -99,6 +99,10 @@ macro_rules! multiversion_impl {
 }
 pub(crate) use multiversion_impl as multiversion;
 
+/// An f32 [`kernel_grad_dots`] for one ISA.
+#[cfg(target_arch = "x86_64")]
+type F32Dots = unsafe fn(usize, usize, usize, &[f32], &[f32], &mut [f32]);
+
 /// `dUᵀ [C, O] += (dM [O, cols] · V [C, cols]ᵀ)ᵀ` for one ξ, as dot
 /// products along the tiles, `BO × BC` of them at a time in `L` lanes.
 /// Both operands run along the tiles, and gemm wants its left one the
@@ -143,39 +147,34 @@ pub(crate) fn kernel_grad_dots<T: Float>(
             // SAFETY: portable code.
             unsafe { grad_dots::<T, Lanes<8>, 4, 3>(o, c, n, dm, v, du_t) }
         }
+        // f32 (every model the crate builds) takes the explicit registers.
+        let mut f32_dots = |dots: F32Dots| {
+            // SAFETY: called only where T is f32 (its dtype says so), so the
+            // slices are f32 slices of the same lengths; the caller checked
+            // the CPU has the features `dots` needs.
+            unsafe {
+                dots(
+                    o,
+                    c,
+                    cols,
+                    std::slice::from_raw_parts(dm.as_ptr().cast(), dm.len()),
+                    std::slice::from_raw_parts(v.as_ptr().cast(), v.len()),
+                    std::slice::from_raw_parts_mut(du_t.as_mut_ptr().cast(), du_t.len()),
+                )
+            }
+        };
+        let is_f32 = T::DTYPE == candle_core::DType::F32;
         if std::arch::is_x86_feature_detected!("avx512f") {
-            if T::DTYPE == candle_core::DType::F32 {
-                // SAFETY: T is f32 (its dtype says so), so the slices are
-                // f32 slices of the same lengths; the CPU has AVX-512F.
-                return unsafe {
-                    avx512_dots::grad_dots_f32(
-                        o,
-                        c,
-                        cols,
-                        std::slice::from_raw_parts(dm.as_ptr().cast(), dm.len()),
-                        std::slice::from_raw_parts(v.as_ptr().cast(), v.len()),
-                        std::slice::from_raw_parts_mut(du_t.as_mut_ptr().cast(), du_t.len()),
-                    )
-                };
+            if is_f32 {
+                return f32_dots(explicit_dots::grad_dots_avx512);
             }
             // SAFETY: this CPU has the features avx512 is built for.
             return unsafe { avx512(o, c, cols, dm, v, du_t) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            if T::DTYPE == candle_core::DType::F32 {
-                // SAFETY: T is f32 (its dtype says so), so the slices are
-                // f32 slices of the same lengths; the CPU has AVX2 + FMA.
-                return unsafe {
-                    avx2_dots::grad_dots_f32(
-                        o,
-                        c,
-                        cols,
-                        std::slice::from_raw_parts(dm.as_ptr().cast(), dm.len()),
-                        std::slice::from_raw_parts(v.as_ptr().cast(), v.len()),
-                        std::slice::from_raw_parts_mut(du_t.as_mut_ptr().cast(), du_t.len()),
-                    )
-                };
+            if is_f32 {
+                return f32_dots(explicit_dots::grad_dots_avx2);
             }
             // SAFETY: as above.
             return unsafe { avx2(o, c, cols, dm, v, du_t) };
@@ -282,180 +281,184 @@ unsafe fn grad_dots<T: Float, D: Dots<T>, const BO: usize, const BC: usize>(
     }
 }
 
-/// The AVX2 dots of f32 in explicit registers. The portable block in 8
-/// lanes compiled to the 12 accumulators in registers, but only as long
-/// as the compiler's vectorizer saw it so: an unrelated edit elsewhere in
-/// the crate once turned it into stack spills and scalar shuffles, the
-/// training step from 111 to 300 ms on a Zen 2. Here each accumulator is
-/// an `__m256`; the sums are the same as [`dot_block`]'s, bit for bit
-/// (FMA per lane, then the lanes added pairwise in halves).
+/// The dots of f32 in explicit registers, one block for both ISAs.
+///
+/// On AVX2, the portable block in 8 lanes compiled to its 12 accumulators
+/// in registers only as long as the compiler's vectorizer saw it so: an
+/// unrelated edit elsewhere in the crate once turned it into stack spills
+/// and scalar shuffles, the training step from 111 to 300 ms on a Zen 2.
+/// On AVX-512, the portable 16-lane block summed each accumulator's lanes
+/// in scalar code through the stack (`perf` on a Zen 4: a fifth of the
+/// dots' samples, for 512-column chunks); here the 16 sums of a 4×4 block
+/// are one transposed tree of shuffles and 15 vector adds. Either way each
+/// accumulator is a register, and the lanes are added in the portable
+/// order (FMA per lane, then pairwise in halves), so the sums are
+/// [`dot_block`]'s bit for bit.
 #[cfg(target_arch = "x86_64")]
-mod avx2_dots {
+mod explicit_dots {
     use super::{grad_dots, Dots};
     use std::arch::x86_64::*;
+    use std::marker::PhantomData;
 
-    struct Avx2;
+    /// A vector register of f32 lanes. Its methods are inlined into a
+    /// function compiled with the register's ISA and only called there.
+    trait Reg: Copy {
+        const L: usize;
+        /// # Safety
+        /// The CPU has the register's ISA (for all methods).
+        unsafe fn zero() -> Self;
+        /// `L` lanes from `p`.
+        ///
+        /// # Safety
+        /// As above, and `p` points to `L` readable f32s.
+        unsafe fn load(p: *const f32) -> Self;
+        /// # Safety
+        /// As for `zero`.
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+        /// Each accumulator's lanes summed.
+        ///
+        /// # Safety
+        /// As for `zero`.
+        unsafe fn sums<const BO: usize, const BC: usize>(acc: [[Self; BC]; BO]) -> [[f32; BC]; BO];
+    }
 
-    impl Dots<f32> for Avx2 {
+    impl Reg for __m256 {
         const L: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: the caller's promise (AVX2 + FMA), for all methods.
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn sums<const BO: usize, const BC: usize>(acc: [[Self; BC]; BO]) -> [[f32; BC]; BO] {
+            unsafe { each_sum(acc, |v| lanes_sum8(v)) }
+        }
+    }
+
+    impl Reg for __m512 {
+        const L: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: the caller's promise (AVX-512F), for all methods.
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn sums<const BO: usize, const BC: usize>(acc: [[Self; BC]; BO]) -> [[f32; BC]; BO] {
+            if (BO, BC) == (4, 4) {
+                // Sum (i, j) is entry 4j + i (see `sums_4x4`).
+                let sums = unsafe { sums_4x4(std::array::from_fn(|k| acc[k / 4][k % 4])) };
+                return std::array::from_fn(|i| std::array::from_fn(|j| sums[4 * j + i]));
+            }
+            unsafe { each_sum(acc, |v| lanes_sum16(v)) }
+        }
+    }
+
+    /// `sum` of each accumulator, one at a time.
+    ///
+    /// # Safety
+    /// `sum` may be called (the CPU has its ISA).
+    #[inline(always)]
+    unsafe fn each_sum<R: Copy, const BO: usize, const BC: usize>(
+        acc: [[R; BC]; BO],
+        sum: impl Fn(R) -> f32,
+    ) -> [[f32; BC]; BO] {
+        acc.map(|row| row.map(&sum))
+    }
+
+    /// The `BO × BC` dots of [`Dots::block`] in registers `R`.
+    struct Explicit<R>(PhantomData<R>);
+
+    impl<R: Reg> Dots<f32> for Explicit<R> {
+        const L: usize = R::L;
         #[inline(always)]
         unsafe fn block<const BO: usize, const BC: usize>(
             a: [&[f32]; BO],
             b: [&[f32]; BC],
         ) -> [[f32; BC]; BO] {
-            // SAFETY: the caller's promise (AVX2 + FMA).
-            unsafe { block(a, b) }
+            let n = a[0].len() / R::L;
+            assert!(a.iter().all(|r| r.len() >= R::L * n) && b.iter().all(|r| r.len() >= R::L * n));
+            // SAFETY (every `unsafe` below): the caller's promise (the CPU
+            // has R's ISA); L·t + L ≤ L·n ≤ each row's length (asserted).
+            let mut acc = [[unsafe { R::zero() }; BC]; BO];
+            for t in 0..n {
+                let y: [R; BC] =
+                    std::array::from_fn(|j| unsafe { R::load(b[j].as_ptr().add(R::L * t)) });
+                for i in 0..BO {
+                    let x = unsafe { R::load(a[i].as_ptr().add(R::L * t)) };
+                    for j in 0..BC {
+                        acc[i][j] = unsafe { R::fmadd(x, y[j], acc[i][j]) };
+                    }
+                }
+            }
+            unsafe { R::sums(acc) }
         }
     }
 
-    /// [`super::kernel_grad_dots`] for f32 in 4×3 blocks.
+    /// [`super::kernel_grad_dots`] for f32 in 4×3 blocks of `__m256`.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn grad_dots_f32(
+    pub(super) unsafe fn grad_dots_avx2(
         o: usize,
         c: usize,
-        cols: usize,
+        n: usize,
         dm: &[f32],
         v: &[f32],
         du_t: &mut [f32],
     ) {
         // SAFETY: the caller's promise.
-        unsafe { grad_dots::<f32, Avx2, 4, 3>(o, c, cols, dm, v, du_t) }
+        unsafe { grad_dots::<f32, Explicit<__m256>, 4, 3>(o, c, n, dm, v, du_t) }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn block<const BO: usize, const BC: usize>(
-        a: [&[f32]; BO],
-        b: [&[f32]; BC],
-    ) -> [[f32; BC]; BO] {
-        let n = a[0].len() / 8;
-        assert!(a.iter().all(|r| r.len() >= 8 * n) && b.iter().all(|r| r.len() >= 8 * n));
-        let mut acc = [[_mm256_setzero_ps(); BC]; BO];
-        for t in 0..n {
-            let mut y = [_mm256_setzero_ps(); BC];
-            for j in 0..BC {
-                // SAFETY: 8·t + 8 ≤ 8·n ≤ the row's length (asserted).
-                y[j] = unsafe { _mm256_loadu_ps(b[j].as_ptr().add(8 * t)) };
-            }
-            for i in 0..BO {
-                // SAFETY: as above.
-                let x = unsafe { _mm256_loadu_ps(a[i].as_ptr().add(8 * t)) };
-                for j in 0..BC {
-                    acc[i][j] = _mm256_fmadd_ps(x, y[j], acc[i][j]);
-                }
-            }
-        }
-        let mut out = [[0f32; BC]; BO];
-        for i in 0..BO {
-            for j in 0..BC {
-                out[i][j] = lanes_sum(acc[i][j]);
-            }
-        }
-        out
+    /// [`super::kernel_grad_dots`] for f32 in 4×4 blocks of `__m512`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn grad_dots_avx512(
+        o: usize,
+        c: usize,
+        n: usize,
+        dm: &[f32],
+        v: &[f32],
+        du_t: &mut [f32],
+    ) {
+        // SAFETY: the caller's promise.
+        unsafe { grad_dots::<f32, Explicit<__m512>, 4, 4>(o, c, n, dm, v, du_t) }
     }
 
     /// The 8 lanes added pairwise in halves, as [`super::dot_block`] does.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn lanes_sum(v: __m256) -> f32 {
+    fn lanes_sum8(v: __m256) -> f32 {
         let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2)))
     }
-}
 
-/// The AVX-512 dots of f32 in explicit registers, for the reasons of
-/// [`avx2_dots`]; and one more: the portable 16-lane block summed each
-/// accumulator's lanes in scalar code through the stack (`perf` on a Zen 4:
-/// a fifth of the dots' samples, for 512-column chunks). Here the 16 sums
-/// of a 4×4 block are one transposed tree of shuffles and 15 vector adds,
-/// each lane pair added in the portable order, so the sums are
-/// [`dot_block`]'s bit for bit.
-#[cfg(target_arch = "x86_64")]
-mod avx512_dots {
-    use super::{grad_dots, Dots};
-    use std::arch::x86_64::*;
-
-    struct Avx512;
-
-    impl Dots<f32> for Avx512 {
-        const L: usize = 16;
-        #[inline(always)]
-        unsafe fn block<const BO: usize, const BC: usize>(
-            a: [&[f32]; BO],
-            b: [&[f32]; BC],
-        ) -> [[f32; BC]; BO] {
-            // SAFETY: the caller's promise (AVX-512F).
-            unsafe { block(a, b) }
-        }
-    }
-
-    /// [`super::kernel_grad_dots`] for f32 in 4×4 blocks.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn grad_dots_f32(
-        o: usize,
-        c: usize,
-        cols: usize,
-        dm: &[f32],
-        v: &[f32],
-        du_t: &mut [f32],
-    ) {
-        // SAFETY: the caller's promise.
-        unsafe { grad_dots::<f32, Avx512, 4, 4>(o, c, cols, dm, v, du_t) }
-    }
-
+    /// The 16 lanes added pairwise in halves: the halves, then [`lanes_sum8`].
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn block<const BO: usize, const BC: usize>(
-        a: [&[f32]; BO],
-        b: [&[f32]; BC],
-    ) -> [[f32; BC]; BO] {
-        let n = a[0].len() / 16;
-        assert!(a.iter().all(|r| r.len() >= 16 * n) && b.iter().all(|r| r.len() >= 16 * n));
-        let mut acc = [[_mm512_setzero_ps(); BC]; BO];
-        for t in 0..n {
-            let mut y = [_mm512_setzero_ps(); BC];
-            for j in 0..BC {
-                // SAFETY: 16·t + 16 ≤ 16·n ≤ the row's length (asserted).
-                y[j] = unsafe { _mm512_loadu_ps(b[j].as_ptr().add(16 * t)) };
-            }
-            for i in 0..BO {
-                // SAFETY: as above.
-                let x = unsafe { _mm512_loadu_ps(a[i].as_ptr().add(16 * t)) };
-                for j in 0..BC {
-                    acc[i][j] = _mm512_fmadd_ps(x, y[j], acc[i][j]);
-                }
-            }
-        }
-        if (BO, BC) == (4, 4) {
-            // Sum (i, j) is entry 4j + i (see `sums_4x4`).
-            let sums = sums_4x4(std::array::from_fn(|k| acc[k / 4][k % 4]));
-            return std::array::from_fn(|i| std::array::from_fn(|j| sums[4 * j + i]));
-        }
-        let mut out = [[0f32; BC]; BO];
-        for i in 0..BO {
-            for j in 0..BC {
-                out[i][j] = lanes_sum(acc[i][j]);
-            }
-        }
-        out
-    }
-
-    /// The 16 lanes added pairwise in halves, as [`super::dot_block`] does.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn lanes_sum(v: __m512) -> f32 {
+    fn lanes_sum16(v: __m512) -> f32 {
         let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-        let s8 = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2)))
+        lanes_sum8(_mm256_add_ps(_mm512_castps512_ps256(v), hi))
     }
 
     /// The lane sums of 16 accumulators `acc[4i + j]` at once, entry `4j + i`
@@ -577,7 +580,7 @@ mod tests {
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 // SAFETY: AVX2 and FMA are here.
-                return unsafe { avx2_dots::grad_dots_f32(o, c, n, dm, v, du_t) };
+                return unsafe { explicit_dots::grad_dots_avx2(o, c, n, dm, v, du_t) };
             }
             kernel_grad_dots(o, c, n, dm, v, du_t)
         }
@@ -586,7 +589,7 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: AVX-512F is here.
-                return unsafe { avx512_dots::grad_dots_f32(o, c, n, dm, v, du_t) };
+                return unsafe { explicit_dots::grad_dots_avx512(o, c, n, dm, v, du_t) };
             }
             kernel_grad_dots(o, c, n, dm, v, du_t)
         }
