@@ -281,6 +281,92 @@ unsafe fn grad_dots<T: Float, D: Dots<T>, const BO: usize, const BC: usize>(
     }
 }
 
+/// Vector registers of f32 lanes for the kernels written in explicit
+/// intrinsics (the dots here, the Winograd transforms), one trait for both
+/// ISAs so that each kernel is written once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod regs {
+    use std::arch::x86_64::*;
+
+    /// A vector register of `L` f32 lanes. Its methods are inlined into a
+    /// function compiled with the register's ISA and only called there.
+    ///
+    /// # Safety (every method)
+    /// The CPU has the register's ISA; `load` and `store` also need `L`
+    /// readable or writable f32s at `p`.
+    pub(crate) trait Reg: Copy {
+        const L: usize;
+        unsafe fn zero() -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        unsafe fn add(self, b: Self) -> Self;
+        unsafe fn sub(self, b: Self) -> Self;
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+        /// `x` in every lane.
+        unsafe fn splat(x: f32) -> Self;
+    }
+
+    macro_rules! reg {
+        ($r:ty, $l:expr, $zero:ident, $load:ident, $store:ident, $add:ident, $sub:ident, $fmadd:ident, $splat:ident) => {
+            impl Reg for $r {
+                const L: usize = $l;
+                // SAFETY (every method): the caller's promise (the CPU has
+                // the ISA; `p` points to L f32s).
+                #[inline(always)]
+                unsafe fn zero() -> Self {
+                    unsafe { $zero() }
+                }
+                #[inline(always)]
+                unsafe fn load(p: *const f32) -> Self {
+                    unsafe { $load(p) }
+                }
+                #[inline(always)]
+                unsafe fn store(self, p: *mut f32) {
+                    unsafe { $store(p, self) }
+                }
+                #[inline(always)]
+                unsafe fn add(self, b: Self) -> Self {
+                    unsafe { $add(self, b) }
+                }
+                #[inline(always)]
+                unsafe fn sub(self, b: Self) -> Self {
+                    unsafe { $sub(self, b) }
+                }
+                #[inline(always)]
+                unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+                    unsafe { $fmadd(a, b, c) }
+                }
+                #[inline(always)]
+                unsafe fn splat(x: f32) -> Self {
+                    unsafe { $splat(x) }
+                }
+            }
+        };
+    }
+    reg!(
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_add_ps,
+        _mm256_sub_ps,
+        _mm256_fmadd_ps,
+        _mm256_set1_ps
+    );
+    reg!(
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_add_ps,
+        _mm512_sub_ps,
+        _mm512_fmadd_ps,
+        _mm512_set1_ps
+    );
+}
+
 /// The dots of f32 in explicit registers, one block for both ISAs.
 ///
 /// On AVX2, the portable block in 8 lanes compiled to its 12 accumulators
@@ -296,70 +382,30 @@ unsafe fn grad_dots<T: Float, D: Dots<T>, const BO: usize, const BC: usize>(
 /// [`dot_block`]'s bit for bit.
 #[cfg(target_arch = "x86_64")]
 mod explicit_dots {
+    use super::regs::Reg;
     use super::{grad_dots, Dots};
     use std::arch::x86_64::*;
     use std::marker::PhantomData;
 
-    /// A vector register of f32 lanes. Its methods are inlined into a
-    /// function compiled with the register's ISA and only called there.
-    trait Reg: Copy {
-        const L: usize;
+    /// Each accumulator's lanes summed, in the portable block's order.
+    trait Sums: Reg {
         /// # Safety
-        /// The CPU has the register's ISA (for all methods).
-        unsafe fn zero() -> Self;
-        /// `L` lanes from `p`.
-        ///
-        /// # Safety
-        /// As above, and `p` points to `L` readable f32s.
-        unsafe fn load(p: *const f32) -> Self;
-        /// # Safety
-        /// As for `zero`.
-        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
-        /// Each accumulator's lanes summed.
-        ///
-        /// # Safety
-        /// As for `zero`.
+        /// The CPU has the register's ISA.
         unsafe fn sums<const BO: usize, const BC: usize>(acc: [[Self; BC]; BO]) -> [[f32; BC]; BO];
     }
 
-    impl Reg for __m256 {
-        const L: usize = 8;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            // SAFETY: the caller's promise (AVX2 + FMA), for all methods.
-            unsafe { _mm256_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { _mm256_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
-            unsafe { _mm256_fmadd_ps(a, b, c) }
-        }
+    impl Sums for __m256 {
         #[inline(always)]
         unsafe fn sums<const BO: usize, const BC: usize>(acc: [[Self; BC]; BO]) -> [[f32; BC]; BO] {
+            // SAFETY: the caller's promise (AVX2 + FMA).
             unsafe { each_sum(acc, |v| lanes_sum8(v)) }
         }
     }
 
-    impl Reg for __m512 {
-        const L: usize = 16;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            // SAFETY: the caller's promise (AVX-512F), for all methods.
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
+    impl Sums for __m512 {
         #[inline(always)]
         unsafe fn sums<const BO: usize, const BC: usize>(acc: [[Self; BC]; BO]) -> [[f32; BC]; BO] {
+            // SAFETY (both blocks): the caller's promise (AVX-512F).
             if (BO, BC) == (4, 4) {
                 // Sum (i, j) is entry 4j + i (see `sums_4x4`).
                 let sums = unsafe { sums_4x4(std::array::from_fn(|k| acc[k / 4][k % 4])) };
@@ -384,7 +430,7 @@ mod explicit_dots {
     /// The `BO × BC` dots of [`Dots::block`] in registers `R`.
     struct Explicit<R>(PhantomData<R>);
 
-    impl<R: Reg> Dots<f32> for Explicit<R> {
+    impl<R: Sums> Dots<f32> for Explicit<R> {
         const L: usize = R::L;
         #[inline(always)]
         unsafe fn block<const BO: usize, const BC: usize>(

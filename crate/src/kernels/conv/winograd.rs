@@ -21,7 +21,8 @@
 //!
 //! Images go through in chunks of a few hundred tiles: gemm then runs near
 //! its peak, and a chunk's matrices stay in cache between the transforms and
-//! the products. In f32 the results differ from im2col's only by rounding
+//! the products. The forward in f32 on x86 CPUs skips `V`'s matrix: see
+//! [`products`]. In f32 the results differ from im2col's only by rounding
 //! (the transforms' coefficients are 0, ±1 and ±½).
 
 use super::geom::{
@@ -31,8 +32,11 @@ use crate::kernels::max_pool::takes_over;
 use crate::kernels::simd::{kernel_grad_dots, multiversion, Float};
 use candle_core::WithDType;
 use gemm::Parallelism;
+use products::Isa;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+
+mod products;
 
 /// Entries of a transformed 4×4 tile, `ξ = 4·row + column`: one gemm each.
 const XI: usize = 16;
@@ -575,12 +579,30 @@ fn gemm_tiles<T: WithDType>(
     }
 }
 
-/// The forward pass, chunk by chunk: input transform, 16 gemms
-/// `M_ξᵀ = V_ξᵀ · U_ξᵀ`, output transform with the bias (and the ReLU).
-/// With `pool`, each 2×2 tile is then max-pooled (after the ReLU): the
-/// result is `[N, O, Ho/2, Wo/2]`, and the second vector holds each
-/// window's argmax for [`backward`].
+/// The forward pass: input transform, the 16 products `M_ξ = U_ξ · V_ξ`,
+/// output transform with the bias (and the ReLU). With `pool`, each 2×2
+/// tile is then max-pooled (after the ReLU): the result is
+/// `[N, O, Ho/2, Wo/2]`, and the second vector holds each window's argmax
+/// for [`backward`]. f32 on CPUs with AVX2 or AVX-512 takes the products in
+/// registers, image by image, without writing `V` ([`products`]); the rest
+/// goes chunk by chunk through gemm.
 pub(super) fn forward<T: Float>(
+    g: &Geom,
+    x: &[T],
+    kernel: &[T],
+    bias: &[T],
+    relu: bool,
+    pool: bool,
+) -> (Vec<T>, Vec<u8>) {
+    match Isa::pick::<T>(Tiling::new(g).per_image()) {
+        Some(isa) => forward_in_registers(isa, g, x, kernel, bias, relu, pool),
+        None => forward_in_chunks(g, x, kernel, bias, relu, pool),
+    }
+}
+
+/// [`forward`] through chunk matrices and gemm: f64, and f32 on CPUs
+/// without AVX2.
+fn forward_in_chunks<T: Float>(
     g: &Geom,
     x: &[T],
     kernel: &[T],
@@ -637,6 +659,93 @@ pub(super) fn forward<T: Float>(
         argmax.set_len(argmax_len);
     }
     (y, argmax)
+}
+
+/// [`forward`] for f32 with the products in `isa`'s registers, image by
+/// image (see [`products`]): split into quadrant planes, `M_ξ` of every
+/// `ξ`, output transform.
+fn forward_in_registers<T: Float>(
+    isa: Isa,
+    g: &Geom,
+    x: &[T],
+    kernel: &[T],
+    bias: &[T],
+    relu: bool,
+    pool: bool,
+) -> (Vec<T>, Vec<u8>) {
+    assert_eq!(
+        T::DTYPE,
+        candle_core::DType::F32,
+        "the products in registers are f32"
+    );
+    // SAFETY (both casts): T is f32 (asserted).
+    let as_f32 = |s: &[T]| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) };
+    let as_f32_mut = |s: &mut [T]| unsafe {
+        std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len())
+    };
+    let t = Tiling::new(g);
+    let n = t.per_image();
+    // U as [16, C, O]: one ξ and input channel's O values side by side.
+    let u = transform_kernel(g, as_f32(kernel));
+    let mut ut = vec![0f32; u.len()];
+    for (u, ut) in u
+        .chunks_exact(g.o * g.c)
+        .zip(ut.chunks_exact_mut(g.o * g.c))
+    {
+        for (o, row) in u.chunks_exact(g.c).enumerate() {
+            for (ch, &v) in row.iter().enumerate() {
+                ut[ch * g.o + o] = v;
+            }
+        }
+    }
+    let (y_image, plane) = match pool {
+        true => (g.pooled_image(), g.pooled_image() / g.o),
+        false => (g.y_image(), g.hw_out()),
+    };
+    let mut y = Vec::with_capacity(g.n * y_image);
+    let argmax_len = if pool { g.n * y_image } else { 0 };
+    let mut argmax = Vec::new();
+    let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, y_image, g.n);
+    let quads_len = g.c * 4 * t.quad_len();
+    y.spare_capacity_mut()[..g.n * y_image]
+        .par_chunks_mut(y_image)
+        .zip(argmax_chunks.par_iter_mut())
+        .zip(x.par_chunks(g.x_image()))
+        .for_each(|((y_n, argmax_n), x_n)| {
+            T::with_scratch(quads_len + XI * g.o * n + work_len(&t), |scratch| {
+                let (quads, rest) = scratch.split_at_mut(quads_len);
+                let (m, work) = rest.split_at_mut(XI * g.o * n);
+                for (x_c, q) in x_n
+                    .chunks_exact(g.h * g.w)
+                    .zip(quads.chunks_exact_mut(4 * t.quad_len()))
+                {
+                    split_planes(x_c, g.w, g.p(), &t, q);
+                }
+                products::image(isa, &t, g.c, g.o, as_f32(quads), &ut, as_f32_mut(m));
+                let planes = y_n.chunks_exact_mut(plane);
+                let mut argmax_planes = argmax_n.as_deref_mut().map(|a| a.chunks_exact_mut(plane));
+                for (o, (y_o, &b)) in planes.zip(bias).enumerate() {
+                    let m = streams(m, g.o, o, n, 0, n);
+                    let argmax = argmax_planes.as_mut().and_then(Iterator::next);
+                    output_tiles(g, &t, m, y_o, b, relu, argmax, work);
+                }
+            });
+        });
+    drop(argmax_chunks);
+    // SAFETY: the loop above wrote every element of every image, and with
+    // `pool` every window's argmax.
+    unsafe {
+        y.set_len(g.n * y_image);
+        argmax.set_len(argmax_len);
+    }
+    (y, argmax)
+}
+
+multiversion! {
+    /// [`split`], compiled for the CPU's vector ISA.
+    fn split_planes<T>(src: &[T], w: usize, p: usize, t: &Tiling, quads: &mut [T]) {
+        split(src, w, p, t, quads)
+    }
 }
 
 /// Every gradient in one pass over the batch, as `conv::im2col_backward` does
@@ -770,5 +879,60 @@ fn gemm_kernel_grad<T: Float>(g: &Geom, cols: usize, dm: &[T], v: &[T], du_t: &m
         .zip(du_t.chunks_exact_mut(g.c * g.o))
     {
         kernel_grad_dots(g.o, g.c, cols, dm, v, du_t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The products in registers, in every ISA this CPU has, against the
+    /// chunked gemms: the article's layers (a few images), channel counts
+    /// that leave partial blocks of outputs, tiles that are not a multiple
+    /// of the lanes, with and without padding and pooling.
+    #[test]
+    fn products_in_registers_match_the_chunked_gemms() {
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        // (images, in, out, side, padding)
+        let shapes = [
+            (3, 32, 32, 32, 0),
+            (2, 32, 64, 15, 1),
+            (2, 64, 64, 15, 0),
+            (3, 17, 19, 13, 1),
+            (1, 16, 21, 9, 0),
+        ];
+        let isas: Vec<Isa> = Isa::available().collect();
+        if isas.is_empty() {
+            eprintln!("no AVX2 or AVX-512 here: only the chunked gemms run");
+        }
+        for (images, c, o, side, pad) in shapes {
+            let g = Geom::new(&[images, c, side, side], &[o, c, 3, 3], &[o], pad).unwrap();
+            let x: Vec<f32> = (0..g.n * g.x_image()).map(|_| next()).collect();
+            let kernel: Vec<f32> = (0..o * c * 9).map(|_| next()).collect();
+            let bias: Vec<f32> = (0..o).map(|_| next()).collect();
+            for (relu, pool) in [(false, false), (true, false), (true, true)] {
+                if pool && !g.pools() {
+                    continue;
+                }
+                let (want, want_at) = forward_in_chunks(&g, &x, &kernel, &bias, relu, pool);
+                for &isa in &isas {
+                    let (got, got_at) =
+                        forward_in_registers(isa, &g, &x, &kernel, &bias, relu, pool);
+                    let case = format!(
+                        "{isa:?}, {images}×{c}→{o}, {side}², pad {pad}, relu {relu}, pool {pool}"
+                    );
+                    assert_eq!(got.len(), want.len(), "{case}");
+                    assert_eq!(got_at.len(), want_at.len(), "{case}");
+                    for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                        let tol = 1e-5 * (1.0 + b.abs()) * (c as f32).sqrt();
+                        assert!((a - b).abs() <= tol, "{case}: value {k} is {a}, want {b}");
+                    }
+                }
+            }
+        }
     }
 }
