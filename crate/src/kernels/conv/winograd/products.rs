@@ -13,6 +13,11 @@
 //! additions, and multiplies the result into `OB` output channels'
 //! accumulators at once, across the input channels: `M_ξ [O, tiles]` for
 //! one image, which stays in L2 for the output transform that follows.
+//!
+//! `V_ξ` takes the same additions as the portable transform, and each sum
+//! over the input channels runs from the first to the last in FMAs, as
+//! gemm's does at these depths: the results are the chunked path's bit for
+//! bit (a test checks that on every ISA the CPU has).
 
 use super::{Tiling, XI};
 #[cfg(target_arch = "x86_64")]
