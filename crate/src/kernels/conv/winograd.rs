@@ -80,6 +80,13 @@ impl Tiling {
     fn per_image(&self) -> usize {
         self.th * self.tq
     }
+    /// The tiles a 2×2 max-pooling reads: the first `⌊Ho/2⌋` rows. With an
+    /// odd `Ho` the last row's outputs fall outside every window, so the
+    /// forward need not compute them (a seventh of the model's fourth
+    /// convolution).
+    fn pooled(&self, g: &Geom) -> usize {
+        g.ho / 2 * self.tq
+    }
     /// Columns of a chunk's matrices (`V_ξ`, `M_ξ`, ...) for `images`
     /// images: their tiles side by side, rounded up to a multiple of 16 so
     /// that gemm reads the matrices in place.
@@ -378,6 +385,9 @@ multiversion! {
         argmax: Option<&mut [MaybeUninit<u8>]>,
         work: &mut [T],
     ) {
+        if let Some(argmax) = argmax {
+            return pooled_tiles(g, t, m, y_o, argmax, bias, work);
+        }
         let n = t.per_image();
         let (quads, s) = work.split_at_mut(4 * t.quad_len());
         // A along each row i, into s[2i + j] ...
@@ -391,52 +401,58 @@ multiversion! {
             let row = |i: usize| &sums[(2 * i + j) * n..][..n];
             map4to2([row(0), row(1), row(2), row(3)], &mut ya[..n], yb, at);
         }
-        match argmax {
-            None => merge(quads, g.wo, 0, t, y_o, bias, relu),
-            Some(argmax) => pool_tiles(quads, t, g.wo / 2, y_o, argmax, bias, &mut s[..2 * n]),
-        }
+        merge(quads, g.wo, 0, t, y_o, bias, relu)
     }
 }
 
-/// ReLU then 2×2 max-pooling of each tile's pixels (the quadrant planes
-/// `quads`), `wo` windows a row, into `y` and `argmax` (both `[Ho/2, wo]`).
-/// Ties go to the first pixel in row-major order and a NaN wins, as in
-/// `max_pool2d`. The windows are picked in one flat loop over whole rows of
-/// tiles (the extra column too) into `flat`, then copied out row by row:
-/// this model's rows of 15 and 6 windows are shorter than AVX-512's 16
-/// lanes, and a loop per row ran them all as scalar code with branches
-/// (`perf` on a Zen 4: a third of the forward's output transform).
+/// [`output_tiles`] with the pooling: every tile's `Aᵀ M A`, the bias, the
+/// ReLU and the pick of its 2×2 pixels in one flat loop over the tiles the
+/// pooling reads (the first `⌊Ho/2⌋` rows, extra column too) into `flat`,
+/// then copied out row by row into `y` and `argmax` (both `[Ho/2, wo]`).
+/// One pass, in registers: the transform's two steps as separate passes
+/// through memory cost more than their additions. Ties go to the first
+/// pixel in row-major order and a NaN wins, as in `max_pool2d`; this
+/// model's rows of 15 and 6 windows are shorter than AVX-512's 16 lanes,
+/// hence the flat loop.
 #[inline(always)]
-fn pool_tiles<T: Float>(
-    quads: &[T],
+fn pooled_tiles<T: Float>(
+    g: &Geom,
     t: &Tiling,
-    wo: usize,
+    m: [&[T]; XI],
     y: &mut [MaybeUninit<T>],
     argmax: &mut [MaybeUninit<u8>],
     bias: T,
     flat: &mut [T],
 ) {
-    let len = y.len() / wo * t.tq;
+    let (len, wo) = (t.pooled(g), g.wo / 2);
     // best [len] and its pixel 0..4 (as T, so that the loop is one width)
-    let (best, at) = flat[..2 * len].split_at_mut(len);
-    let px: [&[T]; 4] = std::array::from_fn(|q| &quads[q * t.quad_len()..][..len]);
+    let (best, at_px) = flat[..2 * len].split_at_mut(len);
+    let [m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15] = m;
+    let (m0, m1, m2, m3) = (&m0[..len], &m1[..len], &m2[..len], &m3[..len]);
+    let (m4, m5, m6, m7) = (&m4[..len], &m5[..len], &m6[..len], &m7[..len]);
+    let (m8, m9, m10, m11) = (&m8[..len], &m9[..len], &m10[..len], &m11[..len]);
+    let (m12, m13, m14, m15) = (&m12[..len], &m13[..len], &m14[..len], &m15[..len]);
+    let pixel = [1.0, 2.0, 3.0].map(T::from_f64);
     for i in 0..len {
-        let (mut b, mut k) = (T::relu(px[0][i] + bias), T::zero());
-        for (q, px) in px.iter().enumerate().skip(1) {
-            let v = T::relu(px[i] + bias);
-            let wins = takes_over(v, b);
-            (b, k) = if wins {
-                (v, T::from_f64(q as f64))
-            } else {
-                (b, k)
-            };
+        // A along each row r of the tile's M: s_r = [(r, 0), (r, 1)] ...
+        let s0 = at(m0[i], m1[i], m2[i], m3[i]);
+        let s1 = at(m4[i], m5[i], m6[i], m7[i]);
+        let s2 = at(m8[i], m9[i], m10[i], m11[i]);
+        let s3 = at(m12[i], m13[i], m14[i], m15[i]);
+        // ... then Aᵀ down each column j: pixels (0, j) and (1, j).
+        let [p00, p10] = at(s0[0], s1[0], s2[0], s3[0]);
+        let [p01, p11] = at(s0[1], s1[1], s2[1], s3[1]);
+        let (mut b, mut k) = (T::relu(p00 + bias), T::zero());
+        for (p, q) in [(p01, pixel[0]), (p10, pixel[1]), (p11, pixel[2])] {
+            let v = T::relu(p + bias);
+            (b, k) = if takes_over(v, b) { (v, q) } else { (b, k) };
         }
-        (best[i], at[i]) = (b, k);
+        (best[i], at_px[i]) = (b, k);
     }
     let rows = y.chunks_exact_mut(wo).zip(argmax.chunks_exact_mut(wo));
     for (py, (y, argmax)) in rows.enumerate() {
-        let (best, at) = (&best[py * t.tq..][..wo], &at[py * t.tq..][..wo]);
-        for ((y, k), (&b, &a)) in y.iter_mut().zip(argmax).zip(best.iter().zip(at)) {
+        let (best, at_px) = (&best[py * t.tq..][..wo], &at_px[py * t.tq..][..wo]);
+        for ((y, k), (&b, &a)) in y.iter_mut().zip(argmax).zip(best.iter().zip(at_px)) {
             y.write(b);
             k.write(a.to_f64() as u8);
         }
@@ -594,7 +610,8 @@ pub(super) fn forward<T: Float>(
     relu: bool,
     pool: bool,
 ) -> (Vec<T>, Vec<u8>) {
-    match Isa::pick::<T>(Tiling::new(g).per_image()) {
+    let t = Tiling::new(g);
+    match Isa::pick::<T>(if pool { t.pooled(g) } else { t.per_image() }) {
         Some(isa) => forward_in_registers(isa, g, x, kernel, bias, relu, pool),
         None => forward_in_chunks(g, x, kernel, bias, relu, pool),
     }
@@ -721,7 +738,8 @@ fn forward_in_registers<T: Float>(
                 {
                     split_planes(x_c, g.w, g.p(), &t, q);
                 }
-                products::image(isa, &t, g.c, g.o, as_f32(quads), &ut, as_f32_mut(m));
+                let lanes = if pool { t.pooled(g) } else { n };
+                products::image(isa, &t, lanes, g.c, g.o, as_f32(quads), &ut, as_f32_mut(m));
                 let planes = y_n.chunks_exact_mut(plane);
                 let mut argmax_planes = argmax_n.as_deref_mut().map(|a| a.chunks_exact_mut(plane));
                 for (o, (y_o, &b)) in planes.zip(bias).enumerate() {
@@ -919,7 +937,10 @@ mod tests {
                     continue;
                 }
                 let (want, want_at) = forward_in_chunks(&g, &x, &kernel, &bias, relu, pool);
-                for &isa in &isas {
+                let t = Tiling::new(&g);
+                let lanes = if pool { t.pooled(&g) } else { t.per_image() };
+                // (as `forward` picks: no ISA wider than the tiles computed)
+                for &isa in isas.iter().filter(|isa| isa.lanes() <= lanes) {
                     let (got, got_at) =
                         forward_in_registers(isa, &g, &x, &kernel, &bias, relu, pool);
                     let case = format!(
