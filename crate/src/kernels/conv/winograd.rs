@@ -87,6 +87,14 @@ impl Tiling {
     fn pooled(&self, g: &Geom) -> usize {
         g.ho / 2 * self.tq
     }
+    /// The tiles the forward computes: those a pooling reads, or all.
+    fn computed(&self, g: &Geom, pool: bool) -> usize {
+        if pool {
+            self.pooled(g)
+        } else {
+            self.per_image()
+        }
+    }
     /// Columns of a chunk's matrices (`V_ξ`, `M_ξ`, ...) for `images`
     /// images: their tiles side by side, rounded up to a multiple of 16 so
     /// that gemm reads the matrices in place.
@@ -610,8 +618,7 @@ pub(super) fn forward<T: Float>(
     relu: bool,
     pool: bool,
 ) -> (Vec<T>, Vec<u8>) {
-    let t = Tiling::new(g);
-    match Isa::pick::<T>(if pool { t.pooled(g) } else { t.per_image() }) {
+    match Isa::pick::<T>(Tiling::new(g).computed(g, pool)) {
         Some(isa) => forward_in_registers(isa, g, x, kernel, bias, relu, pool),
         None => forward_in_chunks(g, x, kernel, bias, relu, pool),
     }
@@ -738,7 +745,7 @@ fn forward_in_registers<T: Float>(
                 {
                     split_planes(x_c, g.w, g.p(), &t, q);
                 }
-                let lanes = if pool { t.pooled(g) } else { n };
+                let lanes = t.computed(g, pool);
                 products::image(isa, &t, lanes, g.c, g.o, as_f32(quads), &ut, as_f32_mut(m));
                 let planes = y_n.chunks_exact_mut(plane);
                 let mut argmax_planes = argmax_n.as_deref_mut().map(|a| a.chunks_exact_mut(plane));
@@ -937,8 +944,7 @@ mod tests {
                     continue;
                 }
                 let (want, want_at) = forward_in_chunks(&g, &x, &kernel, &bias, relu, pool);
-                let t = Tiling::new(&g);
-                let lanes = if pool { t.pooled(&g) } else { t.per_image() };
+                let lanes = Tiling::new(&g).computed(&g, pool);
                 // (as `forward` picks: no ISA wider than the tiles computed)
                 for &isa in isas.iter().filter(|isa| isa.lanes() <= lanes) {
                     let (got, got_at) =
