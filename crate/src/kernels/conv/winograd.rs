@@ -58,42 +58,36 @@ const CHUNK_TILES: usize = 512;
 /// output gradients are zero, and it adds `1/tq` to the gemms' columns.
 #[derive(Clone, Copy, Debug)]
 struct Tiling {
-    /// tile rows of one image: the output height halved, rounded up
+    /// tile rows the passes cover: the output height halved, rounded up;
+    /// behind a 2×2 pooling, rounded down (see [`Tiling::new`])
     th: usize,
     /// tile columns, `⌈Wo/2⌉`, plus the extra one: the quadrant planes'
     /// row length
     tq: usize,
+    /// rows of a quadrant plane: the whole padded input, `⌈Ho/2⌉ + 1`
+    plane_rows: usize,
     /// images per chunk
     per_chunk: usize,
 }
 
 impl Tiling {
-    fn new(g: &Geom) -> Self {
-        let (th, tq) = (g.ho.div_ceil(2), g.wo.div_ceil(2) + 1);
+    /// With `pool` (a 2×2 max-pooling follows), only the tiles its windows
+    /// read: with an odd `Ho` the last tile row's outputs fall outside every
+    /// window, so neither the forward nor the backward touches them (a
+    /// seventh of the model's fourth convolution; their gradients are zero).
+    fn new(g: &Geom, pool: bool) -> Self {
+        let th = if pool { g.ho / 2 } else { g.ho.div_ceil(2) };
+        let tq = g.wo.div_ceil(2) + 1;
         Tiling {
             th,
             tq,
+            plane_rows: g.ho.div_ceil(2) + 1,
             per_chunk: (CHUNK_TILES / (th * tq)).max(1),
         }
     }
-    /// Tiles of one image, the extra column included.
+    /// Tiles of one image the passes cover, the extra column included.
     fn per_image(&self) -> usize {
         self.th * self.tq
-    }
-    /// The tiles a 2×2 max-pooling reads: the first `⌊Ho/2⌋` rows. With an
-    /// odd `Ho` the last row's outputs fall outside every window, so the
-    /// forward need not compute them (a seventh of the model's fourth
-    /// convolution).
-    fn pooled(&self, g: &Geom) -> usize {
-        g.ho / 2 * self.tq
-    }
-    /// The tiles the forward computes: those a pooling reads, or all.
-    fn computed(&self, g: &Geom, pool: bool) -> usize {
-        if pool {
-            self.pooled(g)
-        } else {
-            self.per_image()
-        }
     }
     /// Columns of a chunk's matrices (`V_ξ`, `M_ξ`, ...) for `images`
     /// images: their tiles side by side, rounded up to a multiple of 16 so
@@ -101,10 +95,11 @@ impl Tiling {
     fn cols(&self, images: usize) -> usize {
         (images * self.per_image()).next_multiple_of(16)
     }
-    /// One quadrant plane: `th + 1` rows of `tq`, and one entry of slack
-    /// for the extra column's last tile, whose patch wraps past the end.
+    /// One quadrant plane: `plane_rows` rows of `tq`, and one entry of
+    /// slack for the extra column's last tile, whose patch wraps past the
+    /// end.
     fn quad_len(&self) -> usize {
-        (self.th + 1) * self.tq + 1
+        self.plane_rows * self.tq + 1
     }
 }
 
@@ -432,7 +427,7 @@ fn pooled_tiles<T: Float>(
     bias: T,
     flat: &mut [T],
 ) {
-    let (len, wo) = (t.pooled(g), g.wo / 2);
+    let (len, wo) = (t.per_image(), g.wo / 2);
     // best [len] and its pixel 0..4 (as T, so that the loop is one width)
     let (best, at_px) = flat[..2 * len].split_at_mut(len);
     let [m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15] = m;
@@ -618,7 +613,7 @@ pub(super) fn forward<T: Float>(
     relu: bool,
     pool: bool,
 ) -> (Vec<T>, Vec<u8>) {
-    match Isa::pick::<T>(Tiling::new(g).computed(g, pool)) {
+    match Isa::pick::<T>(Tiling::new(g, pool).per_image()) {
         Some(isa) => forward_in_registers(isa, g, x, kernel, bias, relu, pool),
         None => forward_in_chunks(g, x, kernel, bias, relu, pool),
     }
@@ -634,7 +629,7 @@ fn forward_in_chunks<T: Float>(
     relu: bool,
     pool: bool,
 ) -> (Vec<T>, Vec<u8>) {
-    let t = Tiling::new(g);
+    let t = Tiling::new(g, pool);
     let u = transform_kernel(g, kernel);
     let (y_image, plane) = match pool {
         true => (g.pooled_image(), g.pooled_image() / g.o),
@@ -707,7 +702,7 @@ fn forward_in_registers<T: Float>(
     let as_f32_mut = |s: &mut [T]| unsafe {
         std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len())
     };
-    let t = Tiling::new(g);
+    let t = Tiling::new(g, pool);
     let n = t.per_image();
     // U as [16, C, O]: one ξ and input channel's O values side by side.
     let u = transform_kernel(g, as_f32(kernel));
@@ -745,8 +740,7 @@ fn forward_in_registers<T: Float>(
                 {
                     split_planes(x_c, g.w, g.p(), &t, q);
                 }
-                let lanes = t.computed(g, pool);
-                products::image(isa, &t, lanes, g.c, g.o, as_f32(quads), &ut, as_f32_mut(m));
+                products::image(isa, &t, g.c, g.o, as_f32(quads), &ut, as_f32_mut(m));
                 let planes = y_n.chunks_exact_mut(plane);
                 let mut argmax_planes = argmax_n.as_deref_mut().map(|a| a.chunks_exact_mut(plane));
                 for (o, (y_o, &b)) in planes.zip(bias).enumerate() {
@@ -789,7 +783,7 @@ pub(super) fn backward<T: Float>(
     argmax: Option<&[u8]>,
     want: Wanted,
 ) -> Vec<T> {
-    let t = Tiling::new(g);
+    let t = Tiling::new(g, argmax.is_some());
     let n = t.per_image();
     let [dx_len, _, _] = g.grad_lens(want);
     let per_run = g.n.div_ceil(BACKWARD_RUNS).max(1);
@@ -944,7 +938,7 @@ mod tests {
                     continue;
                 }
                 let (want, want_at) = forward_in_chunks(&g, &x, &kernel, &bias, relu, pool);
-                let lanes = Tiling::new(&g).computed(&g, pool);
+                let lanes = Tiling::new(&g, pool).per_image();
                 // (as `forward` picks: no ISA wider than the tiles computed)
                 for &isa in isas.iter().filter(|isa| isa.lanes() <= lanes) {
                     let (got, got_at) =

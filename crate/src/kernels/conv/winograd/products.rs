@@ -81,13 +81,10 @@ impl Isa {
 /// `M_ξ [O, n]` for every `ξ` (`m [16, O, n]`, `n` the image's tiles) of one
 /// image: `M_ξ = U_ξ · V_ξ` with `V_ξ` computed on the fly from the image's
 /// quadrant planes `quads [C, 4, quad_len]`, and the kernels in the
-/// Winograd domain as `ut [16, C, O]`. Only the first `lanes` tiles of each
-/// row of `M` are computed (all `n`, or those a pooling reads).
-#[allow(clippy::too_many_arguments)]
+/// Winograd domain as `ut [16, C, O]`.
 pub(super) fn image(
     isa: Isa,
     t: &Tiling,
-    lanes: usize,
     c: usize,
     o: usize,
     quads: &[f32],
@@ -96,18 +93,14 @@ pub(super) fn image(
 ) {
     let n = t.per_image();
     assert!(isa.present(), "this CPU has no {isa:?}");
-    assert!(
-        lanes >= isa.lanes() && lanes <= n,
-        "{lanes} tiles of {n}, fewer than a register's lanes"
-    );
+    assert!(n >= isa.lanes(), "{n} tiles, fewer than a register's lanes");
     assert!(quads.len() >= c * 4 * t.quad_len() && ut.len() >= XI * c * o && m.len() >= XI * o * n);
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{__m256, __m512};
-        // (tiling, lanes, input and output channels, quads, Uᵀ, M)
+        // (tiling, input and output channels, quads, Uᵀ, M)
         type Args<'a> = (
             &'a Tiling,
-            usize,
             usize,
             usize,
             &'a [f32],
@@ -115,16 +108,16 @@ pub(super) fn image(
             &'a mut [f32],
         );
         #[target_feature(enable = "avx512f")]
-        unsafe fn avx512((t, lanes, c, o, quads, ut, m): Args) {
+        unsafe fn avx512((t, c, o, quads, ut, m): Args) {
             // SAFETY: the caller checked the CPU and the lengths.
-            unsafe { all_xi::<__m512, 16>(t, lanes, c, o, quads, ut, m) }
+            unsafe { all_xi::<__m512, 16>(t, c, o, quads, ut, m) }
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2((t, lanes, c, o, quads, ut, m): Args) {
+        unsafe fn avx2((t, c, o, quads, ut, m): Args) {
             // SAFETY: as above.
-            unsafe { all_xi::<__m256, 8>(t, lanes, c, o, quads, ut, m) }
+            unsafe { all_xi::<__m256, 8>(t, c, o, quads, ut, m) }
         }
-        let args = (t, lanes, c, o, quads, ut, m);
+        let args = (t, c, o, quads, ut, m);
         // SAFETY: the CPU has the ISA, the buffers the lengths (asserted).
         match isa {
             Isa::Avx512 => unsafe { avx512(args) },
@@ -144,7 +137,6 @@ pub(super) fn image(
 #[inline(always)]
 unsafe fn all_xi<R: Reg, const OB: usize>(
     t: &Tiling,
-    lanes: usize,
     c: usize,
     o: usize,
     quads: &[f32],
@@ -159,7 +151,6 @@ unsafe fn all_xi<R: Reg, const OB: usize>(
         let taps = [at(k1, l1), at(k2, l1), at(k1, l2), at(k2, l2)];
         let one = Xi {
             n,
-            lanes,
             c,
             o,
             quads: quads.as_ptr(),
@@ -183,9 +174,8 @@ unsafe fn all_xi<R: Reg, const OB: usize>(
 #[cfg(target_arch = "x86_64")]
 /// One `ξ`'s products for one image.
 struct Xi {
-    /// tiles: `M`'s row length, and the first `lanes` of them computed
+    /// tiles: `M`'s row length
     n: usize,
-    lanes: usize,
     /// input and output channels
     c: usize,
     o: usize,
@@ -219,7 +209,7 @@ impl Xi {
         };
         let mut t = 0;
         loop {
-            let at = t.min(self.lanes - R::L);
+            let at = t.min(self.n - R::L);
             let mut o0 = 0;
             while o0 < self.o {
                 // SAFETY (both): the caller's promise.
@@ -239,7 +229,7 @@ impl Xi {
                     o0 += 1;
                 }
             }
-            if at + R::L == self.lanes {
+            if at + R::L == self.n {
                 break;
             }
             t += R::L;
