@@ -21,8 +21,8 @@
 //!
 //! Images go through in chunks of a few hundred tiles: gemm then runs near
 //! its peak, and a chunk's matrices stay in cache between the transforms and
-//! the products. The forward in f32 on x86 CPUs skips `V`'s matrix: see
-//! [`products`]. In f32 the results differ from im2col's only by rounding
+//! the products. The forward in f32 on x86 CPUs skips `V`'s matrix, and
+//! the backward's `dV` skips gemm's packing: see [`products`]. In f32 the results differ from im2col's only by rounding
 //! (the transforms' coefficients are 0, ±1 and ±½).
 
 use super::geom::{
@@ -860,8 +860,11 @@ pub(super) fn backward<T: Float>(
                         gemm_kernel_grad(g, cols, dm, v, &mut du_t);
                     }
                     if let (Some(u), Some(dx_run)) = (&u, dx_run.as_deref_mut()) {
-                        // dV_ξᵀ [cols, C] = dM_ξᵀ [cols, O] · U_ξ [O, C]
-                        gemm_tiles(cols, g.c, g.o, dv, dm, u, (1, g.c as isize), par);
+                        match Isa::pick::<T>(cols) {
+                            Some(isa) => products::chunk_input_grad(isa, cols, g.c, g.o, dm, u, dv),
+                            // dV_ξᵀ [cols, C] = dM_ξᵀ [cols, O] · U_ξ [O, C]
+                            None => gemm_tiles(cols, g.c, g.o, dv, dm, u, (1, g.c as isize), par),
+                        }
                         for (j, i) in chunk.clone().enumerate() {
                             let at = (i - images.start) * g.x_image();
                             let dx_n = &mut dx_run[at..][..g.x_image()];
@@ -959,6 +962,54 @@ mod tests {
                         panic!("{case}: value {k} is {}, want {}", got[k], want[k]);
                     }
                     assert_eq!(got_at, want_at, "{case}: the pooling's picks differ");
+                }
+            }
+        }
+    }
+
+    /// The backward's `dV` in registers gives gemm's values bit for bit, on
+    /// every ISA the CPU has: the article's channel counts, counts that
+    /// leave partial blocks of rows, and a chunk of one register's columns.
+    #[test]
+    fn input_grad_in_registers_matches_gemm() {
+        let mut seed = 11u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        // (columns, input channels, output channels)
+        for (cols, c, o) in [
+            (512, 32, 32),
+            (448, 32, 64),
+            (384, 64, 64),
+            (16, 17, 19),
+            (32, 5, 3),
+        ] {
+            let dm: Vec<f32> = (0..XI * o * cols).map(|_| next()).collect();
+            let u: Vec<f32> = (0..XI * o * c).map(|_| next()).collect();
+            let mut want = vec![0f32; XI * c * cols];
+            gemm_tiles(
+                cols,
+                c,
+                o,
+                &mut want,
+                &dm,
+                &u,
+                (1, c as isize),
+                Parallelism::None,
+            );
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; XI * c * cols];
+                products::chunk_input_grad(isa, cols, c, o, &dm, &u, &mut got);
+                let differ = got
+                    .iter()
+                    .zip(&want)
+                    .position(|(a, b)| a.to_bits() != b.to_bits());
+                if let Some(k) = differ {
+                    panic!(
+                        "{isa:?}, {cols} columns, {c}×{o}: value {k} is {}, want {}",
+                        got[k], want[k]
+                    );
                 }
             }
         }

@@ -1,5 +1,6 @@
-//! The forward's products with the input transform done in registers, for
-//! f32 on CPUs with AVX2 or AVX-512.
+//! The forward's products with the input transform done in registers, and
+//! the backward's input-gradient products by the same kernel, for f32 on
+//! CPUs with AVX2 or AVX-512.
 //!
 //! The portable forward writes every image's `V = Bᵀ d B` (16 values per
 //! tile and channel: four times the input) into a chunk matrix, and gemm
@@ -18,6 +19,10 @@
 //! over the input channels runs from the first to the last in FMAs, as
 //! gemm's does at these depths: the results are the chunked path's bit for
 //! bit (a test checks that on every ISA the CPU has).
+//!
+//! The backward's `dV_ξ = U_ξᵀ · dM_ξ` is the same product with `V_ξ`'s rows
+//! read straight from the chunk matrix `dM` (one load instead of four taps):
+//! [`chunk_input_grad`], again gemm's values bit for bit.
 
 use super::{Tiling, XI};
 #[cfg(target_arch = "x86_64")]
@@ -146,67 +151,155 @@ unsafe fn all_xi<R: Reg, const OB: usize>(
     let (n, ql) = (t.per_image(), t.quad_len());
     // Patch entry (k, l) of tile 0 in a channel's planes (see `Tiling`).
     let at = |k: usize, l: usize| (2 * (k % 2) + l % 2) * ql + (k / 2) * t.tq + l / 2;
+    let combine = |a: R, b: R, sub: bool| unsafe {
+        if sub {
+            a.sub(b)
+        } else {
+            a.add(b)
+        }
+    };
     for xi in 0..XI {
         let ((k1, k2, si), (l1, l2, sj)) = (TAPS[xi / 4], TAPS[xi % 4]);
-        let taps = [at(k1, l1), at(k2, l1), at(k1, l2), at(k2, l2)];
-        let one = Xi {
+        let one = Products {
             n,
             c,
             o,
-            quads: quads.as_ptr(),
+            src: quads.as_ptr(),
             stride: 4 * ql,
-            taps,
+            taps: [at(k1, l1), at(k2, l1), at(k1, l2), at(k2, l2)],
             u: ut[xi * c * o..].as_ptr(),
             m: m[xi * o * n..].as_mut_ptr(),
         };
+        // V_ξ = (d₀ ∓ d₁) ∓ (d₂ ∓ d₃): `si`, `sj` say which subtract (as
+        // constants in each arm, so that no branch is left in the loop).
+        macro_rules! v {
+            ($si:literal, $sj:literal) => {
+                |[a, b, c, d]: [R; 4]| combine(combine(a, b, $si), combine(c, d, $si), $sj)
+            };
+        }
         // SAFETY: the caller's promise.
         unsafe {
             match (si, sj) {
-                (false, false) => one.run::<R, OB, false, false>(),
-                (false, true) => one.run::<R, OB, false, true>(),
-                (true, false) => one.run::<R, OB, true, false>(),
-                (true, true) => one.run::<R, OB, true, true>(),
+                (false, false) => one.run::<R, OB>(v!(false, false)),
+                (false, true) => one.run::<R, OB>(v!(false, true)),
+                (true, false) => one.run::<R, OB>(v!(true, false)),
+                (true, true) => one.run::<R, OB>(v!(true, true)),
             }
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-/// One `ξ`'s products for one image.
-struct Xi {
-    /// tiles: `M`'s row length
-    n: usize,
-    /// input and output channels
+/// The backward's `dV_ξ = U_ξᵀ · dM_ξ` for every `ξ` of one chunk, in
+/// registers, as [`image`] does the forward's products: `dm [16, O, cols]`,
+/// the kernels in the Winograd domain `u [16, O, C]`, into
+/// `dv [16, C, cols]`. `cols` is a multiple of the registers' lanes (the
+/// chunk matrices' columns are rounded up to 16). gemm, which this
+/// replaces, packs both operands first and runs its microkernels at depths
+/// of 32 and 64 below its best rate.
+pub(super) fn chunk_input_grad<T: Float>(
+    isa: Isa,
+    cols: usize,
     c: usize,
     o: usize,
-    /// the quadrant planes, `stride` apart per channel
-    quads: *const f32,
+    dm: &[T],
+    u: &[T],
+    dv: &mut [T],
+) {
+    assert_eq!(
+        T::DTYPE,
+        candle_core::DType::F32,
+        "the products in registers are f32"
+    );
+    assert!(isa.present(), "this CPU has no {isa:?}");
+    assert!(
+        cols.is_multiple_of(isa.lanes()),
+        "{cols} columns, not whole registers"
+    );
+    assert!(dm.len() >= XI * o * cols && u.len() >= XI * o * c && dv.len() >= XI * c * cols);
+    // SAFETY (the three casts): T is f32 (asserted).
+    let (dm, u, dv) = unsafe {
+        (
+            std::slice::from_raw_parts(dm.as_ptr().cast::<f32>(), dm.len()),
+            std::slice::from_raw_parts(u.as_ptr().cast::<f32>(), u.len()),
+            std::slice::from_raw_parts_mut(dv.as_mut_ptr().cast::<f32>(), dv.len()),
+        )
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m256, __m512};
+        // (columns, input and output channels, dM, U, dV)
+        type Args<'a> = (usize, usize, usize, &'a [f32], &'a [f32], &'a mut [f32]);
+        #[inline(always)]
+        unsafe fn all<R: Reg, const OB: usize>((cols, c, o, dm, u, dv): Args) {
+            for xi in 0..XI {
+                // Summed over the output channels (dM's rows), into the
+                // input channels (dV's rows): U_ξ [O, C] is read as it is.
+                let one = Products {
+                    n: cols,
+                    c: o,
+                    o: c,
+                    src: dm[xi * o * cols..].as_ptr(),
+                    stride: cols,
+                    taps: [0],
+                    u: u[xi * o * c..].as_ptr(),
+                    m: dv[xi * c * cols..].as_mut_ptr(),
+                };
+                // SAFETY: the caller checked the CPU and the lengths.
+                unsafe { one.run::<R, OB>(|[d]| d) }
+            }
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(args: Args) {
+            // SAFETY: the caller checked the CPU and the lengths.
+            unsafe { all::<__m512, 16>(args) }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(args: Args) {
+            // SAFETY: as above.
+            unsafe { all::<__m256, 8>(args) }
+        }
+        let args = (cols, c, o, dm, u, dv);
+        // SAFETY: the CPU has the ISA, the buffers the lengths (asserted).
+        match isa {
+            Isa::Avx512 => unsafe { avx512(args) },
+            Isa::Avx2 => unsafe { avx2(args) },
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no {isa:?} on this architecture")
+}
+
+#[cfg(target_arch = "x86_64")]
+/// One `ξ`'s products `M [O, n] = Σ_c U [c, O] ⊗ V [c, n]` for one image (the
+/// forward) or one chunk (the backward's `dV`), where row `c` of `V` is
+/// computed from `K` loads at `src + c·stride + tap`.
+struct Products<const K: usize> {
+    /// `M`'s row length: tiles (or a chunk's columns)
+    n: usize,
+    /// the summed channels and the output rows
+    c: usize,
+    o: usize,
+    /// what `V` is computed from, `stride` apart per summed channel
+    src: *const f32,
     stride: usize,
-    /// the four patch entries `V_ξ` takes, as offsets into a channel's planes
-    taps: [usize; 4],
-    /// `U_ξ` as `[C, O]`
+    /// the loads one entry of `V` takes, as offsets from its channel's start
+    taps: [usize; K],
+    /// `U` as `[C, O]`
     u: *const f32,
-    /// `M_ξ` as `[O, n]`
+    /// `M` as `[O, n]`
     m: *mut f32,
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Xi {
-    /// `M_ξ = U_ξ · V_ξ`, with `V_ξ = (d₀ ∓ d₁) ∓ (d₂ ∓ d₃)` of the taps
-    /// (`SI`, `SJ`: subtract), `R::L` tiles at a time; the last block ends
-    /// at `n`, overlapping the one before (the same values written twice).
+impl<const K: usize> Products<K> {
+    /// `M = U · V`, with `V` = `v` of the taps, `R::L` columns at a time;
+    /// the last block ends at `n`, overlapping the one before (the same
+    /// values written twice).
     ///
     /// # Safety
     /// The CPU has `R`'s ISA; the pointers cover what the fields say.
     #[inline(always)]
-    unsafe fn run<R: Reg, const OB: usize, const SI: bool, const SJ: bool>(&self) {
-        let combine = |a: R, b: R, sub: bool| unsafe {
-            if sub {
-                a.sub(b)
-            } else {
-                a.add(b)
-            }
-        };
+    unsafe fn run<R: Reg, const OB: usize>(&self, v: impl Fn([R; K]) -> R + Copy) {
         let mut t = 0;
         loop {
             let at = t.min(self.n - R::L);
@@ -214,18 +307,10 @@ impl Xi {
             while o0 < self.o {
                 // SAFETY (both): the caller's promise.
                 if o0 + OB <= self.o {
-                    unsafe {
-                        self.block::<R, OB>(at, o0, |d| {
-                            combine(combine(d[0], d[1], SI), combine(d[2], d[3], SI), SJ)
-                        })
-                    };
+                    unsafe { self.block::<R, OB>(at, o0, v) };
                     o0 += OB;
                 } else {
-                    unsafe {
-                        self.block::<R, 1>(at, o0, |d| {
-                            combine(combine(d[0], d[1], SI), combine(d[2], d[3], SI), SJ)
-                        })
-                    };
+                    unsafe { self.block::<R, 1>(at, o0, v) };
                     o0 += 1;
                 }
             }
@@ -236,18 +321,18 @@ impl Xi {
         }
     }
 
-    /// Output channels `o0..o0 + B` of tiles `at..at + L`: `B` accumulators
-    /// over the input channels.
+    /// Output rows `o0..o0 + B` of columns `at..at + L`: `B` accumulators
+    /// over the summed channels.
     ///
     /// # Safety
-    /// As for [`Xi::run`], and `at + L ≤ n`, `o0 + B ≤ o`.
+    /// As for [`Products::run`], and `at + L ≤ n`, `o0 + B ≤ o`.
     #[inline(always)]
-    unsafe fn block<R: Reg, const B: usize>(&self, at: usize, o0: usize, v: impl Fn([R; 4]) -> R) {
+    unsafe fn block<R: Reg, const B: usize>(&self, at: usize, o0: usize, v: impl Fn([R; K]) -> R) {
         // SAFETY (every `unsafe`): the caller's promise; each load and
         // store stays inside the buffers the fields describe.
         let mut acc = [unsafe { R::zero() }; B];
         for ch in 0..self.c {
-            let p = unsafe { self.quads.add(ch * self.stride + at) };
+            let p = unsafe { self.src.add(ch * self.stride + at) };
             let vx = v(self.taps.map(|tap| unsafe { R::load(p.add(tap)) }));
             let u = unsafe { self.u.add(ch * self.o + o0) };
             for (k, acc) in acc.iter_mut().enumerate() {
