@@ -41,6 +41,13 @@ mod products;
 /// Entries of a transformed 4×4 tile, `ξ = 4·row + column`: one gemm each.
 const XI: usize = 16;
 
+/// For row `i` of `Bᵀ` (and column `i` of `B`): the two entries it takes,
+/// and whether it subtracts the second (`Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0],
+/// [0, -1, 1, 0], [0, 1, 0, -1]]`). Entry `ξ = (i, j)`
+/// of `Bᵀ d B` is then `(d[k₁, l₁] ∓ d[k₂, l₁]) ∓ (d[k₁, l₂] ∓ d[k₂, l₂])`
+/// with `(k₁, k₂) = TAPS[i]`, `(l₁, l₂) = TAPS[j]`: four patch entries.
+const TAPS: [(usize, usize, bool); 4] = [(0, 2, true), (1, 2, false), (2, 1, true), (1, 3, true)];
+
 /// Tiles a chunk of images aims for: enough columns for gemm to run near
 /// its peak, few enough that the chunk's matrices stay in cache.
 const CHUNK_TILES: usize = 512;
@@ -200,14 +207,7 @@ fn runs_mut<T, const K: usize>(buf: &mut [T], n: usize) -> [&mut [T]; K] {
     std::array::from_fn(|_| it.next().expect("buffer holds K runs"))
 }
 
-/// `Bᵀ` applied to four values (a column or row of a 4×4 patch), with
-/// `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
-#[inline(always)]
-fn bt<T: Float>(a: T, b: T, c: T, d: T) -> [T; 4] {
-    [a - c, b + c, c - b, b - d]
-}
-
-/// `B` applied to four values: the transpose of [`bt`].
+/// `B` applied to four values: the transpose of `Bᵀ` (see [`TAPS`]).
 #[inline(always)]
 fn b<T: Float>(a: T, b: T, c: T, d: T) -> [T; 4] {
     [a, b - c + d, b + c - a, T::zero() - d]
@@ -353,22 +353,37 @@ fn work_len(t: &Tiling) -> usize {
 
 multiversion! {
     /// `V = Bᵀ d B` of every tile of one input channel `x_c [H, W]`, into
-    /// `v` (16 runs, one per ξ).
+    /// `v` (16 runs, one per ξ): each entry from its four patch entries
+    /// (see [`TAPS`]) in one pass, the additions in the order the two-step
+    /// `Bᵀ d` then `(Bᵀ d) B` makes them (one pass writes `V` once instead
+    /// of a 16-run intermediate and then `V`).
     fn input_tiles<T>(g: &Geom, t: &Tiling, x_c: &[T], v: [&mut [T]; XI], work: &mut [T]) {
         let n = t.per_image();
-        let (quads, q) = work.split_at_mut(4 * t.quad_len());
+        let quads = &mut work[..4 * t.quad_len()];
         split(x_c, g.w, g.p(), t, quads);
         let d = patches(quads, t);
-        // Bᵀ down each column l of the patches, into q[4l + i] ...
-        for (l, [q0, q1, q2, q3]) in runs_mut::<T, XI>(q, n).into_iter().array_chunks4().enumerate() {
-            map4to4([d[l], d[4 + l], d[8 + l], d[12 + l]], q0, q1, q2, q3, bt);
+        for (xi, v) in v.into_iter().enumerate() {
+            let ((k1, k2, si), (l1, l2, sj)) = (TAPS[xi / 4], TAPS[xi % 4]);
+            let taps = [d[4 * k1 + l1], d[4 * k2 + l1], d[4 * k1 + l2], d[4 * k2 + l2]];
+            let v = &mut v[..n];
+            // (the signs as constants in each arm: no branch in the loop)
+            match (si, sj) {
+                (false, false) => map4to1(taps, v, |a, b, c, d| (a + b) + (c + d)),
+                (false, true) => map4to1(taps, v, |a, b, c, d| (a + b) - (c + d)),
+                (true, false) => map4to1(taps, v, |a, b, c, d| (a - b) + (c - d)),
+                (true, true) => map4to1(taps, v, |a, b, c, d| (a - b) - (c - d)),
+            }
         }
-        // ... then B along each row i.
-        let q = &*q;
-        for (i, [v0, v1, v2, v3]) in v.into_iter().array_chunks4().enumerate() {
-            let col = |l: usize| &q[(4 * l + i) * n..][..n];
-            map4to4([col(0), col(1), col(2), col(3)], v0, v1, v2, v3, bt);
-        }
+    }
+}
+
+/// `w = f(a, b, c, d)` element-wise; see [`map4to4`].
+#[inline(always)]
+fn map4to1<T: Float>([a, b, c, d]: [&[T]; 4], w: &mut [T], f: impl Fn(T, T, T, T) -> T) {
+    let n = w.len();
+    let (a, b, c, d) = (&a[..n], &b[..n], &c[..n], &d[..n]);
+    for i in 0..n {
+        w[i] = f(a[i], b[i], c[i], d[i]);
     }
 }
 

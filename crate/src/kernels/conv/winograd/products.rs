@@ -24,15 +24,10 @@
 //! read straight from the chunk matrix `dM` (one load instead of four taps):
 //! [`chunk_input_grad`], again gemm's values bit for bit.
 
-use super::{Tiling, XI};
+use super::{Tiling, TAPS, XI};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::simd::regs::Reg;
 use crate::kernels::simd::Float;
-
-/// For row `i` of `Bᵀ` (and column `i` of `B`): the two entries it takes,
-/// and whether it subtracts the second (`Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0],
-/// [0, -1, 1, 0], [0, 1, 0, -1]]`).
-const TAPS: [(usize, usize, bool); 4] = [(0, 2, true), (1, 2, false), (2, 1, true), (1, 3, true)];
 
 /// The vector ISA the products run in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
