@@ -8,13 +8,17 @@
 //! (about a third of the step), its im2col gathers element by element, and it
 //! computes the first layer's input gradient although the images need none.
 //!
-//! # Two paths
+//! # Three paths
 //!
 //! * **Winograd F(2×2, 3×3)** ([`winograd`]) for 3×3 kernels at stride 1
 //!   with the same padding on every side and 16 or more channels on both
 //!   sides: every layer of the article's model but the first. 2.25x fewer multiply-adds than a direct convolution, and
 //!   with a 2×2 max-pooling after the ReLU, the pooling in the same op
 //!   ([`conv2d_relu_max_pool2`]).
+//! * **direct** ([`direct`]), the forward only, for the other stride-1
+//!   convolutions in f32 on CPUs with AVX2 or AVX-512 (the first layer):
+//!   each kernel tap a shifted view of the zero-padded image, multiplied in
+//!   registers ([`products`], which the Winograd path's products share).
 //! * **im2col** (row copies) + one `gemm` per image, for everything else
 //!   (the first layer's 3 input channels, other kernel sizes, strides,
 //!   asymmetric padding):
@@ -35,8 +39,10 @@ use candle_core::{
 };
 use std::sync::{Arc, OnceLock};
 
+mod direct;
 mod geom;
 mod im2col;
+mod products;
 mod winograd;
 
 pub(crate) use crate::kernels::simd::Float;
@@ -196,10 +202,14 @@ pub(crate) fn forward<T: Float>(
     if pool && !(relu && g.pools()) {
         bail!("conv2d: pooling inside the convolution needs the ReLU and the Winograd path")
     }
-    Ok(match g.winograd() {
-        true => winograd::forward(g, x, kernel, bias, relu, pool),
-        false => (im2col::im2col_forward(g, x, kernel, bias, relu), Vec::new()),
-    })
+    if g.winograd() {
+        return Ok(winograd::forward(g, x, kernel, bias, relu, pool));
+    }
+    let y = match direct::pick::<T>(g) {
+        Some(isa) => direct::forward(isa, g, x, kernel, bias, relu),
+        None => im2col::im2col_forward(g, x, kernel, bias, relu),
+    };
+    Ok((y, Vec::new()))
 }
 
 /// The gradients of [`forward`] from the output's gradient `dy`, as one flat

@@ -25,58 +25,12 @@
 //! [`chunk_input_grad`], again gemm's values bit for bit.
 
 use super::{Tiling, TAPS, XI};
+pub(in crate::kernels::conv) use crate::kernels::conv::products::Isa;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::conv::products::{Products, Strided};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::simd::regs::Reg;
 use crate::kernels::simd::Float;
-
-/// The vector ISA the products run in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(in crate::kernels::conv) enum Isa {
-    Avx512,
-    Avx2,
-}
-
-impl Isa {
-    /// f32 lanes of one register.
-    pub(in crate::kernels::conv) fn lanes(self) -> usize {
-        match self {
-            Isa::Avx512 => 16,
-            Isa::Avx2 => 8,
-        }
-    }
-
-    /// The widest ISA this CPU has, for `T` = f32 and images of at least
-    /// one register's lanes of tiles; `None` (the chunked gemms) otherwise.
-    pub(in crate::kernels::conv) fn pick<T: Float>(tiles: usize) -> Option<Isa> {
-        if T::DTYPE != candle_core::DType::F32 {
-            return None;
-        }
-        Isa::available().next().filter(|isa| tiles >= isa.lanes())
-    }
-
-    /// The ISAs this CPU has, widest first.
-    pub(in crate::kernels::conv) fn available() -> impl Iterator<Item = Isa> {
-        [Isa::Avx512, Isa::Avx2]
-            .into_iter()
-            .filter(|isa| isa.present())
-    }
-
-    /// Whether this CPU has the ISA (a cached check, cheap to repeat).
-    fn present(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            match self {
-                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-                Isa::Avx2 => {
-                    std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    }
-}
 
 /// `M_ξ [O, n]` for every `ξ` (`m [16, O, n]`, `n` the image's tiles) of one
 /// image: `M_ξ = U_ξ · V_ξ` with `V_ξ` computed on the fly from the image's
@@ -129,11 +83,11 @@ pub(super) fn image(
 }
 
 #[cfg(target_arch = "x86_64")]
-/// [`image`] in registers `R`, `OB` output channels at a time (the rest one
+/// [`image()`] in registers `R`, `OB` output channels at a time (the rest one
 /// at a time).
 ///
 /// # Safety
-/// The CPU has `R`'s ISA; the lengths are as [`image`] asserts.
+/// The CPU has `R`'s ISA; the lengths are as [`image()`] asserts.
 #[inline(always)]
 unsafe fn all_xi<R: Reg, const OB: usize>(
     t: &Tiling,
@@ -160,7 +114,7 @@ unsafe fn all_xi<R: Reg, const OB: usize>(
             c,
             o,
             src: quads.as_ptr(),
-            stride: 4 * ql,
+            rows: Strided(4 * ql),
             taps: [at(k1, l1), at(k2, l1), at(k1, l2), at(k2, l2)],
             u: ut[xi * c * o..].as_ptr(),
             m: m[xi * o * n..].as_mut_ptr(),
@@ -185,7 +139,7 @@ unsafe fn all_xi<R: Reg, const OB: usize>(
 }
 
 /// The backward's `dV_ξ = U_ξᵀ · dM_ξ` for every `ξ` of one chunk, in
-/// registers, as [`image`] does the forward's products: `dm [16, O, cols]`,
+/// registers, as [`image()`] does the forward's products: `dm [16, O, cols]`,
 /// the kernels in the Winograd domain `u [16, O, C]`, into
 /// `dv [16, C, cols]`. `cols` is a multiple of the registers' lanes (the
 /// chunk matrices' columns are rounded up to 16). gemm, which this
@@ -234,7 +188,7 @@ pub(super) fn chunk_input_grad<T: Float>(
                     c: o,
                     o: c,
                     src: dm[xi * o * cols..].as_ptr(),
-                    stride: cols,
+                    rows: Strided(cols),
                     taps: [0],
                     u: u[xi * o * c..].as_ptr(),
                     m: dv[xi * c * cols..].as_mut_ptr(),
@@ -262,80 +216,4 @@ pub(super) fn chunk_input_grad<T: Float>(
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("no {isa:?} on this architecture")
-}
-
-#[cfg(target_arch = "x86_64")]
-/// One `ξ`'s products `M [O, n] = Σ_c U [c, O] ⊗ V [c, n]` for one image (the
-/// forward) or one chunk (the backward's `dV`), where row `c` of `V` is
-/// computed from `K` loads at `src + c·stride + tap`.
-struct Products<const K: usize> {
-    /// `M`'s row length: tiles (or a chunk's columns)
-    n: usize,
-    /// the summed channels and the output rows
-    c: usize,
-    o: usize,
-    /// what `V` is computed from, `stride` apart per summed channel
-    src: *const f32,
-    stride: usize,
-    /// the loads one entry of `V` takes, as offsets from its channel's start
-    taps: [usize; K],
-    /// `U` as `[C, O]`
-    u: *const f32,
-    /// `M` as `[O, n]`
-    m: *mut f32,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<const K: usize> Products<K> {
-    /// `M = U · V`, with `V` = `v` of the taps, `R::L` columns at a time;
-    /// the last block ends at `n`, overlapping the one before (the same
-    /// values written twice).
-    ///
-    /// # Safety
-    /// The CPU has `R`'s ISA; the pointers cover what the fields say.
-    #[inline(always)]
-    unsafe fn run<R: Reg, const OB: usize>(&self, v: impl Fn([R; K]) -> R + Copy) {
-        let mut t = 0;
-        loop {
-            let at = t.min(self.n - R::L);
-            let mut o0 = 0;
-            while o0 < self.o {
-                // SAFETY (both): the caller's promise.
-                if o0 + OB <= self.o {
-                    unsafe { self.block::<R, OB>(at, o0, v) };
-                    o0 += OB;
-                } else {
-                    unsafe { self.block::<R, 1>(at, o0, v) };
-                    o0 += 1;
-                }
-            }
-            if at + R::L == self.n {
-                break;
-            }
-            t += R::L;
-        }
-    }
-
-    /// Output rows `o0..o0 + B` of columns `at..at + L`: `B` accumulators
-    /// over the summed channels.
-    ///
-    /// # Safety
-    /// As for [`Products::run`], and `at + L ≤ n`, `o0 + B ≤ o`.
-    #[inline(always)]
-    unsafe fn block<R: Reg, const B: usize>(&self, at: usize, o0: usize, v: impl Fn([R; K]) -> R) {
-        // SAFETY (every `unsafe`): the caller's promise; each load and
-        // store stays inside the buffers the fields describe.
-        let mut acc = [unsafe { R::zero() }; B];
-        for ch in 0..self.c {
-            let p = unsafe { self.src.add(ch * self.stride + at) };
-            let vx = v(self.taps.map(|tap| unsafe { R::load(p.add(tap)) }));
-            let u = unsafe { self.u.add(ch * self.o + o0) };
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = unsafe { R::fmadd(vx, R::splat(*u.add(k)), *acc) };
-            }
-        }
-        for (k, acc) in acc.into_iter().enumerate() {
-            unsafe { acc.store(self.m.add((o0 + k) * self.n + at)) };
-        }
-    }
 }
