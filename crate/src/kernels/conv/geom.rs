@@ -107,7 +107,7 @@ impl Geom {
             sym_pad: win.symmetric_pad(),
         })
     }
-    /// Whether [`forward`] can pool this convolution's output (with 2×2
+    /// Whether [`super::forward`] can pool this convolution's output (with 2×2
     /// windows, after the ReLU) as it computes it: on the Winograd path,
     /// with at least one whole window.
     pub(crate) fn pools(&self) -> bool {
@@ -146,7 +146,7 @@ impl Geom {
     pub(crate) fn hw_padded(&self) -> usize {
         self.hw_out().next_multiple_of(16)
     }
-    /// Lengths of `dx`, `dK` and `db` in [`backward`]'s flat result.
+    /// Lengths of `dx`, `dK` and `db` in [`super::backward`]'s flat result.
     pub(crate) fn grad_lens(&self, want: Wanted) -> [usize; 3] {
         let dx = if want.dx { self.n * self.x_image() } else { 0 };
         [dx, self.o * self.ckk(), self.o]
@@ -198,12 +198,12 @@ pub(crate) fn gemm_parallelism(batch: usize) -> Parallelism {
     }
 }
 
-/// Runs of images that [`backward`] hands out as one task each: enough for
+/// Runs of images that [`super::backward`] hands out as one task each: enough for
 /// rayon to balance them over the threads, fixed so that the sums over the
 /// batch do not depend on the thread count.
 pub(crate) const BACKWARD_RUNS: usize = 16;
 
-/// Which gradients [`backward`] computes: only those of tracked inputs (the
+/// Which gradients [`super::backward`] computes: only those of tracked inputs (the
 /// first layer's images need none, which skips a whole convolution).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Wanted {
