@@ -33,3 +33,13 @@ pub fn keep_freed_memory() {
         });
     }
 }
+
+/// Values in [-0.5, 0.5) from a linear congruential generator: the same
+/// sequence for a seed on every machine, for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(mut seed: u32) -> impl FnMut() -> f32 {
+    move || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+    }
+}

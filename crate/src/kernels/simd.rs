@@ -654,11 +654,7 @@ mod tests {
                 grad_dots::<f32, Lanes<4>, 2, 2>(o, c, n, dm, v, du)
             }),
         ];
-        let mut seed = 1u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        let mut next = crate::kernels::test_values(1);
         for (o, c, cols) in [
             (8, 12, 64),
             (32, 32, 512),

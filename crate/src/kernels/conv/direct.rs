@@ -126,50 +126,19 @@ fn products(
     assert!(wide >= isa.lanes() && u.len() == taps * o && out.len() >= o * wide);
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{__m256, __m512};
-        // (pixels, output channels, padded planes, tap offsets, U, out)
-        type Args<'a> = (
-            usize,
-            usize,
-            &'a [f32],
-            &'a [usize],
-            &'a [f32],
-            &'a mut [f32],
-        );
-        #[inline(always)]
-        unsafe fn all<R: crate::kernels::simd::regs::Reg, const OB: usize>(
-            (wide, o, padded, offsets, u, out): Args,
-        ) {
-            let one = Products {
-                n: wide,
-                c: offsets.len(),
-                o,
-                src: padded.as_ptr(),
-                rows: Table(offsets),
-                taps: [0],
-                u: u.as_ptr(),
-                m: out.as_mut_ptr(),
-            };
-            // SAFETY: the caller checked the CPU and the lengths.
-            unsafe { one.run::<R, OB>(|[v]| v) }
-        }
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(args: Args) {
-            // SAFETY: the caller checked the CPU and the lengths.
-            unsafe { all::<__m512, 16>(args) }
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(args: Args) {
-            // SAFETY: as above.
-            unsafe { all::<__m256, 8>(args) }
-        }
-        let args = (wide, o, padded, offsets, u, out);
-        // SAFETY: the CPU has the ISA (asserted by the caller's pick and
-        // above), the buffers the lengths (asserted).
-        match isa {
-            Isa::Avx512 => unsafe { avx512(args) },
-            Isa::Avx2 => unsafe { avx2(args) },
-        }
+        let job = Products {
+            n: wide,
+            c: taps,
+            o,
+            src: padded.as_ptr(),
+            rows: Table(offsets),
+            taps: [0],
+            u: u.as_ptr(),
+            m: out.as_mut_ptr(),
+        };
+        // SAFETY: every view and `U`, `out` are as long as the job reads
+        // and writes (asserted).
+        unsafe { isa.run(job) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("no {isa:?} on this architecture")
@@ -187,11 +156,7 @@ mod tests {
     /// outputs, and widths whose padded rows are not whole registers.
     #[test]
     fn direct_matches_im2col() {
-        let mut seed = 3u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        let mut next = crate::kernels::test_values(3);
         let same = |p| ConvWindow::from(p);
         let sides = |t, b, l, r| ConvWindow {
             strides: (1, 1),

@@ -63,6 +63,56 @@ impl Isa {
     }
 }
 
+/// Work done in vector registers `R` with `OB` output rows' accumulators at
+/// a time, which [`Isa::run`] compiles for each ISA.
+#[cfg(target_arch = "x86_64")]
+pub(in crate::kernels::conv) trait InRegisters {
+    /// # Safety
+    /// The CPU has `R`'s ISA, and the job's pointers (if any) cover what its
+    /// fields say.
+    unsafe fn run<R: Reg, const OB: usize>(self);
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Isa {
+    /// Runs `job` in this ISA's registers: zmm with 16 accumulators (of 32
+    /// registers), or ymm with 8 (of 16). The one place that maps an ISA to
+    /// its registers and compiles the job for it.
+    ///
+    /// # Safety
+    /// The job's pointers (if any) cover what its fields say.
+    pub(in crate::kernels::conv) unsafe fn run(self, job: impl InRegisters) {
+        use std::arch::x86_64::{__m256, __m512};
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(job: impl InRegisters) {
+            // SAFETY: compiled for AVX-512F, called only where it is
+            // present; the caller's promise for the rest.
+            unsafe { job.run::<__m512, 16>() }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(job: impl InRegisters) {
+            // SAFETY: as above, for AVX2 and FMA.
+            unsafe { job.run::<__m256, 8>() }
+        }
+        assert!(self.present(), "this CPU has no {self:?}");
+        // SAFETY: the CPU has the ISA (asserted); the caller's promise.
+        match self {
+            Isa::Avx512 => unsafe { avx512(job) },
+            Isa::Avx2 => unsafe { avx2(job) },
+        }
+    }
+}
+
+/// One load per row of `V`, used as it is: the row itself.
+#[cfg(target_arch = "x86_64")]
+impl<S: Rows> InRegisters for Products<1, S> {
+    #[inline(always)]
+    unsafe fn run<R: Reg, const OB: usize>(self) {
+        // SAFETY: the caller's promise.
+        unsafe { self.run_with::<R, OB>(|[v]| v) }
+    }
+}
+
 /// Where row `c` of `V` starts, as an offset from `src`.
 pub(in crate::kernels::conv) trait Rows {
     fn at(&self, c: usize) -> usize;
@@ -119,7 +169,7 @@ impl<const K: usize, S: Rows> Products<K, S> {
     /// # Safety
     /// The CPU has `R`'s ISA; the pointers cover what the fields say.
     #[inline(always)]
-    pub unsafe fn run<R: Reg, const OB: usize>(&self, v: impl Fn([R; K]) -> R + Copy) {
+    pub unsafe fn run_with<R: Reg, const OB: usize>(&self, v: impl Fn([R; K]) -> R + Copy) {
         let mut t = 0;
         loop {
             let at = t.min(self.n - R::L);
@@ -145,7 +195,7 @@ impl<const K: usize, S: Rows> Products<K, S> {
     /// over the summed channels.
     ///
     /// # Safety
-    /// As for [`Products::run`], and `at + L ≤ n`, `o0 + B ≤ o`.
+    /// As for [`Products::run_with`], and `at + L ≤ n`, `o0 + B ≤ o`.
     #[inline(always)]
     unsafe fn block<R: Reg, const B: usize>(&self, at: usize, o0: usize, v: impl Fn([R; K]) -> R) {
         // SAFETY (every `unsafe`): the caller's promise; each load and

@@ -929,11 +929,7 @@ mod tests {
     /// of the lanes, with and without padding and pooling.
     #[test]
     fn products_in_registers_match_the_chunked_gemms() {
-        let mut seed = 7u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        let mut next = crate::kernels::test_values(7);
         // (images, in, out, side, padding)
         let shapes = [
             (3, 32, 32, 32, 0),
@@ -987,11 +983,7 @@ mod tests {
     /// leave partial blocks of rows, and a chunk of one register's columns.
     #[test]
     fn input_grad_in_registers_matches_gemm() {
-        let mut seed = 11u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        let mut next = crate::kernels::test_values(11);
         // (columns, input channels, output channels)
         for (cols, c, o) in [
             (512, 32, 32),

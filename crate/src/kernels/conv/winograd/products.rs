@@ -27,7 +27,7 @@
 use super::{Tiling, TAPS, XI};
 pub(in crate::kernels::conv) use crate::kernels::conv::products::Isa;
 #[cfg(target_arch = "x86_64")]
-use crate::kernels::conv::products::{Products, Strided};
+use crate::kernels::conv::products::{InRegisters, Products, Strided};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::simd::regs::Reg;
 use crate::kernels::simd::Float;
@@ -51,88 +51,85 @@ pub(super) fn image(
     assert!(quads.len() >= c * 4 * t.quad_len() && ut.len() >= XI * c * o && m.len() >= XI * o * n);
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{__m256, __m512};
-        // (tiling, input and output channels, quads, Uᵀ, M)
-        type Args<'a> = (
-            &'a Tiling,
-            usize,
-            usize,
-            &'a [f32],
-            &'a [f32],
-            &'a mut [f32],
-        );
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512((t, c, o, quads, ut, m): Args) {
-            // SAFETY: the caller checked the CPU and the lengths.
-            unsafe { all_xi::<__m512, 16>(t, c, o, quads, ut, m) }
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2((t, c, o, quads, ut, m): Args) {
-            // SAFETY: as above.
-            unsafe { all_xi::<__m256, 8>(t, c, o, quads, ut, m) }
-        }
-        let args = (t, c, o, quads, ut, m);
-        // SAFETY: the CPU has the ISA, the buffers the lengths (asserted).
-        match isa {
-            Isa::Avx512 => unsafe { avx512(args) },
-            Isa::Avx2 => unsafe { avx2(args) },
-        }
+        let job = Image {
+            t,
+            c,
+            o,
+            quads,
+            ut,
+            m,
+        };
+        // SAFETY: the job holds slices (of the lengths asserted above).
+        unsafe { isa.run(job) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("no {isa:?} on this architecture")
 }
 
+/// [`image()`]'s work, for [`Isa::run`].
 #[cfg(target_arch = "x86_64")]
-/// [`image()`] in registers `R`, `OB` output channels at a time (the rest one
-/// at a time).
-///
-/// # Safety
-/// The CPU has `R`'s ISA; the lengths are as [`image()`] asserts.
-#[inline(always)]
-unsafe fn all_xi<R: Reg, const OB: usize>(
-    t: &Tiling,
+struct Image<'a> {
+    t: &'a Tiling,
     c: usize,
     o: usize,
-    quads: &[f32],
-    ut: &[f32],
-    m: &mut [f32],
-) {
-    let (n, ql) = (t.per_image(), t.quad_len());
-    // Patch entry (k, l) of tile 0 in a channel's planes (see `Tiling`).
-    let at = |k: usize, l: usize| (2 * (k % 2) + l % 2) * ql + (k / 2) * t.tq + l / 2;
-    let combine = |a: R, b: R, sub: bool| unsafe {
-        if sub {
-            a.sub(b)
-        } else {
-            a.add(b)
-        }
-    };
-    for xi in 0..XI {
-        let ((k1, k2, si), (l1, l2, sj)) = (TAPS[xi / 4], TAPS[xi % 4]);
-        let one = Products {
-            n,
+    quads: &'a [f32],
+    ut: &'a [f32],
+    m: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl InRegisters for Image<'_> {
+    /// `OB` output channels at a time (the rest one at a time).
+    ///
+    /// # Safety
+    /// The CPU has `R`'s ISA; the lengths are as [`image()`] asserts.
+    #[inline(always)]
+    unsafe fn run<R: Reg, const OB: usize>(self) {
+        let Image {
+            t,
             c,
             o,
-            src: quads.as_ptr(),
-            rows: Strided(4 * ql),
-            taps: [at(k1, l1), at(k2, l1), at(k1, l2), at(k2, l2)],
-            u: ut[xi * c * o..].as_ptr(),
-            m: m[xi * o * n..].as_mut_ptr(),
+            quads,
+            ut,
+            m,
+        } = self;
+        let (n, ql) = (t.per_image(), t.quad_len());
+        // Patch entry (k, l) of tile 0 in a channel's planes (see `Tiling`).
+        let at = |k: usize, l: usize| (2 * (k % 2) + l % 2) * ql + (k / 2) * t.tq + l / 2;
+        let combine = |a: R, b: R, sub: bool| unsafe {
+            if sub {
+                a.sub(b)
+            } else {
+                a.add(b)
+            }
         };
-        // V_ξ = (d₀ ∓ d₁) ∓ (d₂ ∓ d₃): `si`, `sj` say which subtract (as
-        // constants in each arm, so that no branch is left in the loop).
-        macro_rules! v {
-            ($si:literal, $sj:literal) => {
-                |[a, b, c, d]: [R; 4]| combine(combine(a, b, $si), combine(c, d, $si), $sj)
+        for xi in 0..XI {
+            let ((k1, k2, si), (l1, l2, sj)) = (TAPS[xi / 4], TAPS[xi % 4]);
+            let one = Products {
+                n,
+                c,
+                o,
+                src: quads.as_ptr(),
+                rows: Strided(4 * ql),
+                taps: [at(k1, l1), at(k2, l1), at(k1, l2), at(k2, l2)],
+                u: ut[xi * c * o..].as_ptr(),
+                m: m[xi * o * n..].as_mut_ptr(),
             };
-        }
-        // SAFETY: the caller's promise.
-        unsafe {
-            match (si, sj) {
-                (false, false) => one.run::<R, OB>(v!(false, false)),
-                (false, true) => one.run::<R, OB>(v!(false, true)),
-                (true, false) => one.run::<R, OB>(v!(true, false)),
-                (true, true) => one.run::<R, OB>(v!(true, true)),
+            // V_ξ = (d₀ ∓ d₁) ∓ (d₂ ∓ d₃): `si`, `sj` say which subtract (as
+            // constants in each arm, so that no branch is left in the loop).
+            macro_rules! v {
+                ($si:literal, $sj:literal) => {
+                    |[a, b, c, d]: [R; 4]| combine(combine(a, b, $si), combine(c, d, $si), $sj)
+                };
+            }
+            // SAFETY: the caller's promise.
+            unsafe {
+                match (si, sj) {
+                    (false, false) => one.run_with::<R, OB>(v!(false, false)),
+                    (false, true) => one.run_with::<R, OB>(v!(false, true)),
+                    (true, false) => one.run_with::<R, OB>(v!(true, false)),
+                    (true, true) => one.run_with::<R, OB>(v!(true, true)),
+                }
             }
         }
     }
@@ -175,43 +172,21 @@ pub(super) fn chunk_input_grad<T: Float>(
     };
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{__m256, __m512};
-        // (columns, input and output channels, dM, U, dV)
-        type Args<'a> = (usize, usize, usize, &'a [f32], &'a [f32], &'a mut [f32]);
-        #[inline(always)]
-        unsafe fn all<R: Reg, const OB: usize>((cols, c, o, dm, u, dv): Args) {
-            for xi in 0..XI {
-                // Summed over the output channels (dM's rows), into the
-                // input channels (dV's rows): U_ξ [O, C] is read as it is.
-                let one = Products {
-                    n: cols,
-                    c: o,
-                    o: c,
-                    src: dm[xi * o * cols..].as_ptr(),
-                    rows: Strided(cols),
-                    taps: [0],
-                    u: u[xi * o * c..].as_ptr(),
-                    m: dv[xi * c * cols..].as_mut_ptr(),
-                };
-                // SAFETY: the caller checked the CPU and the lengths.
-                unsafe { one.run::<R, OB>(|[d]| d) }
-            }
-        }
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(args: Args) {
-            // SAFETY: the caller checked the CPU and the lengths.
-            unsafe { all::<__m512, 16>(args) }
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(args: Args) {
-            // SAFETY: as above.
-            unsafe { all::<__m256, 8>(args) }
-        }
-        let args = (cols, c, o, dm, u, dv);
-        // SAFETY: the CPU has the ISA, the buffers the lengths (asserted).
-        match isa {
-            Isa::Avx512 => unsafe { avx512(args) },
-            Isa::Avx2 => unsafe { avx2(args) },
+        for xi in 0..XI {
+            // Summed over the output channels (dM's rows), into the input
+            // channels (dV's rows): U_ξ [O, C] is read as it is.
+            let job = Products {
+                n: cols,
+                c: o,
+                o: c,
+                src: dm[xi * o * cols..].as_ptr(),
+                rows: Strided(cols),
+                taps: [0],
+                u: u[xi * o * c..].as_ptr(),
+                m: dv[xi * c * cols..].as_mut_ptr(),
+            };
+            // SAFETY: dM_ξ, U_ξ and dV_ξ lie inside the slices (asserted).
+            unsafe { isa.run(job) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
