@@ -926,7 +926,8 @@ mod tests {
     /// The products in registers, in every ISA this CPU has, against the
     /// chunked gemms, bit for bit: the article's layers (a few images), channel counts
     /// that leave partial blocks of outputs, tiles that are not a multiple
-    /// of the lanes, with and without padding and pooling.
+    /// of the lanes, more input channels than one block of `V`, with and
+    /// without padding and pooling.
     #[test]
     fn products_in_registers_match_the_chunked_gemms() {
         let mut next = crate::kernels::test_values(7);
@@ -937,6 +938,8 @@ mod tests {
             (2, 64, 64, 15, 0),
             (3, 17, 19, 13, 1),
             (1, 16, 21, 9, 0),
+            // more input channels than the kernel's block of `V` holds
+            (1, 130, 8, 9, 0),
         ];
         let isas: Vec<Isa> = Isa::available().collect();
         if isas.is_empty() {
@@ -980,7 +983,8 @@ mod tests {
 
     /// The backward's `dV` in registers gives gemm's values bit for bit, on
     /// every ISA the CPU has: the article's channel counts, counts that
-    /// leave partial blocks of rows, and a chunk of one register's columns.
+    /// leave partial blocks of rows, a chunk of one register's columns, and
+    /// more summed channels than one block of `V`.
     #[test]
     fn input_grad_in_registers_matches_gemm() {
         let mut next = crate::kernels::test_values(11);
@@ -991,6 +995,8 @@ mod tests {
             (384, 64, 64),
             (16, 17, 19),
             (32, 5, 3),
+            // more summed channels than the kernel's block of `V` holds
+            (48, 7, 130),
         ] {
             let dm: Vec<f32> = (0..XI * o * cols).map(|_| next()).collect();
             let u: Vec<f32> = (0..XI * o * c).map(|_| next()).collect();

@@ -8,12 +8,14 @@
 //! matrix at most of the input transform's 12% of a training step: the
 //! transform is bound by memory, not by its additions (a one-pass version
 //! in registers that still wrote `V` was no faster). Here `V` is never
-//! written. Each entry `ξ = (i, j)` of `Bᵀ d B` is a sum of only four patch
-//! entries (two rows of `Bᵀ` times two columns of `B`), so the kernel loads
-//! those four from the image's quadrant planes, combines them with three
-//! additions, and multiplies the result into `OB` output channels'
-//! accumulators at once, across the input channels: `M_ξ [O, tiles]` for
-//! one image, which stays in L2 for the output transform that follows.
+//! written as a matrix: each entry `ξ = (i, j)` of `Bᵀ d B` is a sum of
+//! only four patch entries (two rows of `Bᵀ` times two columns of `B`), so
+//! the kernel loads those four from the image's quadrant planes and
+//! combines them with three additions, one block of columns at a time into
+//! a few KB on the stack that stay in L1, and multiplies that block into
+//! the output channels' accumulators, across the input channels:
+//! `M_ξ [O, tiles]` for one image, which stays in L2 for the output
+//! transform that follows.
 //!
 //! `V_ξ` takes the same additions as the portable transform, and each sum
 //! over the input channels runs from the first to the last in FMAs, as
@@ -79,12 +81,12 @@ struct Image<'a> {
 
 #[cfg(target_arch = "x86_64")]
 impl InRegisters for Image<'_> {
-    /// `OB` output channels at a time (the rest one at a time).
+    /// `W` registers of tiles by `OB` output channels at a time.
     ///
     /// # Safety
     /// The CPU has `R`'s ISA; the lengths are as [`image()`] asserts.
     #[inline(always)]
-    unsafe fn run<R: Reg, const OB: usize>(self) {
+    unsafe fn run<R: Reg, const W: usize, const OB: usize>(self) {
         let Image {
             t,
             c,
@@ -125,10 +127,10 @@ impl InRegisters for Image<'_> {
             // SAFETY: the caller's promise.
             unsafe {
                 match (si, sj) {
-                    (false, false) => one.run_with::<R, OB>(v!(false, false)),
-                    (false, true) => one.run_with::<R, OB>(v!(false, true)),
-                    (true, false) => one.run_with::<R, OB>(v!(true, false)),
-                    (true, true) => one.run_with::<R, OB>(v!(true, true)),
+                    (false, false) => one.run_with::<R, W, OB>(v!(false, false)),
+                    (false, true) => one.run_with::<R, W, OB>(v!(false, true)),
+                    (true, false) => one.run_with::<R, W, OB>(v!(true, false)),
+                    (true, true) => one.run_with::<R, W, OB>(v!(true, true)),
                 }
             }
         }
