@@ -18,6 +18,7 @@ use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::mem::MaybeUninit;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,9 +252,12 @@ impl LayerKind for BatchNormalization {
         let (y, argmax) = match s.input {
             Shape::Image(_, h, w) if s.fused.max_pool2 => pooled_forward(x, c, h, w, &a, &b),
             _ => {
-                let mut y = vec![0f32; x.len()];
+                // (not zeroed first: a calloc of up to 16 MB a layer was
+                // a memset, 1–2% of the step, of values overwritten below)
+                let mut y = Vec::with_capacity(x.len());
                 let relu = s.fused.relu;
-                y.par_chunks_exact_mut(c * hw)
+                y.spare_capacity_mut()[..x.len()]
+                    .par_chunks_exact_mut(c * hw)
                     .zip(x.par_chunks_exact(c * hw))
                     .for_each(|(ys, xs)| {
                         // one sample: [C, H·W]
@@ -261,6 +265,9 @@ impl LayerKind for BatchNormalization {
                             scale_shift(xc, yc, a[k], b[k], relu);
                         }
                     });
+                // SAFETY: `x` is whole samples of `c` planes of `hw` (the
+                // layout), so the loop above wrote every element.
+                unsafe { y.set_len(x.len()) };
                 (y, Vec::new())
             }
         };
@@ -399,8 +406,9 @@ fn pooled_dx(
     coefficients: impl Fn(usize) -> [f32; 3] + Sync,
 ) -> Vec<f32> {
     let (wo, windows) = (w / 2, (h / 2) * (w / 2));
-    let mut dx = vec![0f32; x.len()];
-    dx.par_chunks_exact_mut(h * w)
+    let mut dx = Vec::with_capacity(x.len());
+    dx.spare_capacity_mut()[..x.len()]
+        .par_chunks_exact_mut(h * w)
         .zip(x.par_chunks_exact(h * w))
         .zip(dy.par_chunks_exact(windows).zip(y.par_chunks_exact(windows)))
         .zip(argmax.par_chunks_exact(windows))
@@ -409,12 +417,16 @@ fn pooled_dx(
         .for_each(|(p, (((dx, x), (d, y)), a))| {
             let [scale, offset, slope] = coefficients(p);
             scale_shift(x, dx, -scale * slope, -scale * offset, false);
+            // SAFETY: `scale_shift` wrote every element of the plane.
+            let dx = unsafe { &mut *(dx as *mut [MaybeUninit<f32>] as *mut [f32]) };
             for (i, ((&d, &y), &k)) in d.iter().zip(y).zip(a).enumerate() {
                 if y > 0.0 {
                     dx[window_max_at(i, k, wo, w)] += scale * d;
                 }
             }
         });
+    // SAFETY: `x` is whole planes of `h·w`, each written above.
+    unsafe { dx.set_len(x.len()) };
     dx
 }
 
@@ -639,16 +651,18 @@ multiversion! {
 }
 
 multiversion! {
-    /// `y = x·a + b` over one plane, then the fused ReLU.
-    fn scale_shift<T>(x: &[T], y: &mut [T], a: T, b: T, relu: bool) {
+    /// `y = x·a + b` over one plane, then the fused ReLU: writes every
+    /// element of `y` (as long as `x`).
+    fn scale_shift<T>(x: &[T], y: &mut [MaybeUninit<T>], a: T, b: T, relu: bool) {
+        assert_eq!(x.len(), y.len(), "a plane in, a plane out");
         // one pass each way (a second pass for the ReLU read the plane again)
         if relu {
             for (v, &u) in y.iter_mut().zip(x) {
-                *v = T::relu(T::mul_add(u, a, b));
+                v.write(T::relu(T::mul_add(u, a, b)));
             }
         } else {
             for (v, &u) in y.iter_mut().zip(x) {
-                *v = T::mul_add(u, a, b);
+                v.write(T::mul_add(u, a, b));
             }
         }
     }
