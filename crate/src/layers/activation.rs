@@ -362,10 +362,19 @@ const CHUNK: usize = 1 << 14;
 
 /// `f` of each value of `x`.
 fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(CHUNK)
+    // (not zero-filled first: that was a memset of the whole output)
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+        .for_each(|(y, x)| {
+            y.iter_mut().zip(x).for_each(|(y, &x)| {
+                y.write(f(x));
+            })
+        });
+    // SAFETY: the chunks of `y` and `x` pair up one to one, of equal
+    // lengths, so every element was written above.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
