@@ -20,13 +20,7 @@ const ITERS: usize = 10_000_000;
 fn main() {
     let best = |f: fn() -> Option<f64>| (0..3).filter_map(|_| f()).reduce(f64::max);
     let (f32_fma, bf16_dot) = (best(f32_gflops), best(bf16_gflops));
-    let f32_isa = if cfg!(target_arch = "x86_64") && is_x86_feature_detected("avx512f") {
-        "\"avx512f\""
-    } else if f32_fma.is_some() {
-        "\"avx2\""
-    } else {
-        "null"
-    };
+    let f32_isa = f32_isa().map_or("null".to_string(), |isa| format!("\"{isa}\""));
     let show = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.0}"));
     let ratio = f32_fma.zip(bf16_dot).map(|(f, b)| b / f);
     println!(
@@ -38,46 +32,43 @@ fn main() {
     );
 }
 
-/// GFLOP/s of f32 FMAs on one core, in zmm where the CPU has AVX-512F,
-/// else in ymm where it has AVX2 and FMA.
-fn f32_gflops() -> Option<f64> {
+/// The widest registers this CPU runs f32 FMAs in: "avx512f" (zmm), else
+/// "avx2" (ymm, with FMA); `None` off x86-64 or without either.
+fn f32_isa() -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {
-        let start = Instant::now();
-        let lanes = if is_x86_feature_detected("avx512f") {
-            // SAFETY: this CPU has AVX-512F.
-            std::hint::black_box(unsafe { x86::fma_loop(ITERS) });
-            16
-        } else if is_x86_feature_detected("avx2") && is_x86_feature_detected("fma") {
-            // SAFETY: this CPU has AVX2 and FMA.
-            std::hint::black_box(unsafe { x86::fma_loop_avx2(ITERS) });
-            8
-        } else {
-            return None;
-        };
-        // 12 registers × lanes × (multiply + add)
-        return Some((ITERS * 12 * lanes * 2) as f64 / start.elapsed().as_secs_f64() / 1e9);
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") {
+            return Some("avx512f");
+        }
+        if has!("avx2") && has!("fma") {
+            return Some("avx2");
+        }
     }
-    #[allow(unreachable_code)]
     None
 }
 
-/// `is_x86_feature_detected!` by name, false off x86-64.
-fn is_x86_feature_detected(feature: &str) -> bool {
+/// GFLOP/s of f32 FMAs on one core, in the registers of [`f32_isa`].
+#[allow(unreachable_code)] // (off x86-64, `f32_isa` is always `None`)
+fn f32_gflops() -> Option<f64> {
+    let isa = f32_isa()?;
+    let start = Instant::now();
     #[cfg(target_arch = "x86_64")]
-    {
-        match feature {
-            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
-            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
-            "fma" => std::arch::is_x86_feature_detected!("fma"),
-            _ => false,
+    let lanes = match isa {
+        // SAFETY (both): `f32_isa` found the ISA on this CPU.
+        "avx512f" => {
+            std::hint::black_box(unsafe { x86::fma_loop(ITERS) });
+            16
         }
-    }
+        _ => {
+            std::hint::black_box(unsafe { x86::fma_loop_avx2(ITERS) });
+            8
+        }
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = feature;
-        false
-    }
+    let lanes: usize = unreachable!("no {isa} off x86-64");
+    // 12 registers × lanes × (multiply + add)
+    Some((ITERS * 12 * lanes * 2) as f64 / start.elapsed().as_secs_f64() / 1e9)
 }
 
 /// GFLOP/s of bf16 dot products on one core, where the CPU has AVX512-BF16.
