@@ -108,6 +108,76 @@ impl Tiling {
     fn quad_len(&self) -> usize {
         self.plane_rows * self.tq + 1
     }
+    /// From one input channel's four planes to the next's, where the
+    /// products in registers read every channel's (see [`odd_lines`]).
+    fn channel_len(&self) -> usize {
+        odd_lines(4 * self.quad_len())
+    }
+}
+
+/// `len` values rounded up to an odd number of 64-byte lines (of f32; of
+/// 128-byte pairs of lines for f64). The passes here read or write many
+/// runs at once a fixed distance apart: the transforms 16 runs, one per
+/// `ξ` block of a chunk matrix, and the products in registers every input
+/// channel's planes. Runs a multiple of 4 KB apart (a 64-channel layer's
+/// `M_ξ` blocks of 64 × 48 tiles are 12 KB) map to the same sets of a
+/// 32 KB 8-way L1 and evict each other; an odd number of lines apart, they
+/// spread over all of them. On a Zen 3 core the output transform of that
+/// layer went from 11.1 to 7.0 µs an image, and the products of the
+/// 32-channel layer on 30 × 30 from 64 to 70 GFLOP/s (BENCHMARKS.md,
+/// 2026-12-07).
+fn odd_lines(len: usize) -> usize {
+    16 * (len.div_ceil(16) | 1)
+}
+
+/// A chunk matrix `[16, rows, cols]`, one block per `ξ`, with its blocks
+/// [`odd_lines`] apart.
+#[derive(Clone, Copy, Debug)]
+struct Blocks {
+    rows: usize,
+    cols: usize,
+}
+
+impl Blocks {
+    /// From one `ξ` block to the next.
+    fn stride(&self) -> usize {
+        odd_lines(self.rows * self.cols)
+    }
+    /// The whole matrix, padding included.
+    fn len(&self) -> usize {
+        XI * self.stride()
+    }
+    /// Block `ξ`, `[rows, cols]`.
+    fn block<'a, T>(&self, m: &'a [T], xi: usize) -> &'a [T] {
+        &m[xi * self.stride()..][..self.rows * self.cols]
+    }
+    /// Row `row` of each block, from column `t0`, `len` long.
+    fn streams<'a, T>(&self, m: &'a [T], row: usize, t0: usize, len: usize) -> [&'a [T]; XI] {
+        std::array::from_fn(|xi| &self.block(m, xi)[row * self.cols + t0..][..len])
+    }
+    /// Mutable [`Blocks::streams`].
+    fn streams_mut<'a, T>(
+        &self,
+        m: &'a mut [T],
+        row: usize,
+        t0: usize,
+        len: usize,
+    ) -> [&'a mut [T]; XI] {
+        let mut it = m[..self.len()]
+            .chunks_exact_mut(self.stride())
+            .map(|block| &mut block[row * self.cols + t0..][..len]);
+        std::array::from_fn(|_| it.next().expect("16 blocks"))
+    }
+    /// Zeroes the columns `used..cols` of every row: gemm reads them (and
+    /// sums over them for the kernel gradient), and scratch holds whatever
+    /// the last call left there.
+    fn zero_past<T: WithDType>(&self, m: &mut [T], used: usize) {
+        for block in m[..self.len()].chunks_exact_mut(self.stride()) {
+            for row in block[..self.rows * self.cols].chunks_exact_mut(self.cols) {
+                row[used..].fill(T::zero());
+            }
+        }
+    }
 }
 
 /// The kernels in the Winograd domain, `U [16, O, C]`: `G g Gᵀ` for each
@@ -292,46 +362,6 @@ fn merge<T: Float>(
             last.write(act(even[even_len - 1]));
         }
     }
-}
-
-/// Zeroes the columns `used..cols` of every row of a chunk matrix: gemm
-/// reads them (and sums over them for the kernel gradient), and scratch
-/// holds whatever the last call left there.
-fn zero_past<T: WithDType>(m: &mut [T], cols: usize, used: usize) {
-    for row in m.chunks_exact_mut(cols) {
-        row[used..].fill(T::zero());
-    }
-}
-
-/// Row `ch` of each `ξ` block of a chunk matrix `[16, channels, cols]`,
-/// from column `t0`, `len` long.
-fn streams_mut<T>(
-    m: &mut [T],
-    channels: usize,
-    ch: usize,
-    cols: usize,
-    t0: usize,
-    len: usize,
-) -> [&mut [T]; XI] {
-    let mut it = m
-        .chunks_exact_mut(channels * cols)
-        .map(|block| &mut block[ch * cols + t0..][..len]);
-    std::array::from_fn(|_| it.next().expect("16 blocks"))
-}
-
-/// Read-only [`streams_mut`].
-fn streams<T>(
-    m: &[T],
-    channels: usize,
-    ch: usize,
-    cols: usize,
-    t0: usize,
-    len: usize,
-) -> [&[T]; XI] {
-    let mut it = m
-        .chunks_exact(channels * cols)
-        .map(|block| &block[ch * cols + t0..][..len]);
-    std::array::from_fn(|_| it.next().expect("16 blocks"))
 }
 
 /// The 16 entries of every tile's 4×4 patch, `(k, l)` at `4k + l`, as runs
@@ -587,16 +617,18 @@ impl<I: Iterator> ArrayChunks for I {}
 /// For each ξ, `dst_ξᵀ = lhs_ξᵀ · rhs_ξ` where `lhs_ξ` is `[inner, cols]` row-major
 /// (read as its column-major transpose, gemm's in-place form) and `rhs_ξ`
 /// `[inner, rows]` is read through `(rhs_cs, rhs_rs)`; `dst_ξ` is
-/// `[rows, cols]` row-major.
+/// `[rows, cols]` row-major. `dst` and `lhs` are chunk matrices ([`Blocks`]),
+/// `rhs` 16 blocks side by side.
 #[rustfmt::skip]
 #[allow(clippy::too_many_arguments)]
 fn gemm_tiles<T: WithDType>(
     cols: usize, rows: usize, inner: usize,
     dst: &mut [T], lhs: &[T], rhs: &[T], rhs_strides: (isize, isize), par: Parallelism,
 ) {
+    let (d_blocks, l_blocks) = (Blocks { rows, cols }, Blocks { rows: inner, cols });
     for xi in 0..XI {
-        let (d, l, r) = (&mut dst[xi * rows * cols..][..rows * cols],
-                         &lhs[xi * inner * cols..][..inner * cols],
+        let (d, l, r) = (&mut dst[xi * d_blocks.stride()..][..rows * cols],
+                         l_blocks.block(lhs, xi),
                          &rhs[xi * inner * rows..][..inner * rows]);
         // SAFETY: d [rows, cols] and l [inner, cols] are row-major with these
         // sizes, read as column-major transposes; r holds inner·rows values,
@@ -662,14 +694,15 @@ fn forward_in_chunks<T: Float>(
         .for_each(|((y_chunk, argmax_chunk), x_chunk)| {
             let (images, n) = (x_chunk.len() / g.x_image(), t.per_image());
             let cols = t.cols(images);
-            let (v_len, m_len) = (XI * g.c * cols, XI * g.o * cols);
+            let (vb, mb) = (Blocks { rows: g.c, cols }, Blocks { rows: g.o, cols });
+            let (v_len, m_len) = (vb.len(), mb.len());
             T::with_scratch(v_len + m_len + work_len(&t), |scratch| {
                 let (v, rest) = scratch.split_at_mut(v_len);
                 let (m, work) = rest.split_at_mut(m_len);
-                zero_past(v, cols, images * n);
+                vb.zero_past(v, images * n);
                 for (i, x_n) in x_chunk.chunks_exact(g.x_image()).enumerate() {
                     for (c, x_c) in x_n.chunks_exact(g.h * g.w).enumerate() {
-                        input_tiles(g, &t, x_c, streams_mut(v, g.c, c, cols, i * n, n), work);
+                        input_tiles(g, &t, x_c, vb.streams_mut(v, c, i * n, n), work);
                     }
                 }
                 // U_ξ [O, C] read as U_ξᵀ: column stride C, row stride 1.
@@ -679,7 +712,7 @@ fn forward_in_chunks<T: Float>(
                     .as_deref_mut()
                     .map(|a| a.chunks_exact_mut(plane));
                 for (j, (y_o, &b)) in planes.zip(bias.iter().cycle()).enumerate() {
-                    let m = streams(m, g.o, j % g.o, cols, j / g.o * n, n);
+                    let m = mb.streams(m, j % g.o, j / g.o * n, n);
                     let argmax = argmax_planes.as_mut().and_then(Iterator::next);
                     output_tiles(g, &t, m, y_o, b, relu, argmax, work);
                 }
@@ -740,18 +773,19 @@ fn forward_in_registers<T: Float>(
     let argmax_len = if pool { g.n * y_image } else { 0 };
     let mut argmax = Vec::new();
     let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, y_image, g.n);
-    let quads_len = g.c * 4 * t.quad_len();
+    let quads_len = g.c * t.channel_len();
     y.spare_capacity_mut()[..g.n * y_image]
         .par_chunks_mut(y_image)
         .zip(argmax_chunks.par_iter_mut())
         .zip(x.par_chunks(g.x_image()))
         .for_each(|((y_n, argmax_n), x_n)| {
-            T::with_scratch(quads_len + XI * g.o * n + work_len(&t), |scratch| {
+            let mb = Blocks { rows: g.o, cols: n };
+            T::with_scratch(quads_len + mb.len() + work_len(&t), |scratch| {
                 let (quads, rest) = scratch.split_at_mut(quads_len);
-                let (m, work) = rest.split_at_mut(XI * g.o * n);
+                let (m, work) = rest.split_at_mut(mb.len());
                 for (x_c, q) in x_n
                     .chunks_exact(g.h * g.w)
-                    .zip(quads.chunks_exact_mut(4 * t.quad_len()))
+                    .zip(quads.chunks_exact_mut(t.channel_len()))
                 {
                     split_planes(x_c, g.w, g.p(), &t, q);
                 }
@@ -759,7 +793,7 @@ fn forward_in_registers<T: Float>(
                 let planes = y_n.chunks_exact_mut(plane);
                 let mut argmax_planes = argmax_n.as_deref_mut().map(|a| a.chunks_exact_mut(plane));
                 for (o, (y_o, &b)) in planes.zip(bias).enumerate() {
-                    let m = streams(m, g.o, o, n, 0, n);
+                    let m = mb.streams(m, o, 0, n);
                     let argmax = argmax_planes.as_mut().and_then(Iterator::next);
                     output_tiles(g, &t, m, y_o, b, relu, argmax, work);
                 }
@@ -816,7 +850,8 @@ pub(super) fn backward<T: Float>(
             let mut db = vec![0f64; g.o];
             let images = r * per_run..((r + 1) * per_run).min(g.n);
             let max_cols = t.cols(t.per_chunk.min(images.len()));
-            let (v_len, dm_len) = (XI * g.c * max_cols, XI * g.o * max_cols);
+            let blocks = |rows: usize, cols: usize| Blocks { rows, cols };
+            let (v_len, dm_len) = (blocks(g.c, max_cols).len(), blocks(g.o, max_cols).len());
             T::with_scratch(2 * v_len + dm_len + g.y_image() + work_len(&t), |scratch| {
                 let (v, rest) = scratch.split_at_mut(v_len);
                 let (dv, rest) = rest.split_at_mut(v_len);
@@ -825,11 +860,12 @@ pub(super) fn backward<T: Float>(
                 for first in images.clone().step_by(t.per_chunk) {
                     let chunk = first..(first + t.per_chunk).min(images.end);
                     let cols = t.cols(chunk.len());
-                    let v = &mut v[..XI * g.c * cols];
-                    let dv = &mut dv[..XI * g.c * cols];
-                    let dm = &mut dm[..XI * g.o * cols];
-                    zero_past(v, cols, chunk.len() * n);
-                    zero_past(dm, cols, chunk.len() * n);
+                    let (vb, mb) = (blocks(g.c, cols), blocks(g.o, cols));
+                    let v = &mut v[..vb.len()];
+                    let dv = &mut dv[..vb.len()];
+                    let dm = &mut dm[..mb.len()];
+                    vb.zero_past(v, chunk.len() * n);
+                    mb.zero_past(dm, chunk.len() * n);
                     for (j, i) in chunk.clone().enumerate() {
                         if let (Some(argmax), Some(y)) = (argmax, y) {
                             let (image, plane) = (g.pooled_image(), g.pooled_image() / g.o);
@@ -847,27 +883,21 @@ pub(super) fn backward<T: Float>(
                                         dy_o.iter().zip(y_o).map(|(&d, &y)| T::relu_grad(d, y));
                                     db[o] += passed.map(|v| v.to_f64()).sum::<f64>();
                                 }
-                                let dm = streams_mut(dm, g.o, o, cols, j * n, n);
+                                let dm = mb.streams_mut(dm, o, j * n, n);
                                 pooled_grad_tiles(g, &t, dy_o, y_o, argmax_o, dm, work);
                             }
                         } else {
                             let db = want.db.then_some(&mut db[..]);
                             let dy_n = image_grad(g, i, dy, y, masked, db);
                             for (o, dy_o) in dy_n.chunks_exact(g.hw_out()).enumerate() {
-                                let dm = streams_mut(dm, g.o, o, cols, j * n, n);
+                                let dm = mb.streams_mut(dm, o, j * n, n);
                                 output_grad_tiles(g, &t, dy_o, dm, work);
                             }
                         }
                         if want.dk {
                             let x_n = &x[i * g.x_image()..][..g.x_image()];
                             for (c, x_c) in x_n.chunks_exact(g.h * g.w).enumerate() {
-                                input_tiles(
-                                    g,
-                                    &t,
-                                    x_c,
-                                    streams_mut(v, g.c, c, cols, j * n, n),
-                                    work,
-                                );
+                                input_tiles(g, &t, x_c, vb.streams_mut(v, c, j * n, n), work);
                             }
                         }
                     }
@@ -884,7 +914,7 @@ pub(super) fn backward<T: Float>(
                             let at = (i - images.start) * g.x_image();
                             let dx_n = &mut dx_run[at..][..g.x_image()];
                             for (c, dx_c) in dx_n.chunks_exact_mut(g.h * g.w).enumerate() {
-                                let dv = streams(dv, g.c, c, cols, j * n, n);
+                                let dv = vb.streams(dv, c, j * n, n);
                                 input_grad_tiles(g, &t, dv, dx_c, work);
                             }
                         }
@@ -910,12 +940,9 @@ pub(super) fn backward<T: Float>(
 
 /// `dUᵀ_ξ [C, O] += (dM_ξ [O, cols] · V_ξ [C, cols]ᵀ)ᵀ` for each ξ.
 fn gemm_kernel_grad<T: Float>(g: &Geom, cols: usize, dm: &[T], v: &[T], du_t: &mut [T]) {
-    for ((dm, v), du_t) in dm
-        .chunks_exact(g.o * cols)
-        .zip(v.chunks_exact(g.c * cols))
-        .zip(du_t.chunks_exact_mut(g.c * g.o))
-    {
-        kernel_grad_dots(g.o, g.c, cols, dm, v, du_t);
+    let (mb, vb) = (Blocks { rows: g.o, cols }, Blocks { rows: g.c, cols });
+    for (xi, du_t) in du_t.chunks_exact_mut(g.c * g.o).enumerate() {
+        kernel_grad_dots(g.o, g.c, cols, mb.block(dm, xi), vb.block(v, xi), du_t);
     }
 }
 
@@ -981,6 +1008,44 @@ mod tests {
         }
     }
 
+    /// The runs the passes read or write together, for the article's three
+    /// Winograd layers: the `ξ` blocks of the forward's `M`, of the
+    /// backward's chunk matrices, and the products' channel planes, are
+    /// an odd number of 64-byte lines apart (never a multiple of 4 KB,
+    /// see [`odd_lines`]), and past the values each holds.
+    #[test]
+    fn runs_read_together_are_an_odd_number_of_lines_apart() {
+        // (in, out, side, padding, pooled)
+        for (c, o, side, pad, pool) in [
+            (32, 32, 32, 0, true),
+            (32, 64, 15, 1, false),
+            (64, 64, 15, 0, true),
+        ] {
+            let g = Geom::new(&[128, c, side, side], &[o, c, 3, 3], &[o], pad).unwrap();
+            let t = Tiling::new(&g, pool);
+            let cols = t.cols(t.per_chunk);
+            let runs = [
+                (
+                    "M per image",
+                    Blocks {
+                        rows: o,
+                        cols: t.per_image(),
+                    }
+                    .stride(),
+                    o * t.per_image(),
+                ),
+                ("V per chunk", Blocks { rows: c, cols }.stride(), c * cols),
+                ("dM per chunk", Blocks { rows: o, cols }.stride(), o * cols),
+                ("planes", t.channel_len(), 4 * t.quad_len()),
+            ];
+            for (what, stride, len) in runs {
+                let case = format!("{c}→{o}, {side}²: {what}, {stride} f32 apart");
+                assert!(stride >= len, "{case}, holding {len}");
+                assert!(stride % 16 == 0 && (stride / 16) % 2 == 1, "{case}");
+            }
+        }
+    }
+
     /// The backward's `dV` in registers gives gemm's values bit for bit, on
     /// every ISA the CPU has: the article's channel counts, counts that
     /// leave partial blocks of rows, a chunk of one register's columns, and
@@ -998,9 +1063,10 @@ mod tests {
             // more summed channels than the kernel's block of `V` holds
             (48, 7, 130),
         ] {
-            let dm: Vec<f32> = (0..XI * o * cols).map(|_| next()).collect();
+            let (mb, vb) = (Blocks { rows: o, cols }, Blocks { rows: c, cols });
+            let dm: Vec<f32> = (0..mb.len()).map(|_| next()).collect();
             let u: Vec<f32> = (0..XI * o * c).map(|_| next()).collect();
-            let mut want = vec![0f32; XI * c * cols];
+            let mut want = vec![0f32; vb.len()];
             gemm_tiles(
                 cols,
                 c,
@@ -1012,8 +1078,11 @@ mod tests {
                 Parallelism::None,
             );
             for isa in Isa::available() {
-                let mut got = vec![f32::NAN; XI * c * cols];
+                let mut got = vec![f32::NAN; vb.len()];
                 products::chunk_input_grad(isa, cols, c, o, &dm, &u, &mut got);
+                // (the blocks; not the padding between them)
+                let blocks = |m: &[f32]| (0..XI).flat_map(|xi| vb.block(m, xi).to_vec()).collect();
+                let (got, want): (Vec<f32>, Vec<f32>) = (blocks(&got), blocks(&want));
                 let differ = got
                     .iter()
                     .zip(&want)

@@ -26,7 +26,7 @@
 //! read straight from the chunk matrix `dM` (one load instead of four taps):
 //! [`chunk_input_grad`], again gemm's values bit for bit.
 
-use super::{Tiling, TAPS, XI};
+use super::{Blocks, Tiling, TAPS, XI};
 pub(in crate::kernels::conv) use crate::kernels::conv::products::Isa;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::conv::products::{InRegisters, Products, Strided};
@@ -34,9 +34,10 @@ use crate::kernels::conv::products::{InRegisters, Products, Strided};
 use crate::kernels::simd::regs::Reg;
 use crate::kernels::simd::Float;
 
-/// `M_ξ [O, n]` for every `ξ` (`m [16, O, n]`, `n` the image's tiles) of one
+/// `M_ξ [O, n]` for every `ξ` (`m [16, O, n]` as [`Blocks`], `n` the image's tiles) of one
 /// image: `M_ξ = U_ξ · V_ξ` with `V_ξ` computed on the fly from the image's
-/// quadrant planes `quads [C, 4, quad_len]`, and the kernels in the
+/// quadrant planes `quads [C, 4, quad_len]` (channels
+/// [`Tiling::channel_len`] apart), and the kernels in the
 /// Winograd domain as `ut [16, C, O]`.
 pub(super) fn image(
     isa: Isa,
@@ -50,7 +51,8 @@ pub(super) fn image(
     let n = t.per_image();
     assert!(isa.present(), "this CPU has no {isa:?}");
     assert!(n >= isa.lanes(), "{n} tiles, fewer than a register's lanes");
-    assert!(quads.len() >= c * 4 * t.quad_len() && ut.len() >= XI * c * o && m.len() >= XI * o * n);
+    let mb = Blocks { rows: o, cols: n };
+    assert!(quads.len() >= c * t.channel_len() && ut.len() >= XI * c * o && m.len() >= mb.len());
     #[cfg(target_arch = "x86_64")]
     {
         let job = Image {
@@ -112,10 +114,10 @@ impl InRegisters for Image<'_> {
                 c,
                 o,
                 src: quads.as_ptr(),
-                rows: Strided(4 * ql),
+                rows: Strided(t.channel_len()),
                 taps: [at(k1, l1), at(k2, l1), at(k1, l2), at(k2, l2)],
                 u: ut[xi * c * o..].as_ptr(),
-                m: m[xi * o * n..].as_mut_ptr(),
+                m: m[xi * Blocks { rows: o, cols: n }.stride()..].as_mut_ptr(),
             };
             // V_ξ = (d₀ ∓ d₁) ∓ (d₂ ∓ d₃): `si`, `sj` say which subtract (as
             // constants in each arm, so that no branch is left in the loop).
@@ -138,9 +140,9 @@ impl InRegisters for Image<'_> {
 }
 
 /// The backward's `dV_ξ = U_ξᵀ · dM_ξ` for every `ξ` of one chunk, in
-/// registers, as [`image()`] does the forward's products: `dm [16, O, cols]`,
-/// the kernels in the Winograd domain `u [16, O, C]`, into
-/// `dv [16, C, cols]`. `cols` is a multiple of the registers' lanes (the
+/// registers, as [`image()`] does the forward's products: `dm [16, O, cols]`
+/// (as [`Blocks`]), the kernels in the Winograd domain `u [16, O, C]`, into
+/// `dv [16, C, cols]` (as [`Blocks`]). `cols` is a multiple of the registers' lanes (the
 /// chunk matrices' columns are rounded up to 16). gemm, which this
 /// replaces, packs both operands first and runs its microkernels at depths
 /// of 32 and 64 below its best rate.
@@ -163,7 +165,8 @@ pub(super) fn chunk_input_grad<T: Float>(
         cols.is_multiple_of(isa.lanes()),
         "{cols} columns, not whole registers"
     );
-    assert!(dm.len() >= XI * o * cols && u.len() >= XI * o * c && dv.len() >= XI * c * cols);
+    let (mb, vb) = (Blocks { rows: o, cols }, Blocks { rows: c, cols });
+    assert!(dm.len() >= mb.len() && u.len() >= XI * o * c && dv.len() >= vb.len());
     // SAFETY (the three casts): T is f32 (asserted).
     let (dm, u, dv) = unsafe {
         (
@@ -181,11 +184,11 @@ pub(super) fn chunk_input_grad<T: Float>(
                 n: cols,
                 c: o,
                 o: c,
-                src: dm[xi * o * cols..].as_ptr(),
+                src: mb.block(dm, xi).as_ptr(),
                 rows: Strided(cols),
                 taps: [0],
                 u: u[xi * o * c..].as_ptr(),
-                m: dv[xi * c * cols..].as_mut_ptr(),
+                m: dv[xi * vb.stride()..].as_mut_ptr(),
             };
             // SAFETY: dM_ξ, U_ξ and dV_ξ lie inside the slices (asserted).
             unsafe { isa.run(job) };
