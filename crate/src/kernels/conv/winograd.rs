@@ -151,6 +151,10 @@ impl Blocks {
     fn block<'a, T>(&self, m: &'a [T], xi: usize) -> &'a [T] {
         &m[xi * self.stride()..][..self.rows * self.cols]
     }
+    /// Mutable [`Blocks::block`].
+    fn block_mut<'a, T>(&self, m: &'a mut [T], xi: usize) -> &'a mut [T] {
+        &mut m[xi * self.stride()..][..self.rows * self.cols]
+    }
     /// Row `row` of each block, from column `t0`, `len` long.
     fn streams<'a, T>(&self, m: &'a [T], row: usize, t0: usize, len: usize) -> [&'a [T]; XI] {
         std::array::from_fn(|xi| &self.block(m, xi)[row * self.cols + t0..][..len])
@@ -627,7 +631,7 @@ fn gemm_tiles<T: WithDType>(
 ) {
     let (d_blocks, l_blocks) = (Blocks { rows, cols }, Blocks { rows: inner, cols });
     for xi in 0..XI {
-        let (d, l, r) = (&mut dst[xi * d_blocks.stride()..][..rows * cols],
+        let (d, l, r) = (d_blocks.block_mut(dst, xi),
                          l_blocks.block(lhs, xi),
                          &rhs[xi * inner * rows..][..inner * rows]);
         // SAFETY: d [rows, cols] and l [inner, cols] are row-major with these
@@ -1024,21 +1028,14 @@ mod tests {
             let g = Geom::new(&[128, c, side, side], &[o, c, 3, 3], &[o], pad).unwrap();
             let t = Tiling::new(&g, pool);
             let cols = t.cols(t.per_chunk);
+            let blocks = |rows: usize, cols: usize| (Blocks { rows, cols }.stride(), rows * cols);
             let runs = [
-                (
-                    "M per image",
-                    Blocks {
-                        rows: o,
-                        cols: t.per_image(),
-                    }
-                    .stride(),
-                    o * t.per_image(),
-                ),
-                ("V per chunk", Blocks { rows: c, cols }.stride(), c * cols),
-                ("dM per chunk", Blocks { rows: o, cols }.stride(), o * cols),
-                ("planes", t.channel_len(), 4 * t.quad_len()),
+                ("M per image", blocks(o, t.per_image())),
+                ("V per chunk", blocks(c, cols)),
+                ("dM per chunk", blocks(o, cols)),
+                ("planes", (t.channel_len(), 4 * t.quad_len())),
             ];
-            for (what, stride, len) in runs {
+            for (what, (stride, len)) in runs {
                 let case = format!("{c}→{o}, {side}²: {what}, {stride} f32 apart");
                 assert!(stride >= len, "{case}, holding {len}");
                 assert!(stride % 16 == 0 && (stride / 16) % 2 == 1, "{case}");

@@ -117,7 +117,7 @@ impl InRegisters for Image<'_> {
                 rows: Strided(t.channel_len()),
                 taps: [at(k1, l1), at(k2, l1), at(k1, l2), at(k2, l2)],
                 u: ut[xi * c * o..].as_ptr(),
-                m: m[xi * Blocks { rows: o, cols: n }.stride()..].as_mut_ptr(),
+                m: Blocks { rows: o, cols: n }.block_mut(m, xi).as_mut_ptr(),
             };
             // V_ξ = (d₀ ∓ d₁) ∓ (d₂ ∓ d₃): `si`, `sj` say which subtract (as
             // constants in each arm, so that no branch is left in the loop).
@@ -188,7 +188,7 @@ pub(super) fn chunk_input_grad<T: Float>(
                 rows: Strided(cols),
                 taps: [0],
                 u: u[xi * o * c..].as_ptr(),
-                m: dv[xi * vb.stride()..].as_mut_ptr(),
+                m: vb.block_mut(dv, xi).as_mut_ptr(),
             };
             // SAFETY: dM_ξ, U_ξ and dV_ξ lie inside the slices (asserted).
             unsafe { isa.run(job) };
