@@ -304,10 +304,45 @@ pub(crate) mod regs {
         unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
         /// `x` in every lane.
         unsafe fn splat(x: f32) -> Self;
+        /// Lane by lane, `self` or `b`, whichever is greater; `b` where
+        /// either is NaN (so `v.max(zero)` is `f32::relu`'s).
+        unsafe fn max(self, b: Self) -> Self;
+        /// A running maximum and its position, lane by lane: `(v, q)` where
+        /// `v` takes over `best` (greater, or NaN, as `max_pool2d`'s
+        /// `takes_over`), else `(best, k)`.
+        unsafe fn keep_max(best: Self, k: Self, v: Self, q: Self) -> (Self, Self);
+    }
+
+    #[inline(always)]
+    unsafe fn keep_max256(best: __m256, k: __m256, v: __m256, q: __m256) -> (__m256, __m256) {
+        // SAFETY: the caller's promise (AVX).
+        unsafe {
+            let over = _mm256_or_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(v, best),
+                _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+            );
+            (
+                _mm256_blendv_ps(best, v, over),
+                _mm256_blendv_ps(k, q, over),
+            )
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn keep_max512(best: __m512, k: __m512, v: __m512, q: __m512) -> (__m512, __m512) {
+        // SAFETY: the caller's promise (AVX-512F).
+        unsafe {
+            let over = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best)
+                | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            (
+                _mm512_mask_blend_ps(over, best, v),
+                _mm512_mask_blend_ps(over, k, q),
+            )
+        }
     }
 
     macro_rules! reg {
-        ($r:ty, $l:expr, $zero:ident, $load:ident, $store:ident, $add:ident, $sub:ident, $fmadd:ident, $splat:ident) => {
+        ($r:ty, $l:expr, $zero:ident, $load:ident, $store:ident, $add:ident, $sub:ident, $fmadd:ident, $splat:ident, $max:ident, $keep_max:ident) => {
             impl Reg for $r {
                 const L: usize = $l;
                 // SAFETY (every method): the caller's promise (the CPU has
@@ -340,6 +375,14 @@ pub(crate) mod regs {
                 unsafe fn splat(x: f32) -> Self {
                     unsafe { $splat(x) }
                 }
+                #[inline(always)]
+                unsafe fn max(self, b: Self) -> Self {
+                    unsafe { $max(self, b) }
+                }
+                #[inline(always)]
+                unsafe fn keep_max(best: Self, k: Self, v: Self, q: Self) -> (Self, Self) {
+                    unsafe { $keep_max(best, k, v, q) }
+                }
             }
         };
     }
@@ -352,7 +395,9 @@ pub(crate) mod regs {
         _mm256_add_ps,
         _mm256_sub_ps,
         _mm256_fmadd_ps,
-        _mm256_set1_ps
+        _mm256_set1_ps,
+        _mm256_max_ps,
+        keep_max256
     );
     reg!(
         __m512,
@@ -363,7 +408,9 @@ pub(crate) mod regs {
         _mm512_add_ps,
         _mm512_sub_ps,
         _mm512_fmadd_ps,
-        _mm512_set1_ps
+        _mm512_set1_ps,
+        _mm512_max_ps,
+        keep_max512
     );
 }
 

@@ -24,6 +24,10 @@
 //! the products. The forward in f32 on x86 CPUs skips `V`'s matrix, and
 //! the backward's `dV` skips gemm's packing: see [`products`]. In f32 the results differ from im2col's only by rounding
 //! (the transforms' coefficients are 0, ±1 and ±½).
+//!
+//! The pooled forward of a layer whose tile rows fill a register (the
+//! article's second layer, on AVX2) goes through F(4×4, 3×3) instead,
+//! 2.25 multiplies a pixel against 4: see [`f4`].
 
 use super::geom::{
     data_chunks, gemm_parallelism, image_grad, sum_runs, Geom, Wanted, BACKWARD_RUNS,
@@ -36,6 +40,7 @@ use products::Isa;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+mod f4;
 mod products;
 
 /// Entries of a transformed 4×4 tile, `ξ = 4·row + column`: one gemm each.
@@ -647,8 +652,9 @@ fn gemm_tiles<T: WithDType>(
 /// tile is then max-pooled (after the ReLU): the result is
 /// `[N, O, Ho/2, Wo/2]`, and the second vector holds each window's argmax
 /// for [`backward`]. f32 on CPUs with AVX2 or AVX-512 takes the products in
-/// registers, image by image, without writing `V` ([`products`]); the rest
-/// goes chunk by chunk through gemm.
+/// registers, image by image, without writing `V` ([`products`]), and
+/// F(4×4) where it pays ([`f4::pays`]); the rest goes chunk by chunk
+/// through gemm.
 pub(super) fn forward<T: Float>(
     g: &Geom,
     x: &[T],
@@ -658,6 +664,7 @@ pub(super) fn forward<T: Float>(
     pool: bool,
 ) -> (Vec<T>, Vec<u8>) {
     match Isa::pick::<T>(Tiling::new(g, pool).per_image()) {
+        Some(isa) if pool && f4::pays(isa, g) => f4::forward(isa, g, x, kernel, bias),
         Some(isa) => forward_in_registers(isa, g, x, kernel, bias, relu, pool),
         None => forward_in_chunks(g, x, kernel, bias, relu, pool),
     }

@@ -1,0 +1,632 @@
+//! Winograd F(4×4, 3×3) for the forward of a 3×3 convolution that a ReLU
+//! and a 2×2 max-pooling follow, in f32 on CPUs with AVX2 or AVX-512, where
+//! a tile row fills a register: the article's second layer (30 × 30
+//! outputs, the model's largest) on AVX2.
+//!
+//! Each 4×4 block of outputs (a tile: four pooling windows) comes from the
+//! 6×6 input patch under it as `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`: 36 products per
+//! tile and channel pair, 2.25 a pixel, against F(2×2)'s 4 ([`super`]). The
+//! coefficients are no longer only 0, ±1 and ±½ (up to 8 in `Aᵀ`, a sixth
+//! and a 24th in `G`), so the values differ from the exact ones by more
+//! rounding than F(2×2)'s (a test bounds it). The backward stays on F(2×2):
+//! it recomputes its own transforms from `x`, and the pooling's argmax
+//! means the same either way.
+//!
+//! Per image: the input goes to 16 *phase planes* (row and column mod 4),
+//! as F(2×2)'s goes to four quadrant planes, so that each patch entry of a
+//! tile row's tiles is one contiguous run; `V = Bᵀ d B` of every channel
+//! in registers ([`InputTransform`]); the 36 products `M_ξ = U_ξ · V_ξ` by
+//! the register products of [`crate::kernels::conv::products`]; each output
+//! channel's `Aᵀ M A`, bias, ReLU and pooling in registers
+//! ([`PooledOutput`]). The transforms are written against
+//! [`Reg`] rather than left to the compiler: as loops over the runs of a
+//! 64-tile image they compiled to scalar code, or to vector code whose
+//! setup (overlap checks of a dozen pointers) cost as much as its work, and
+//! F(4×4) was slower than F(2×2) (BENCHMARKS.md, 2026-12-07, night).
+
+use super::odd_lines;
+use crate::kernels::conv::geom::{data_chunks, Geom};
+use crate::kernels::conv::products::Isa;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::conv::products::{InRegisters, Products, Strided};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::simd::regs::Reg;
+use crate::kernels::simd::{multiversion, Float};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Entries of a transformed 6×6 patch, `ξ = 6·i + j`.
+const XI: usize = 36;
+
+/// How the pooled output splits into 4×4 tiles (2×2 pooled pixels each),
+/// and the input into phase planes. Patch entry `(k, l)` of tile
+/// `(ty, tx)` is entry `(ty + k/4, tx + l/4)` of phase plane
+/// `4·(k%4) + l%4`, whose rows are `tw + 1` long (the patches reach one
+/// column past their tile's): a tile row's entries are one contiguous run.
+/// The tiles themselves are numbered `t = ty·tw + tx` in `V` and `M`: no
+/// column past the image (F(2×2)'s layout computes one, 1/9 of the products
+/// here).
+#[derive(Clone, Copy, Debug)]
+struct Tiling4 {
+    /// tile rows: the pooled rows halved, rounded up
+    th: usize,
+    /// tile columns: the pooled columns halved, rounded up
+    tw: usize,
+}
+
+impl Tiling4 {
+    fn new(g: &Geom) -> Self {
+        Tiling4 {
+            th: (g.ho / 2).div_ceil(2),
+            tw: (g.wo / 2).div_ceil(2),
+        }
+    }
+    /// Tiles of one image.
+    fn per_image(&self) -> usize {
+        self.th * self.tw
+    }
+    /// A phase plane's row length.
+    fn row(&self) -> usize {
+        self.tw + 1
+    }
+    /// One phase plane: `th + 1` rows (the patches reach one row past
+    /// their tile's).
+    fn plane_len(&self) -> usize {
+        (self.th + 1) * self.row()
+    }
+    /// From one input channel's 16 planes to the next's.
+    fn channel_len(&self) -> usize {
+        odd_lines(16 * self.plane_len())
+    }
+}
+
+/// Whether F(4×4) runs this pooled layer in `isa`: its transforms go a
+/// tile row at a time, so a row must fill a register (the article's second
+/// layer has rows of 8 tiles: AVX2, not AVX-512), and an image must have at
+/// least four registers of tiles (its fourth layer, 3 × 3 tiles, does not:
+/// there F(4×4) took twice F(2×2)'s time, in the first version of this
+/// file). On a Zen 3 the second layer's forward takes 17% less time than
+/// with F(2×2) (BENCHMARKS.md, 2026-12-07, night).
+pub(super) fn pays(isa: Isa, g: &Geom) -> bool {
+    let (t, l) = (Tiling4::new(g), isa.lanes());
+    t.tw >= l && t.per_image() >= 4 * l
+}
+
+/// `G = [[¼, 0, 0], [-⅙, -⅙, -⅙], [-⅙, ⅙, -⅙], [1/24, 1/12, ⅙],
+/// [1/24, -1/12, ⅙], [0, 0, 1]]` applied to three values (in f64: the
+/// kernels are rounded to f32 once, at the end).
+fn g6(a: f64, b: f64, c: f64) -> [f64; 6] {
+    [
+        a / 4.0,
+        -(a + b + c) / 6.0,
+        -(a - b + c) / 6.0,
+        a / 24.0 + b / 12.0 + c / 6.0,
+        a / 24.0 - b / 12.0 + c / 6.0,
+        c,
+    ]
+}
+
+/// The kernels in the Winograd domain as `ut [36, C, O]` (one `ξ` and
+/// input channel's `O` values side by side, as the products read them):
+/// `G g Gᵀ` of each 3×3 kernel of `kernel [O, C, 3, 3]`.
+fn transform_kernel(g: &Geom, kernel: &[f32]) -> Vec<f32> {
+    let mut ut = vec![0f32; XI * g.c * g.o];
+    for (j, k) in kernel.chunks_exact(9).enumerate() {
+        let (o, c) = (j / g.c, j % g.c);
+        let k = |at: usize| f64::from(k[at]);
+        // G g, column by column: cols[l][i] = (G g)[i][l] ...
+        let cols = [0, 1, 2].map(|l| g6(k(l), k(3 + l), k(6 + l)));
+        for i in 0..6 {
+            // ... then (G g) Gᵀ, row by row.
+            let row = g6(cols[0][i], cols[1][i], cols[2][i]);
+            for (jj, v) in row.into_iter().enumerate() {
+                ut[((6 * i + jj) * g.c + c) * g.o + o] = v as f32;
+            }
+        }
+    }
+    ut
+}
+
+/// `Bᵀ = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+/// [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]` applied
+/// to six registers.
+///
+/// # Safety
+/// The CPU has `R`'s ISA.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bt<R: Reg>([d0, d1, d2, d3, d4, d5]: [R; 6]) -> [R; 6] {
+    // SAFETY: the caller's promise.
+    unsafe {
+        let (four, five, two) = (R::splat(4.0), R::splat(-5.0), R::splat(2.0));
+        let (m4, m2) = (R::splat(-4.0), R::splat(-2.0));
+        let (d12, p12, d31, d42) = (d1.sub(d2), d1.add(d2), d3.sub(d1), d4.sub(d2));
+        [
+            R::fmadd(four, d0, R::fmadd(five, d2, d4)),
+            R::fmadd(m4, p12, d3.add(d4)),
+            R::fmadd(four, d12, d4.sub(d3)),
+            R::fmadd(two, d31, d42),
+            R::fmadd(m2, d31, d42),
+            R::fmadd(four, d1, R::fmadd(five, d3, d5)),
+        ]
+    }
+}
+
+/// `Aᵀ = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+/// [0, 1, -1, 8, -8, 1]]` applied to six registers.
+///
+/// # Safety
+/// The CPU has `R`'s ISA.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn at<R: Reg>([m0, m1, m2, m3, m4, m5]: [R; 6]) -> [R; 4] {
+    // SAFETY: the caller's promise.
+    unsafe {
+        let (two, four, eight) = (R::splat(2.0), R::splat(4.0), R::splat(8.0));
+        let (p12, d12, p34, d34) = (m1.add(m2), m1.sub(m2), m3.add(m4), m3.sub(m4));
+        [
+            m0.add(p12).add(p34),
+            R::fmadd(two, d34, d12),
+            R::fmadd(four, p34, p12),
+            R::fmadd(eight, d34, d12).add(m5),
+        ]
+    }
+}
+
+multiversion! {
+    /// Splits one channel `src [h, w]`, placed at offset `(p, p)` in a zero
+    /// grid, into its 16 phase planes (see [`Tiling4`]): each row's
+    /// aligned groups of four pixels in one loop over four runs (which
+    /// vectorizes), the ends one by one.
+    fn split16<T>(src: &[T], w: usize, p: usize, t: &Tiling4, planes: &mut [T]) {
+        let pl = t.plane_len();
+        planes[..16 * pl].fill(T::zero());
+        // the first pixel of each row on a padded column that is a multiple of 4
+        let first = (4 - p % 4) % 4;
+        for (ih, row) in src.chunks_exact(w).enumerate() {
+            let ph = ih + p;
+            let base = 4 * (ph % 4) * pl + (ph / 4) * t.row();
+            let mut put = |iw: usize, v: T| {
+                let pw = iw + p;
+                planes[base + (pw % 4) * pl + pw / 4] = v;
+            };
+            for iw in (0..first.min(w)).chain(first.max((w.max(first) - first) / 4 * 4 + first)..w) {
+                put(iw, row[iw]);
+            }
+            if first >= w {
+                continue;
+            }
+            let quads = row[first..].chunks_exact(4);
+            let (q0, len) = ((first + p) / 4, quads.len());
+            let phase = |b: usize| base + b * pl + q0;
+            let (a, rest) = planes[phase(0)..].split_at_mut(pl);
+            let (b, rest) = rest.split_at_mut(pl);
+            let (c, d) = rest.split_at_mut(pl);
+            let (a, b, c, d) = (&mut a[..len], &mut b[..len], &mut c[..len], &mut d[..len]);
+            for ((((a, b), c), d), quad) in a.iter_mut().zip(b).zip(c).zip(d).zip(quads) {
+                (*a, *b, *c, *d) = (quad[0], quad[1], quad[2], quad[3]);
+            }
+        }
+    }
+}
+
+/// Every tile's `Bᵀ d B` of one channel, from its 16 phase planes, into
+/// `V`'s 36 runs (one per `ξ`, `vs` apart), one register of a tile row's
+/// tiles at a time: `Bᵀ` down each of the patch's six columns into
+/// registers, then along each of the six rows; a row's last register
+/// overlaps the one before (the same values written twice).
+#[cfg(target_arch = "x86_64")]
+struct InputTransform<'a> {
+    t: &'a Tiling4,
+    planes: &'a [f32],
+    /// from row `c` of `V_0` on: `V_ξ`'s at `ξ · vs`
+    v: &'a mut [f32],
+    vs: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl InRegisters for InputTransform<'_> {
+    #[inline(always)]
+    unsafe fn run<R: Reg, const W: usize, const OB: usize>(self) {
+        let InputTransform { t, planes, v, vs } = self;
+        let (tw, pl) = (t.tw, t.plane_len());
+        assert!(tw >= R::L && planes.len() >= 16 * pl && v.len() >= 35 * vs + t.per_image());
+        let off: [[usize; 6]; 6] = std::array::from_fn(|k| {
+            std::array::from_fn(|l| (4 * (k % 4) + l % 4) * pl + (k / 4) * t.row() + l / 4)
+        });
+        for ty in 0..t.th {
+            let mut x = 0;
+            while x < tw {
+                let x0 = x.min(tw - R::L);
+                // SAFETY: every load lies in the planes (entry
+                // `(ty + k/4, x0 + l/4 + lane)` of a plane, inside its `th + 1`
+                // rows of `tw + 1`), every store in `v` (asserted); the CPU
+                // has R's ISA.
+                unsafe {
+                    let p = planes.as_ptr().add(ty * t.row() + x0);
+                    let v = v.as_mut_ptr().add(ty * tw + x0);
+                    // cols[l][i] = (Bᵀ d)[i][l] (loops, not `array::from_fn`:
+                    // its closures are compiled without the ISA, and the
+                    // intrinsics in them became calls)
+                    let mut cols = [[R::zero(); 6]; 6];
+                    for (l, col) in cols.iter_mut().enumerate() {
+                        let mut d = [R::zero(); 6];
+                        for (k, d) in d.iter_mut().enumerate() {
+                            *d = R::load(p.add(off[k][l]));
+                        }
+                        *col = bt(d);
+                    }
+                    // (a loop: `cols.map(|col| col[i])` made the layer 14% slower)
+                    #[allow(clippy::needless_range_loop)]
+                    for i in 0..6 {
+                        let mut t = [R::zero(); 6];
+                        for l in 0..6 {
+                            t[l] = cols[l][i];
+                        }
+                        for (j, r) in bt(t).into_iter().enumerate() {
+                            r.store(v.add((6 * i + j) * vs));
+                        }
+                    }
+                }
+                x = x0 + R::L;
+            }
+        }
+    }
+}
+
+/// One output channel from `M`'s 36 runs (`ms` apart): every tile's
+/// `Aᵀ M A`, the bias and the ReLU, max-pooled over its four 2×2 windows
+/// into `best` (four runs of `n`, window `(a, b)` at `2a + b`) with each
+/// window's maximum's position (0..4, row-major, as f32) into `pick`. Ties
+/// go to the first pixel and a NaN wins, as in `max_pool2d`.
+#[cfg(target_arch = "x86_64")]
+struct PooledOutput<'a> {
+    n: usize,
+    m: &'a [f32],
+    ms: usize,
+    bias: f32,
+    best: &'a mut [f32],
+    pick: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl InRegisters for PooledOutput<'_> {
+    #[inline(always)]
+    unsafe fn run<R: Reg, const W: usize, const OB: usize>(self) {
+        let PooledOutput {
+            n,
+            m,
+            ms,
+            bias,
+            best,
+            pick,
+        } = self;
+        assert!(n >= R::L && m.len() >= 35 * ms + n && best.len() >= 4 * n && pick.len() >= 4 * n);
+        let mut x = 0;
+        while x < n {
+            let x0 = x.min(n - R::L);
+            // SAFETY: the loads and stores lie in the slices (asserted);
+            // the CPU has R's ISA.
+            unsafe {
+                let p = m.as_ptr().add(x0);
+                // s[i][c]: Aᵀ along row i of the tile's M ... (loops, as
+                // in `InputTransform`)
+                let mut s = [[R::zero(); 4]; 6];
+                for (i, s) in s.iter_mut().enumerate() {
+                    let mut mi = [R::zero(); 6];
+                    for (j, mi) in mi.iter_mut().enumerate() {
+                        *mi = R::load(p.add((6 * i + j) * ms));
+                    }
+                    *s = at(mi);
+                }
+                // ... then down each column c: px[c][r], biased, through
+                // the ReLU.
+                let (b, zero) = (R::splat(bias), R::zero());
+                let mut px = [[R::zero(); 4]; 4];
+                for (c, px) in px.iter_mut().enumerate() {
+                    let mut col = [R::zero(); 6];
+                    for (i, col) in col.iter_mut().enumerate() {
+                        *col = s[i][c];
+                    }
+                    for (px, v) in px.iter_mut().zip(at(col)) {
+                        *px = v.add(b).max(zero);
+                    }
+                }
+                let q = [R::splat(1.0), R::splat(2.0), R::splat(3.0)];
+                for (w, (a, bb)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
+                    let (r, c) = (2 * a, 2 * bb);
+                    let (mut top, mut k) = (px[c][r], zero);
+                    (top, k) = R::keep_max(top, k, px[c + 1][r], q[0]);
+                    (top, k) = R::keep_max(top, k, px[c][r + 1], q[1]);
+                    (top, k) = R::keep_max(top, k, px[c + 1][r + 1], q[2]);
+                    top.store(best.as_mut_ptr().add(w * n + x0));
+                    k.store(pick.as_mut_ptr().add(w * n + x0));
+                }
+            }
+            x = x0 + R::L;
+        }
+    }
+}
+
+/// The four runs of `n` at the start of `r`.
+fn runs4<T>(r: &[T], n: usize) -> [&[T]; 4] {
+    let mut it = r.chunks_exact(n);
+    std::array::from_fn(|_| it.next().expect("4 runs"))
+}
+
+/// Pooled pixel `(py, px)` of one output channel, from the four window
+/// runs of [`PooledOutput`] (window `(py % 2, px % 2)` of tile
+/// `(py / 2, px / 2)`, tiles `tw` to a row), into `out [Ho/2, wp]`.
+#[inline(always)]
+fn unpool<T: Copy, U>(
+    runs: [&[T]; 4],
+    tw: usize,
+    wp: usize,
+    out: &mut [MaybeUninit<U>],
+    f: impl Fn(T) -> U,
+) {
+    for (py, row) in out.chunks_exact_mut(wp).enumerate() {
+        let (ty, a) = (py / 2, py % 2);
+        let (even, odd) = (&runs[2 * a][ty * tw..], &runs[2 * a + 1][ty * tw..]);
+        let mut pairs = row.chunks_exact_mut(2);
+        for ((pair, &e), &o) in pairs.by_ref().zip(even).zip(odd) {
+            pair[0].write(f(e));
+            pair[1].write(f(o));
+        }
+        if let [last] = pairs.into_remainder() {
+            last.write(f(even[wp / 2]));
+        }
+    }
+}
+
+/// The forward of a 3×3 convolution, its bias, the ReLU and the 2×2
+/// max-pooling, by F(4×4, 3×3) with the products in `isa`'s registers,
+/// image by image: `[N, O, Ho/2, Wo/2]` and each window's argmax, as
+/// [`super::forward`] returns them with `pool`.
+pub(super) fn forward<T: Float>(
+    isa: Isa,
+    g: &Geom,
+    x: &[T],
+    kernel: &[T],
+    bias: &[T],
+) -> (Vec<T>, Vec<u8>) {
+    assert_eq!(
+        T::DTYPE,
+        candle_core::DType::F32,
+        "the products in registers are f32"
+    );
+    assert!(isa.present(), "this CPU has no {isa:?}");
+    let t = Tiling4::new(g);
+    let (n, pl) = (t.per_image(), t.plane_len());
+    assert!(n >= isa.lanes(), "{n} tiles, fewer than a register's lanes");
+    assert!(
+        t.tw >= isa.lanes(),
+        "tile rows of {}, shorter than a register",
+        t.tw
+    );
+    // The planes hold every padded row and column a patch reads (the
+    // padded input's are fewer than `4 (th + 1)` and `4 (tw + 1)`).
+    assert!(g.h + 2 * g.p() <= 4 * (t.th + 1) && g.w + 2 * g.p() <= 4 * t.row());
+    // SAFETY (both casts): T is f32 (asserted).
+    let as_f32 = |s: &[T]| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) };
+    let ut = transform_kernel(g, as_f32(kernel));
+    let (y_image, wp) = (g.pooled_image(), g.wo / 2);
+    let plane = y_image / g.o;
+    let mut y = Vec::with_capacity(g.n * y_image);
+    let mut argmax = Vec::new();
+    let mut argmax_chunks = data_chunks(&mut argmax, g.n * y_image, y_image, g.n);
+    // Per image: the phase planes, V's and M's 36 blocks (each an odd
+    // number of cache lines long), the pooling's 8 runs.
+    let (vs, ms) = (odd_lines(g.c * n), odd_lines(g.o * n));
+    let planes_len = g.c * t.channel_len();
+    y.spare_capacity_mut()[..g.n * y_image]
+        .par_chunks_mut(y_image)
+        .zip(argmax_chunks.par_iter_mut())
+        .zip(x.par_chunks(g.x_image()))
+        .for_each(|((y_n, argmax_n), x_n)| {
+            let argmax_n = argmax_n.as_deref_mut().expect("every image has its argmax");
+            T::with_scratch(planes_len + XI * vs + XI * ms + 8 * n, |scratch| {
+                // SAFETY: T is f32 (asserted).
+                let scratch = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        scratch.as_mut_ptr().cast::<f32>(),
+                        scratch.len(),
+                    )
+                };
+                let (planes, rest) = scratch.split_at_mut(planes_len);
+                let (v, rest) = rest.split_at_mut(XI * vs);
+                let (m, work) = rest.split_at_mut(XI * ms);
+                for (c, (x_c, q)) in x_n
+                    .chunks_exact(g.h * g.w)
+                    .zip(planes.chunks_exact_mut(t.channel_len()))
+                    .enumerate()
+                {
+                    split16(as_f32(x_c), g.w, g.p(), &t, q);
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        let job = InputTransform {
+                            t: &t,
+                            planes: &q[..16 * pl],
+                            v: &mut v[c * n..],
+                            vs,
+                        };
+                        // SAFETY: the job holds slices (their lengths
+                        // asserted inside).
+                        unsafe { isa.run(job) };
+                    }
+                }
+                for xi in 0..XI {
+                    products(isa, g, n, &v[xi * vs..], &ut, xi, ms, m);
+                }
+                let (best, pick) = work.split_at_mut(4 * n);
+                let planes = y_n
+                    .chunks_exact_mut(plane)
+                    .zip(argmax_n.chunks_exact_mut(plane));
+                for (o, ((y_o, argmax_o), &b)) in planes.zip(as_f32(bias)).enumerate() {
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        let job = PooledOutput {
+                            n,
+                            m: &m[o * n..],
+                            ms,
+                            bias: b,
+                            best: &mut *best,
+                            pick: &mut *pick,
+                        };
+                        // SAFETY: the job holds slices (their lengths asserted inside).
+                        unsafe { isa.run(job) };
+                    }
+                    // SAFETY: T is f32 (asserted).
+                    let y_o = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            y_o.as_mut_ptr().cast::<MaybeUninit<f32>>(),
+                            y_o.len(),
+                        )
+                    };
+                    unpool(runs4(best, n), t.tw, wp, y_o, |v| v);
+                    unpool(runs4(pick, n), t.tw, wp, argmax_o, |k| k as u8);
+                }
+            });
+        });
+    drop(argmax_chunks);
+    // SAFETY: the loop above wrote every element and every window's argmax
+    // of every image.
+    unsafe {
+        y.set_len(g.n * y_image);
+        argmax.set_len(g.n * y_image);
+    }
+    (y, argmax)
+}
+
+/// `M_ξ [O, n] = U_ξ · V_ξ` over the input channels, `V_ξ` as `[C, n]` at
+/// the start of `v`, `M_ξ` at block `ξ` of `m` (blocks `ms` apart).
+#[allow(clippy::too_many_arguments)]
+fn products(
+    isa: Isa,
+    g: &Geom,
+    n: usize,
+    v: &[f32],
+    ut: &[f32],
+    xi: usize,
+    ms: usize,
+    m: &mut [f32],
+) {
+    let u = &ut[xi * g.c * g.o..][..g.c * g.o];
+    let (v, m) = (&v[..g.c * n], &mut m[xi * ms..][..g.o * n]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let job = Products {
+            n,
+            c: g.c,
+            o: g.o,
+            src: v.as_ptr(),
+            rows: Strided(n),
+            taps: [0],
+            u: u.as_ptr(),
+            m: m.as_mut_ptr(),
+        };
+        // SAFETY: V [C, n], U [C, O] and M [O, n] lie inside the slices
+        // (sliced just above); `n` is at least one register's lanes
+        // (asserted by the caller).
+        unsafe { isa.run(job) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (u, v, m);
+        unreachable!("no {isa:?} on this architecture")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// F(4×4) against the f64 convolution (bias, ReLU, 2×2 max-pooling)
+    /// on the article's second layer and shapes that leave partial tiles
+    /// and registers, with and without padding: every pooled value within
+    /// F(4×4)'s rounding, and each window's argmax a pixel whose exact
+    /// value is the window's maximum within that rounding.
+    #[test]
+    fn f4_matches_the_exact_convolution() {
+        let isas: Vec<Isa> = Isa::available().collect();
+        if isas.is_empty() {
+            eprintln!("no AVX2 or AVX-512 here: F(4×4) never runs");
+        }
+        let mut next = crate::kernels::test_values(11);
+        // (images, in, out, side, padding)
+        let shapes = [
+            (3, 32, 32, 32, 0),
+            // tile rows of 9 (a row's registers overlap), an odd pooled side
+            (2, 17, 19, 37, 1),
+            (1, 40, 8, 30, 1),
+            // more input channels than the products' block of `V` holds
+            (1, 130, 5, 34, 0),
+            (2, 8, 16, 33, 0),
+            // tile rows of 16, for AVX-512
+            (1, 8, 8, 66, 0),
+        ];
+        let mut ran = vec![0; isas.len()];
+        for (images, c, o, side, pad) in shapes {
+            let g = Geom::new(&[images, c, side, side], &[o, c, 3, 3], &[o], pad).unwrap();
+            let x: Vec<f32> = (0..g.n * g.x_image()).map(|_| next()).collect();
+            let kernel: Vec<f32> = (0..o * c * 9).map(|_| next()).collect();
+            let bias: Vec<f32> = (0..o).map(|_| next()).collect();
+            // The exact outputs after the ReLU, [N, O, Ho, Wo], in f64.
+            let exact = |n: usize, oc: usize, r: usize, s: usize| {
+                let mut sum = f64::from(bias[oc]);
+                for ch in 0..c {
+                    for (k, l) in (0..9).map(|kl| (kl / 3, kl % 3)) {
+                        let (ih, iw) = (
+                            (r + k) as isize - pad as isize,
+                            (s + l) as isize - pad as isize,
+                        );
+                        if (0..side as isize).contains(&ih) && (0..side as isize).contains(&iw) {
+                            let xv = x[((n * c + ch) * side + ih as usize) * side + iw as usize];
+                            sum += f64::from(xv) * f64::from(kernel[(oc * c + ch) * 9 + 3 * k + l]);
+                        }
+                    }
+                }
+                sum.max(0.0)
+            };
+            // F(4×4)'s rounding grows with the sum's length and its
+            // coefficients: about 1e-5 of the terms' magnitude here.
+            let tol = 3e-6 * (9 * c) as f64;
+            let (hp, wp) = (g.ho / 2, g.wo / 2);
+            for (&isa, ran) in isas.iter().zip(&mut ran) {
+                if Tiling4::new(&g).tw < isa.lanes() {
+                    continue;
+                }
+                *ran += 1;
+                let (y, argmax) = forward(isa, &g, &x, &kernel, &bias);
+                assert_eq!(
+                    (y.len(), argmax.len()),
+                    (g.n * o * hp * wp, g.n * o * hp * wp)
+                );
+                for (at, (&got, &k)) in y.iter().zip(&argmax).enumerate() {
+                    let (n, oc, py, px) = (
+                        at / (o * hp * wp),
+                        at / (hp * wp) % o,
+                        at / wp % hp,
+                        at % wp,
+                    );
+                    let case = format!(
+                        "{isa:?}, {images}×{c}→{o}, {side}², pad {pad}: pixel {n},{oc},{py},{px}"
+                    );
+                    let window: Vec<f64> = (0..4)
+                        .map(|q| exact(n, oc, 2 * py + q / 2, 2 * px + q % 2))
+                        .collect();
+                    let max = window.iter().copied().fold(f64::MIN, f64::max);
+                    assert!(
+                        (f64::from(got) - max).abs() <= tol,
+                        "{case}: {got}, want {max}"
+                    );
+                    assert!(
+                        k < 4 && window[k as usize] >= max - 2.0 * tol,
+                        "{case}: argmax {k} of {window:?}"
+                    );
+                }
+            }
+        }
+        assert!(ran.iter().all(|&r| r >= 2), "shapes run per ISA: {ran:?}");
+    }
+}
