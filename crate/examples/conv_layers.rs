@@ -1,6 +1,8 @@
 //! Each Winograd convolution of the article's model alone, forward only, at
-//! batch 128 on random data: the best of several calls, so that a noisy
-//! machine still gives a steady figure to compare kernels by.
+//! batch 128 on random data, and the second one unpooled as the
+//! BatchNormalization variant runs it (`conv2u`; here with the ReLU): the
+//! best of several calls, so that a noisy machine still gives a steady
+//! figure to compare kernels by.
 //!
 //!     cargo run --release -p cifar10-cnn --example conv_layers [calls]
 //!
@@ -16,6 +18,7 @@ fn main() -> anyhow::Result<()> {
     // (name, input channels, output channels, side, padding, pooled)
     let layers = [
         ("conv2", 32, 32, 32, 0, true),
+        ("conv2u", 32, 32, 32, 0, false),
         ("conv3", 32, 64, 15, 1, false),
         ("conv4", 64, 64, 15, 0, true),
     ];

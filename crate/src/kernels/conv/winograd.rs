@@ -25,9 +25,9 @@
 //! the backward's `dV` skips gemm's packing: see [`products`]. In f32 the results differ from im2col's only by rounding
 //! (the transforms' coefficients are 0, ±1 and ±½).
 //!
-//! The pooled forward of a layer whose tile rows fill a register (the
-//! article's second layer, on AVX2) goes through F(4×4, 3×3) instead,
-//! 2.25 multiplies a pixel against 4: see [`f4`].
+//! The forward of a layer whose tile rows fill a register (the article's
+//! second layer, on AVX2) goes through F(4×4, 3×3) instead, 2.25
+//! multiplies a pixel against 4: see [`f4`].
 
 use super::geom::{
     data_chunks, gemm_parallelism, image_grad, sum_runs, Geom, Wanted, BACKWARD_RUNS,
@@ -664,7 +664,7 @@ pub(super) fn forward<T: Float>(
     pool: bool,
 ) -> (Vec<T>, Vec<u8>) {
     match Isa::pick::<T>(Tiling::new(g, pool).per_image()) {
-        Some(isa) if pool && f4::pays(isa, g) => f4::forward(isa, g, x, kernel, bias),
+        Some(isa) if f4::pays(isa, g, pool) => f4::forward(isa, g, x, kernel, bias, relu, pool),
         Some(isa) => forward_in_registers(isa, g, x, kernel, bias, relu, pool),
         None => forward_in_chunks(g, x, kernel, bias, relu, pool),
     }

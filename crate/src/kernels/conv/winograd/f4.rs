@@ -1,7 +1,8 @@
-//! Winograd F(4×4, 3×3) for the forward of a 3×3 convolution that a ReLU
-//! and a 2×2 max-pooling follow, in f32 on CPUs with AVX2 or AVX-512, where
-//! a tile row fills a register: the article's second layer (30 × 30
-//! outputs, the model's largest) on AVX2.
+//! Winograd F(4×4, 3×3) for the forward of a 3×3 convolution (with its
+//! bias, and the ReLU and a 2×2 max-pooling when they follow), in f32 on
+//! CPUs with AVX2 or AVX-512, where a tile row fills a register: the
+//! article's second layer (30 × 30 outputs, the model's largest) on AVX2,
+//! in the article's model and in its BatchNormalization variant.
 //!
 //! Each 4×4 block of outputs (a tile: four pooling windows) comes from the
 //! 6×6 input patch under it as `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`: 36 products per
@@ -18,7 +19,7 @@
 //! in registers ([`InputTransform`]); the 36 products `M_ξ = U_ξ · V_ξ` by
 //! the register products of [`crate::kernels::conv::products`]; each output
 //! channel's `Aᵀ M A`, bias, ReLU and pooling in registers
-//! ([`PooledOutput`]). The transforms are written against
+//! ([`PooledOutput`], or [`Output`] and [`merge16`] without the pooling). The transforms are written against
 //! [`Reg`] rather than left to the compiler: as loops over the runs of a
 //! 64-tile image they compiled to scalar code, or to vector code whose
 //! setup (overlap checks of a dozen pointers) cost as much as its work, and
@@ -55,10 +56,18 @@ struct Tiling4 {
 }
 
 impl Tiling4 {
-    fn new(g: &Geom) -> Self {
-        Tiling4 {
-            th: (g.ho / 2).div_ceil(2),
-            tw: (g.wo / 2).div_ceil(2),
+    /// With `pool`, the tiles a 2×2 pooling reads (its windows' rows
+    /// and columns, halved and rounded up); else every output pixel's.
+    fn new(g: &Geom, pool: bool) -> Self {
+        match pool {
+            true => Tiling4 {
+                th: (g.ho / 2).div_ceil(2),
+                tw: (g.wo / 2).div_ceil(2),
+            },
+            false => Tiling4 {
+                th: g.ho.div_ceil(4),
+                tw: g.wo.div_ceil(4),
+            },
         }
     }
     /// Tiles of one image.
@@ -80,15 +89,16 @@ impl Tiling4 {
     }
 }
 
-/// Whether F(4×4) runs this pooled layer in `isa`: its transforms go a
-/// tile row at a time, so a row must fill a register (the article's second
-/// layer has rows of 8 tiles: AVX2, not AVX-512), and an image must have at
-/// least four registers of tiles (its fourth layer, 3 × 3 tiles, does not:
-/// there F(4×4) took twice F(2×2)'s time, in the first version of this
-/// file). On a Zen 3 the second layer's forward takes 17% less time than
-/// with F(2×2) (BENCHMARKS.md, 2026-12-07, night).
-pub(super) fn pays(isa: Isa, g: &Geom) -> bool {
-    let (t, l) = (Tiling4::new(g), isa.lanes());
+/// Whether F(4×4) runs this layer in `isa` (`pool`: the tiles a 2×2
+/// pooling reads). Its transforms go a tile row at a time, so a row must
+/// fill a register: the article's second layer has rows of 8 tiles, pooled
+/// or not (the BatchNormalization variant's), so AVX2 and not AVX-512. And
+/// an image must have at least four registers of tiles: the fourth layer
+/// (3 × 3 tiles) does not, and there F(4×4) took twice F(2×2)'s time in the
+/// first version of this file. On a Zen 3 the second layer's forward takes
+/// 16–17% less time than with F(2×2) (BENCHMARKS.md, 2026-12-07, night).
+pub(super) fn pays(isa: Isa, g: &Geom, pool: bool) -> bool {
+    let (t, l) = (Tiling4::new(g, pool), isa.lanes());
     t.tw >= l && t.per_image() >= 4 * l
 }
 
@@ -308,30 +318,8 @@ impl InRegisters for PooledOutput<'_> {
             // SAFETY: the loads and stores lie in the slices (asserted);
             // the CPU has R's ISA.
             unsafe {
-                let p = m.as_ptr().add(x0);
-                // s[i][c]: Aᵀ along row i of the tile's M ... (loops, as
-                // in `InputTransform`)
-                let mut s = [[R::zero(); 4]; 6];
-                for (i, s) in s.iter_mut().enumerate() {
-                    let mut mi = [R::zero(); 6];
-                    for (j, mi) in mi.iter_mut().enumerate() {
-                        *mi = R::load(p.add((6 * i + j) * ms));
-                    }
-                    *s = at(mi);
-                }
-                // ... then down each column c: px[c][r], biased, through
-                // the ReLU.
-                let (b, zero) = (R::splat(bias), R::zero());
-                let mut px = [[R::zero(); 4]; 4];
-                for (c, px) in px.iter_mut().enumerate() {
-                    let mut col = [R::zero(); 6];
-                    for (i, col) in col.iter_mut().enumerate() {
-                        *col = s[i][c];
-                    }
-                    for (px, v) in px.iter_mut().zip(at(col)) {
-                        *px = v.add(b).max(zero);
-                    }
-                }
+                let zero = R::zero();
+                let px = tile_pixels::<R>(m.as_ptr().add(x0), ms, bias, true);
                 let q = [R::splat(1.0), R::splat(2.0), R::splat(3.0)];
                 for (w, (a, bb)) in [(0, 0), (0, 1), (1, 0), (1, 1)].into_iter().enumerate() {
                     let (r, c) = (2 * a, 2 * bb);
@@ -345,6 +333,89 @@ impl InRegisters for PooledOutput<'_> {
             }
             x = x0 + R::L;
         }
+    }
+}
+
+/// One output channel from `M`'s 36 runs (`ms` apart): every tile's
+/// `Aᵀ M A` plus the bias, through the ReLU when `relu`, into `px` (16
+/// runs of `n`, pixel `(r, c)` of each tile at `4r + c`).
+#[cfg(target_arch = "x86_64")]
+struct Output<'a> {
+    n: usize,
+    m: &'a [f32],
+    ms: usize,
+    bias: f32,
+    relu: bool,
+    px: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl InRegisters for Output<'_> {
+    #[inline(always)]
+    unsafe fn run<R: Reg, const W: usize, const OB: usize>(self) {
+        let Output {
+            n,
+            m,
+            ms,
+            bias,
+            relu,
+            px,
+        } = self;
+        assert!(n >= R::L && m.len() >= 35 * ms + n && px.len() >= 16 * n);
+        let mut x = 0;
+        while x < n {
+            let x0 = x.min(n - R::L);
+            // SAFETY: the loads and stores lie in the slices (asserted);
+            // the CPU has R's ISA.
+            unsafe {
+                for (c, y) in tile_pixels::<R>(m.as_ptr().add(x0), ms, bias, relu)
+                    .into_iter()
+                    .enumerate()
+                {
+                    for (r, y) in y.into_iter().enumerate() {
+                        y.store(px.as_mut_ptr().add((4 * r + c) * n + x0));
+                    }
+                }
+            }
+            x = x0 + R::L;
+        }
+    }
+}
+
+/// One register of tiles' `Aᵀ M A` from `M`'s 36 runs at `p` (`ms`
+/// apart), plus the bias, through the ReLU when `relu`: pixel `(r, c)` at
+/// `[c][r]`. (Loops, not `array::from_fn`: its closures are compiled
+/// without the job's ISA, and the intrinsics in them became calls.)
+///
+/// # Safety
+/// The CPU has `R`'s ISA; the 36 runs hold `L` f32s at `p`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_pixels<R: Reg>(p: *const f32, ms: usize, bias: f32, relu: bool) -> [[R; 4]; 4] {
+    // SAFETY: the caller's promise.
+    unsafe {
+        // s[i][c]: Aᵀ along row i of the tile's M ...
+        let mut s = [[R::zero(); 4]; 6];
+        for (i, s) in s.iter_mut().enumerate() {
+            let mut mi = [R::zero(); 6];
+            for (j, mi) in mi.iter_mut().enumerate() {
+                *mi = R::load(p.add((6 * i + j) * ms));
+            }
+            *s = at(mi);
+        }
+        // ... then down each column c: px[c][r], biased, through the ReLU.
+        let (b, zero) = (R::splat(bias), R::zero());
+        let mut px = [[R::zero(); 4]; 4];
+        for (c, px) in px.iter_mut().enumerate() {
+            let mut col = [R::zero(); 6];
+            for (i, col) in col.iter_mut().enumerate() {
+                *col = s[i][c];
+            }
+            for (px, v) in px.iter_mut().zip(at(col)) {
+                *px = if relu { v.add(b).max(zero) } else { v.add(b) };
+            }
+        }
+        px
     }
 }
 
@@ -379,16 +450,19 @@ fn unpool<T: Copy, U>(
     }
 }
 
-/// The forward of a 3×3 convolution, its bias, the ReLU and the 2×2
-/// max-pooling, by F(4×4, 3×3) with the products in `isa`'s registers,
-/// image by image: `[N, O, Ho/2, Wo/2]` and each window's argmax, as
-/// [`super::forward`] returns them with `pool`.
+/// The forward of a 3×3 convolution and its bias, through the ReLU when
+/// `relu`, by F(4×4, 3×3) with the products in `isa`'s registers, image by
+/// image. With `pool` (which implies the ReLU, as in [`super::forward`]),
+/// max-pooled over 2×2 windows: `[N, O, Ho/2, Wo/2]` and each window's
+/// argmax; else `[N, O, Ho, Wo]` and no argmax.
 pub(super) fn forward<T: Float>(
     isa: Isa,
     g: &Geom,
     x: &[T],
     kernel: &[T],
     bias: &[T],
+    relu: bool,
+    pool: bool,
 ) -> (Vec<T>, Vec<u8>) {
     assert_eq!(
         T::DTYPE,
@@ -396,9 +470,8 @@ pub(super) fn forward<T: Float>(
         "the products in registers are f32"
     );
     assert!(isa.present(), "this CPU has no {isa:?}");
-    let t = Tiling4::new(g);
+    let t = Tiling4::new(g, pool);
     let (n, pl) = (t.per_image(), t.plane_len());
-    assert!(n >= isa.lanes(), "{n} tiles, fewer than a register's lanes");
     assert!(
         t.tw >= isa.lanes(),
         "tile rows of {}, shorter than a register",
@@ -410,13 +483,14 @@ pub(super) fn forward<T: Float>(
     // SAFETY (both casts): T is f32 (asserted).
     let as_f32 = |s: &[T]| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) };
     let ut = transform_kernel(g, as_f32(kernel));
-    let (y_image, wp) = (g.pooled_image(), g.wo / 2);
+    let y_image = if pool { g.pooled_image() } else { g.y_image() };
     let plane = y_image / g.o;
     let mut y = Vec::with_capacity(g.n * y_image);
     let mut argmax = Vec::new();
-    let mut argmax_chunks = data_chunks(&mut argmax, g.n * y_image, y_image, g.n);
+    let argmax_len = if pool { g.n * y_image } else { 0 };
+    let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, y_image, g.n);
     // Per image: the phase planes, V's and M's 36 blocks (each an odd
-    // number of cache lines long), the pooling's 8 runs.
+    // number of cache lines long), the output transform's 16 runs.
     let (vs, ms) = (odd_lines(g.c * n), odd_lines(g.o * n));
     let planes_len = g.c * t.channel_len();
     y.spare_capacity_mut()[..g.n * y_image]
@@ -424,8 +498,7 @@ pub(super) fn forward<T: Float>(
         .zip(argmax_chunks.par_iter_mut())
         .zip(x.par_chunks(g.x_image()))
         .for_each(|((y_n, argmax_n), x_n)| {
-            let argmax_n = argmax_n.as_deref_mut().expect("every image has its argmax");
-            T::with_scratch(planes_len + XI * vs + XI * ms + 8 * n, |scratch| {
+            T::with_scratch(planes_len + XI * vs + XI * ms + 16 * n, |scratch| {
                 // SAFETY: T is f32 (asserted).
                 let scratch = unsafe {
                     std::slice::from_raw_parts_mut(
@@ -458,24 +531,8 @@ pub(super) fn forward<T: Float>(
                 for xi in 0..XI {
                     products(isa, g, n, &v[xi * vs..], &ut, xi, ms, m);
                 }
-                let (best, pick) = work.split_at_mut(4 * n);
-                let planes = y_n
-                    .chunks_exact_mut(plane)
-                    .zip(argmax_n.chunks_exact_mut(plane));
-                for (o, ((y_o, argmax_o), &b)) in planes.zip(as_f32(bias)).enumerate() {
-                    #[cfg(target_arch = "x86_64")]
-                    {
-                        let job = PooledOutput {
-                            n,
-                            m: &m[o * n..],
-                            ms,
-                            bias: b,
-                            best: &mut *best,
-                            pick: &mut *pick,
-                        };
-                        // SAFETY: the job holds slices (their lengths asserted inside).
-                        unsafe { isa.run(job) };
-                    }
+                let mut argmax_planes = argmax_n.as_deref_mut().map(|a| a.chunks_exact_mut(plane));
+                for (o, (y_o, &b)) in y_n.chunks_exact_mut(plane).zip(as_f32(bias)).enumerate() {
                     // SAFETY: T is f32 (asserted).
                     let y_o = unsafe {
                         std::slice::from_raw_parts_mut(
@@ -483,19 +540,122 @@ pub(super) fn forward<T: Float>(
                             y_o.len(),
                         )
                     };
-                    unpool(runs4(best, n), t.tw, wp, y_o, |v| v);
-                    unpool(runs4(pick, n), t.tw, wp, argmax_o, |k| k as u8);
+                    let m = &m[o * n..];
+                    match argmax_planes.as_mut().and_then(Iterator::next) {
+                        Some(argmax_o) => pooled_output(isa, g, &t, m, ms, b, y_o, argmax_o, work),
+                        None => output(isa, g, &t, m, ms, b, relu, y_o, work),
+                    }
                 }
             });
         });
     drop(argmax_chunks);
-    // SAFETY: the loop above wrote every element and every window's argmax
-    // of every image.
+    // SAFETY: the loop above wrote every element of every image, and with
+    // `pool` every window's argmax.
     unsafe {
         y.set_len(g.n * y_image);
-        argmax.set_len(g.n * y_image);
+        argmax.set_len(argmax_len);
     }
     (y, argmax)
+}
+
+/// One output channel's pooled pixels and argmax, `y_o [Ho/2, Wo/2]`, from
+/// its `M` runs (`m`, `ms` apart), by [`PooledOutput`] into the window runs
+/// in `work` and [`unpool`] out of them.
+#[allow(clippy::too_many_arguments)]
+fn pooled_output(
+    isa: Isa,
+    g: &Geom,
+    t: &Tiling4,
+    m: &[f32],
+    ms: usize,
+    bias: f32,
+    y_o: &mut [MaybeUninit<f32>],
+    argmax_o: &mut [MaybeUninit<u8>],
+    work: &mut [f32],
+) {
+    let n = t.per_image();
+    let (best, rest) = work.split_at_mut(4 * n);
+    let pick = &mut rest[..4 * n];
+    #[cfg(target_arch = "x86_64")]
+    {
+        let job = PooledOutput {
+            n,
+            m,
+            ms,
+            bias,
+            best: &mut *best,
+            pick: &mut *pick,
+        };
+        // SAFETY: the job holds slices (their lengths asserted inside).
+        unsafe { isa.run(job) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no {isa:?} on this architecture ({m:?}, {ms}, {bias})");
+    let wp = g.wo / 2;
+    unpool(runs4(best, n), t.tw, wp, y_o, |v| v);
+    unpool(runs4(pick, n), t.tw, wp, argmax_o, |k| k as u8);
+}
+
+/// One output channel's pixels `y_o [Ho, Wo]`, biased (and through the ReLU
+/// when `relu`), from its `M` runs (`m`, `ms` apart), by [`Output`] into
+/// 16 runs in `work` (one per pixel of a tile) and [`merge16`] out of them.
+#[allow(clippy::too_many_arguments)]
+fn output(
+    isa: Isa,
+    g: &Geom,
+    t: &Tiling4,
+    m: &[f32],
+    ms: usize,
+    bias: f32,
+    relu: bool,
+    y_o: &mut [MaybeUninit<f32>],
+    work: &mut [f32],
+) {
+    let n = t.per_image();
+    let px = &mut work[..16 * n];
+    #[cfg(target_arch = "x86_64")]
+    {
+        let job = Output {
+            n,
+            m,
+            ms,
+            bias,
+            relu,
+            px: &mut *px,
+        };
+        // SAFETY: the job holds slices (their lengths asserted inside).
+        unsafe { isa.run(job) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no {isa:?} on this architecture ({m:?}, {ms}, {bias}, {relu})");
+    merge16(px, t, g.wo, y_o);
+}
+
+multiversion! {
+    /// The inverse of [`split16`] for the output: pixel `(oh, ow)` of
+    /// `y_o [Ho, wo]` from run `4·(oh%4) + ow%4` of `px` (16 runs, one per
+    /// pixel of a tile, tiles numbered `ty·tw + tx`), entry
+    /// `(oh/4)·tw + ow/4`: each row's groups of four pixels in one loop over
+    /// four runs, the rest one by one.
+    fn merge16<T>(px: &[T], t: &Tiling4, wo: usize, y_o: &mut [MaybeUninit<T>]) {
+        let n = t.per_image();
+        for (oh, row) in y_o.chunks_exact_mut(wo).enumerate() {
+            let at = (oh / 4) * t.tw;
+            let run = |c: usize| &px[(4 * (oh % 4) + c) * n + at..][..t.tw];
+            let (a, b, c, d) = (run(0), run(1), run(2), run(3));
+            let mut quads = row.chunks_exact_mut(4);
+            for ((((q, &a), &b), &c), &d) in quads.by_ref().zip(a).zip(b).zip(c).zip(d) {
+                q[0].write(a);
+                q[1].write(b);
+                q[2].write(c);
+                q[3].write(d);
+            }
+            let (rest, tx) = (quads.into_remainder(), wo / 4);
+            for (k, y) in rest.iter_mut().enumerate() {
+                y.write(run(k)[tx]);
+            }
+        }
+    }
 }
 
 /// `M_ξ [O, n] = U_ξ · V_ξ` over the input channels, `V_ξ` as `[C, n]` at
@@ -541,11 +701,12 @@ fn products(
 mod tests {
     use super::*;
 
-    /// F(4×4) against the f64 convolution (bias, ReLU, 2×2 max-pooling)
-    /// on the article's second layer and shapes that leave partial tiles
-    /// and registers, with and without padding: every pooled value within
-    /// F(4×4)'s rounding, and each window's argmax a pixel whose exact
-    /// value is the window's maximum within that rounding.
+    /// F(4×4) against the f64 convolution on the article's second layer
+    /// and shapes that leave partial tiles and registers, with and without
+    /// padding: pooled (bias, ReLU, 2×2 max-pooling), every pooled value
+    /// within F(4×4)'s rounding and each window's argmax a pixel whose
+    /// exact value is the window's maximum within that rounding; and
+    /// unpooled, with and without the ReLU, every pixel within it.
     #[test]
     fn f4_matches_the_exact_convolution() {
         let isas: Vec<Isa> = Isa::available().collect();
@@ -571,7 +732,7 @@ mod tests {
             let x: Vec<f32> = (0..g.n * g.x_image()).map(|_| next()).collect();
             let kernel: Vec<f32> = (0..o * c * 9).map(|_| next()).collect();
             let bias: Vec<f32> = (0..o).map(|_| next()).collect();
-            // The exact outputs after the ReLU, [N, O, Ho, Wo], in f64.
+            // The exact outputs before the ReLU, [N, O, Ho, Wo], in f64.
             let exact = |n: usize, oc: usize, r: usize, s: usize| {
                 let mut sum = f64::from(bias[oc]);
                 for ch in 0..c {
@@ -586,18 +747,18 @@ mod tests {
                         }
                     }
                 }
-                sum.max(0.0)
+                sum
             };
             // F(4×4)'s rounding grows with the sum's length and its
             // coefficients: about 1e-5 of the terms' magnitude here.
             let tol = 3e-6 * (9 * c) as f64;
             let (hp, wp) = (g.ho / 2, g.wo / 2);
             for (&isa, ran) in isas.iter().zip(&mut ran) {
-                if Tiling4::new(&g).tw < isa.lanes() {
+                if Tiling4::new(&g, true).tw < isa.lanes() {
                     continue;
                 }
                 *ran += 1;
-                let (y, argmax) = forward(isa, &g, &x, &kernel, &bias);
+                let (y, argmax) = forward(isa, &g, &x, &kernel, &bias, true, true);
                 assert_eq!(
                     (y.len(), argmax.len()),
                     (g.n * o * hp * wp, g.n * o * hp * wp)
@@ -610,10 +771,10 @@ mod tests {
                         at % wp,
                     );
                     let case = format!(
-                        "{isa:?}, {images}×{c}→{o}, {side}², pad {pad}: pixel {n},{oc},{py},{px}"
+                        "{isa:?}, {images}×{c}→{o}, {side}², pad {pad}: pooled {n},{oc},{py},{px}"
                     );
                     let window: Vec<f64> = (0..4)
-                        .map(|q| exact(n, oc, 2 * py + q / 2, 2 * px + q % 2))
+                        .map(|q| exact(n, oc, 2 * py + q / 2, 2 * px + q % 2).max(0.0))
                         .collect();
                     let max = window.iter().copied().fold(f64::MIN, f64::max);
                     assert!(
@@ -626,7 +787,32 @@ mod tests {
                     );
                 }
             }
+            for (&isa, ran) in isas.iter().zip(&mut ran) {
+                if Tiling4::new(&g, false).tw < isa.lanes() {
+                    continue;
+                }
+                *ran += 1;
+                for relu in [false, true] {
+                    let (y, argmax) = forward(isa, &g, &x, &kernel, &bias, relu, false);
+                    assert_eq!((y.len(), argmax.len()), (g.n * g.y_image(), 0));
+                    for (at, &got) in y.iter().enumerate() {
+                        let (n, oc, oh, ow) = (
+                            at / g.y_image(),
+                            at / (g.ho * g.wo) % o,
+                            at / g.wo % g.ho,
+                            at % g.wo,
+                        );
+                        let want = exact(n, oc, oh, ow);
+                        let want = if relu { want.max(0.0) } else { want };
+                        assert!(
+                            (f64::from(got) - want).abs() <= tol,
+                            "{isa:?}, {images}×{c}→{o}, {side}², pad {pad}, relu {relu}: \
+                             pixel {n},{oc},{oh},{ow} is {got}, want {want}"
+                        );
+                    }
+                }
+            }
         }
-        assert!(ran.iter().all(|&r| r >= 2), "shapes run per ISA: {ran:?}");
+        assert!(ran.iter().all(|&r| r >= 4), "cases run per ISA: {ran:?}");
     }
 }
