@@ -39,8 +39,8 @@ use std::mem::MaybeUninit;
 /// Entries of a transformed 6×6 patch, `ξ = 6·i + j`.
 const XI: usize = 36;
 
-/// How the pooled output splits into 4×4 tiles (2×2 pooled pixels each),
-/// and the input into phase planes. Patch entry `(k, l)` of tile
+/// How the output splits into 4×4 tiles (2×2 pooled pixels each, behind
+/// a pooling), and the input into phase planes. Patch entry `(k, l)` of tile
 /// `(ty, tx)` is entry `(ty + k/4, tx + l/4)` of phase plane
 /// `4·(k%4) + l%4`, whose rows are `tw + 1` long (the patches reach one
 /// column past their tile's): a tile row's entries are one contiguous run.
@@ -49,9 +49,8 @@ const XI: usize = 36;
 /// here).
 #[derive(Clone, Copy, Debug)]
 struct Tiling4 {
-    /// tile rows: the pooled rows halved, rounded up
+    /// tile rows and columns (see [`Tiling4::new`])
     th: usize,
-    /// tile columns: the pooled columns halved, rounded up
     tw: usize,
 }
 
