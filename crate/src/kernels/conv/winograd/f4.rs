@@ -147,16 +147,16 @@ fn transform_kernel(g: &Geom, kernel: &[f32]) -> Vec<f32> {
 unsafe fn bt<R: Reg>([d0, d1, d2, d3, d4, d5]: [R; 6]) -> [R; 6] {
     // SAFETY: the caller's promise.
     unsafe {
-        let (four, five, two) = (R::splat(4.0), R::splat(-5.0), R::splat(2.0));
-        let (m4, m2) = (R::splat(-4.0), R::splat(-2.0));
+        let (four, two) = (R::splat(4.0), R::splat(2.0));
+        let (minus5, minus4, minus2) = (R::splat(-5.0), R::splat(-4.0), R::splat(-2.0));
         let (d12, p12, d31, d42) = (d1.sub(d2), d1.add(d2), d3.sub(d1), d4.sub(d2));
         [
-            R::fmadd(four, d0, R::fmadd(five, d2, d4)),
-            R::fmadd(m4, p12, d3.add(d4)),
+            R::fmadd(four, d0, R::fmadd(minus5, d2, d4)),
+            R::fmadd(minus4, p12, d3.add(d4)),
             R::fmadd(four, d12, d4.sub(d3)),
             R::fmadd(two, d31, d42),
-            R::fmadd(m2, d31, d42),
-            R::fmadd(four, d1, R::fmadd(five, d3, d5)),
+            R::fmadd(minus2, d31, d42),
+            R::fmadd(four, d1, R::fmadd(minus5, d3, d5)),
         ]
     }
 }
@@ -190,25 +190,21 @@ multiversion! {
     fn split16<T>(src: &[T], w: usize, p: usize, t: &Tiling4, planes: &mut [T]) {
         let pl = t.plane_len();
         planes[..16 * pl].fill(T::zero());
-        // the first pixel of each row on a padded column that is a multiple of 4
-        let first = (4 - p % 4) % 4;
+        // Each row's pixels before its first padded column that is a
+        // multiple of 4, and from the first after its groups of four.
+        let head = ((4 - p % 4) % 4).min(w);
+        let tail = head + (w - head) / 4 * 4;
         for (ih, row) in src.chunks_exact(w).enumerate() {
             let ph = ih + p;
             let base = 4 * (ph % 4) * pl + (ph / 4) * t.row();
-            let mut put = |iw: usize, v: T| {
+            for iw in (0..head).chain(tail..w) {
                 let pw = iw + p;
-                planes[base + (pw % 4) * pl + pw / 4] = v;
-            };
-            for iw in (0..first.min(w)).chain(first.max((w.max(first) - first) / 4 * 4 + first)..w) {
-                put(iw, row[iw]);
+                planes[base + (pw % 4) * pl + pw / 4] = row[iw];
             }
-            if first >= w {
-                continue;
-            }
-            let quads = row[first..].chunks_exact(4);
-            let (q0, len) = ((first + p) / 4, quads.len());
-            let phase = |b: usize| base + b * pl + q0;
-            let (a, rest) = planes[phase(0)..].split_at_mut(pl);
+            let quads = row[head..tail].chunks_exact(4);
+            let (q0, len) = ((head + p) / 4, quads.len());
+            // phases 0..4 of the row's groups: four runs `pl` apart
+            let (a, rest) = planes[base + q0..].split_at_mut(pl);
             let (b, rest) = rest.split_at_mut(pl);
             let (c, d) = rest.split_at_mut(pl);
             let (a, b, c, d) = (&mut a[..len], &mut b[..len], &mut c[..len], &mut d[..len]);
