@@ -80,15 +80,19 @@ pub(in crate::kernels::conv) trait InRegisters {
 
 #[cfg(target_arch = "x86_64")]
 impl Isa {
-    /// Runs `job` in this ISA's registers: 16 zmm accumulators (1 column
-    /// register × 16 rows, of 32 registers), or 12 ymm (2 × 6, of 16). A
-    /// ymm FMA has 4 cycles of latency at 2 a cycle, so 8 chains are the
-    /// least that keep the pipes busy; with 1 × 8, as before, a Zen 3 ran
-    /// the products at under half its FMA peak. 2 × 6 has slack in the
-    /// chains and one broadcast per two FMAs, and still leaves registers
-    /// for computing `V` (3 × 4 did not: an accumulator went through the
-    /// stack). The one place that maps an ISA to its registers and compiles
-    /// the job for it.
+    /// Runs `job` in this ISA's registers: 24 zmm accumulators (3 column
+    /// registers × 8 rows, of 32 registers), or 12 ymm (2 × 6, of 16). An
+    /// FMA has 4 cycles of latency at 2 a cycle, so 8 chains are the least
+    /// that keep the pipes busy; with 1 × 8, as before, a Zen 3 ran the
+    /// products at under half its FMA peak. 2 × 6 has slack in the chains
+    /// and one broadcast per two FMAs, and still leaves registers for
+    /// computing `V` (3 × 4 did not: an accumulator went through the
+    /// stack). In zmm, 1 × 16 (as before) took a broadcast of `U` per FMA:
+    /// with its loads of `V`, more loads than an Intel core's two ports
+    /// issue beside two FMAs a cycle, and the forward ran slower in zmm
+    /// than in ymm on an Ice Lake Xeon; 3 × 8 takes one per three FMAs
+    /// (BENCHMARKS.md, 2026-12-07, Intel Xeon). The one place that maps an
+    /// ISA to its registers and compiles the job for it.
     ///
     /// # Safety
     /// The job's pointers (if any) cover what its fields say.
@@ -98,7 +102,7 @@ impl Isa {
         unsafe fn avx512(job: impl InRegisters) {
             // SAFETY: compiled for AVX-512F, called only where it is
             // present; the caller's promise for the rest.
-            unsafe { job.run::<__m512, 1, 16>() }
+            unsafe { job.run::<__m512, 3, 8>() }
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(job: impl InRegisters) {

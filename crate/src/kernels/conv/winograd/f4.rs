@@ -718,8 +718,11 @@ mod tests {
             // more input channels than the products' block of `V` holds
             (1, 130, 5, 34, 0),
             (2, 8, 16, 33, 0),
-            // tile rows of 16, for AVX-512
+            // tile rows of 16 and more, for AVX-512 (as many cases as AVX2
+            // gets): an odd pooled side, padding, a row's registers overlapping
             (1, 8, 8, 66, 0),
+            (1, 5, 6, 65, 0),
+            (1, 9, 7, 70, 1),
         ];
         let mut ran = vec![0; isas.len()];
         for (images, c, o, side, pad) in shapes {
