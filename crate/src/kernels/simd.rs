@@ -311,6 +311,28 @@ pub(crate) mod regs {
         /// `v` takes over `best` (greater, or NaN, as `max_pool2d`'s
         /// `takes_over`), else `(best, k)`.
         unsafe fn keep_max(best: Self, k: Self, v: Self, q: Self) -> (Self, Self);
+        /// The low `L/2` lanes from `lo`, the high ones from `hi` (two runs
+        /// that are not side by side, such as two tile rows).
+        unsafe fn load_halves(lo: *const f32, hi: *const f32) -> Self;
+    }
+
+    #[inline(always)]
+    unsafe fn load_halves256(lo: *const f32, hi: *const f32) -> __m256 {
+        // SAFETY: the caller's promise (AVX; 4 f32s at each pointer).
+        unsafe { _mm256_loadu2_m128(hi, lo) }
+    }
+
+    #[inline(always)]
+    unsafe fn load_halves512(lo: *const f32, hi: *const f32) -> __m512 {
+        // SAFETY: the caller's promise (AVX-512F; 8 f32s at each pointer).
+        // (f64x4 rather than f32x8: the same bits, and AVX-512F alone.)
+        unsafe {
+            let lo = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(lo)));
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                lo,
+                _mm256_castps_pd(_mm256_loadu_ps(hi)),
+            ))
+        }
     }
 
     #[inline(always)]
@@ -342,7 +364,7 @@ pub(crate) mod regs {
     }
 
     macro_rules! reg {
-        ($r:ty, $l:expr, $zero:ident, $load:ident, $store:ident, $add:ident, $sub:ident, $fmadd:ident, $splat:ident, $max:ident, $keep_max:ident) => {
+        ($r:ty, $l:expr, $zero:ident, $load:ident, $store:ident, $add:ident, $sub:ident, $fmadd:ident, $splat:ident, $max:ident, $keep_max:ident, $load_halves:ident) => {
             impl Reg for $r {
                 const L: usize = $l;
                 // SAFETY (every method): the caller's promise (the CPU has
@@ -383,6 +405,10 @@ pub(crate) mod regs {
                 unsafe fn keep_max(best: Self, k: Self, v: Self, q: Self) -> (Self, Self) {
                     unsafe { $keep_max(best, k, v, q) }
                 }
+                #[inline(always)]
+                unsafe fn load_halves(lo: *const f32, hi: *const f32) -> Self {
+                    unsafe { $load_halves(lo, hi) }
+                }
             }
         };
     }
@@ -397,7 +423,8 @@ pub(crate) mod regs {
         _mm256_fmadd_ps,
         _mm256_set1_ps,
         _mm256_max_ps,
-        keep_max256
+        keep_max256,
+        load_halves256
     );
     reg!(
         __m512,
@@ -410,7 +437,8 @@ pub(crate) mod regs {
         _mm512_fmadd_ps,
         _mm512_set1_ps,
         _mm512_max_ps,
-        keep_max512
+        keep_max512,
+        load_halves512
     );
 }
 

@@ -86,19 +86,31 @@ impl Tiling4 {
     fn channel_len(&self) -> usize {
         odd_lines(16 * self.plane_len())
     }
+    /// The tile rows one register of `lanes` takes in the input transform:
+    /// one where a row fills it, two where a row is exactly half of it
+    /// (the second layer's rows of 8 in AVX-512's 16 lanes), else `None`.
+    fn rows_per_register(&self, lanes: usize) -> Option<usize> {
+        match () {
+            _ if self.tw >= lanes => Some(1),
+            _ if 2 * self.tw == lanes && self.th >= 2 => Some(2),
+            _ => None,
+        }
+    }
 }
 
 /// Whether F(4×4) runs this layer in `isa` (`pool`: the tiles a 2×2
-/// pooling reads). Its transforms go a tile row at a time, so a row must
-/// fill a register: the article's second layer has rows of 8 tiles, pooled
-/// or not (the BatchNormalization variant's), so AVX2 and not AVX-512. And
-/// an image must have at least four registers of tiles: the fourth layer
-/// (3 × 3 tiles) does not, and there F(4×4) took twice F(2×2)'s time in the
-/// first version of this file. On a Zen 3 the second layer's forward takes
-/// 16–17% less time than with F(2×2) (BENCHMARKS.md, 2026-12-07, night).
+/// pooling reads). Its input transform goes a tile row at a time, so a row
+/// must fill a register, or two rows exactly
+/// ([`Tiling4::rows_per_register`]): the article's second layer has rows of
+/// 8 tiles, pooled or not (the BatchNormalization variant's), one to an
+/// AVX2 register and two to an AVX-512 one. And an image must have at least
+/// four registers of tiles: the fourth layer (3 × 3 tiles) does not, and
+/// there F(4×4) took twice F(2×2)'s time in the first version of this
+/// file. On a Zen 3 the second layer's forward takes 16–17% less time than
+/// with F(2×2) (BENCHMARKS.md, 2026-12-07, night).
 pub(super) fn pays(isa: Isa, g: &Geom, pool: bool) -> bool {
     let (t, l) = (Tiling4::new(g, pool), isa.lanes());
-    t.tw >= l && t.per_image() >= 4 * l
+    t.rows_per_register(l).is_some() && t.per_image() >= 4 * l
 }
 
 /// `G = [[¼, 0, 0], [-⅙, -⅙, -⅙], [-⅙, ⅙, -⅙], [1/24, 1/12, ⅙],
@@ -219,7 +231,11 @@ multiversion! {
 /// `V`'s 36 runs (one per `ξ`, `vs` apart), one register of a tile row's
 /// tiles at a time: `Bᵀ` down each of the patch's six columns into
 /// registers, then along each of the six rows; a row's last register
-/// overlaps the one before (the same values written twice).
+/// overlaps the one before (the same values written twice). Where a
+/// register holds two rows ([`Tiling4::rows_per_register`]), each load
+/// takes its halves from two rows of the planes, and the tiles of the two
+/// rows lie side by side in `V`; an odd last row goes with the one before
+/// it (again written twice).
 #[cfg(target_arch = "x86_64")]
 struct InputTransform<'a> {
     t: &'a Tiling4,
@@ -235,45 +251,85 @@ impl InRegisters for InputTransform<'_> {
     unsafe fn run<R: Reg, const W: usize, const OB: usize>(self) {
         let InputTransform { t, planes, v, vs } = self;
         let (tw, pl) = (t.tw, t.plane_len());
-        assert!(tw >= R::L && planes.len() >= 16 * pl && v.len() >= 35 * vs + t.per_image());
+        let rows = t.rows_per_register(R::L);
+        assert!(rows.is_some() && planes.len() >= 16 * pl && v.len() >= 35 * vs + t.per_image());
         let off: [[usize; 6]; 6] = std::array::from_fn(|k| {
             std::array::from_fn(|l| (4 * (k % 4) + l % 4) * pl + (k / 4) * t.row() + l / 4)
         });
-        for ty in 0..t.th {
-            let mut x = 0;
-            while x < tw {
-                let x0 = x.min(tw - R::L);
-                // SAFETY: every load lies in the planes (entry
-                // `(ty + k/4, x0 + l/4 + lane)` of a plane, inside its `th + 1`
-                // rows of `tw + 1`), every store in `v` (asserted); the CPU
-                // has R's ISA.
-                unsafe {
-                    let p = planes.as_ptr().add(ty * t.row() + x0);
-                    let v = v.as_mut_ptr().add(ty * tw + x0);
-                    // cols[l][i] = (Bᵀ d)[i][l] (loops, not `array::from_fn`:
-                    // its closures are compiled without the ISA, and the
-                    // intrinsics in them became calls)
-                    let mut cols = [[R::zero(); 6]; 6];
-                    for (l, col) in cols.iter_mut().enumerate() {
-                        let mut d = [R::zero(); 6];
-                        for (k, d) in d.iter_mut().enumerate() {
-                            *d = R::load(p.add(off[k][l]));
+        // SAFETY (both): the caller's promise and the bounds asserted, as
+        // each function says.
+        match rows {
+            Some(1) => {
+                for ty in 0..t.th {
+                    let mut x = 0;
+                    while x < tw {
+                        let x0 = x.min(tw - R::L);
+                        // SAFETY: the loads lie in the planes (entry
+                        // `(ty + k/4, x0 + l/4 + lane)` of a plane, inside its
+                        // `th + 1` rows of `tw + 1`), the stores in `v`.
+                        unsafe {
+                            let p = planes.as_ptr().add(ty * t.row() + x0);
+                            let v = v.as_mut_ptr().add(ty * tw + x0);
+                            input_tiles::<R>(|o| R::load(p.add(o)), &off, v, vs);
                         }
-                        *col = bt(d);
-                    }
-                    // (a loop: `cols.map(|col| col[i])` made the layer 14% slower)
-                    #[allow(clippy::needless_range_loop)]
-                    for i in 0..6 {
-                        let mut t = [R::zero(); 6];
-                        for l in 0..6 {
-                            t[l] = cols[l][i];
-                        }
-                        for (j, r) in bt(t).into_iter().enumerate() {
-                            r.store(v.add((6 * i + j) * vs));
-                        }
+                        x = x0 + R::L;
                     }
                 }
-                x = x0 + R::L;
+            }
+            _ => {
+                for ty in (0..t.th).step_by(2) {
+                    let ty = ty.min(t.th - 2);
+                    // SAFETY: each half lies in the planes (entry
+                    // `(ty + k/4 (+1), l/4 + lane)`, lane < tw, of a plane of
+                    // `th + 1` rows of `tw + 1`), the stores in `v` (tiles
+                    // `ty·tw .. (ty + 2)·tw`).
+                    unsafe {
+                        let (p, r) = (planes.as_ptr().add(ty * t.row()), t.row());
+                        let v = v.as_mut_ptr().add(ty * tw);
+                        input_tiles::<R>(|o| R::load_halves(p.add(o), p.add(o + r)), &off, v, vs);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One register of tiles' `Bᵀ d B` into `V`'s 36 runs at `v` (`vs` apart),
+/// patch entry `(k, l)` of each tile from `load(off[k][l])`.
+///
+/// # Safety
+/// The CPU has `R`'s ISA; `load` may be called with every offset of `off`;
+/// the 36 runs at `v` hold `L` f32s.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn input_tiles<R: Reg>(
+    load: impl Fn(usize) -> R,
+    off: &[[usize; 6]; 6],
+    v: *mut f32,
+    vs: usize,
+) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        // cols[l][i] = (Bᵀ d)[i][l] (loops, not `array::from_fn`: its
+        // closures are compiled without the ISA, and the intrinsics in them
+        // became calls)
+        let mut cols = [[R::zero(); 6]; 6];
+        for (l, col) in cols.iter_mut().enumerate() {
+            let mut d = [R::zero(); 6];
+            for (k, d) in d.iter_mut().enumerate() {
+                *d = load(off[k][l]);
+            }
+            *col = bt(d);
+        }
+        // (a loop: `cols.map(|col| col[i])` made the layer 14% slower)
+        #[allow(clippy::needless_range_loop)]
+        for i in 0..6 {
+            let mut t = [R::zero(); 6];
+            for l in 0..6 {
+                t[l] = cols[l][i];
+            }
+            for (j, r) in bt(t).into_iter().enumerate() {
+                r.store(v.add((6 * i + j) * vs));
             }
         }
     }
@@ -468,8 +524,8 @@ pub(super) fn forward<T: Float>(
     let t = Tiling4::new(g, pool);
     let (n, pl) = (t.per_image(), t.plane_len());
     assert!(
-        t.tw >= isa.lanes(),
-        "tile rows of {}, shorter than a register",
+        t.rows_per_register(isa.lanes()).is_some(),
+        "tile rows of {}, neither a register's lanes or more nor half of them",
         t.tw
     );
     // The planes hold every padded row and column a patch reads (the
@@ -709,24 +765,31 @@ mod tests {
             eprintln!("no AVX2 or AVX-512 here: F(4×4) never runs");
         }
         let mut next = crate::kernels::test_values(11);
-        // (images, in, out, side, padding)
+        // (images, in, out, height, width, padding)
         let shapes = [
-            (3, 32, 32, 32, 0),
+            // the article's second layer: rows of 8 tiles, one AVX2 register
+            // or half an AVX-512 one
+            (3, 32, 32, 32, 32, 0),
             // tile rows of 9 (a row's registers overlap), an odd pooled side
-            (2, 17, 19, 37, 1),
-            (1, 40, 8, 30, 1),
+            (2, 17, 19, 37, 37, 1),
+            (1, 40, 8, 30, 30, 1),
             // more input channels than the products' block of `V` holds
-            (1, 130, 5, 34, 0),
-            (2, 8, 16, 33, 0),
-            // tile rows of 16 and more, for AVX-512 (as many cases as AVX2
-            // gets): an odd pooled side, padding, a row's registers overlapping
-            (1, 8, 8, 66, 0),
-            (1, 5, 6, 65, 0),
-            (1, 9, 7, 70, 1),
+            (1, 130, 5, 34, 34, 0),
+            (2, 8, 16, 33, 33, 0),
+            // rows of 8 tiles, an odd number of them (5): AVX-512's last
+            // register of two rows overlaps the one before
+            (1, 6, 5, 22, 32, 0),
+            // rows of 4 tiles, two to an AVX2 register
+            (1, 7, 6, 32, 16, 1),
+            // tile rows of 16 and more, for AVX-512: an odd pooled side,
+            // padding, a row's registers overlapping
+            (1, 8, 8, 66, 66, 0),
+            (1, 5, 6, 65, 65, 0),
+            (1, 9, 7, 70, 70, 1),
         ];
         let mut ran = vec![0; isas.len()];
-        for (images, c, o, side, pad) in shapes {
-            let g = Geom::new(&[images, c, side, side], &[o, c, 3, 3], &[o], pad).unwrap();
+        for (images, c, o, h, w, pad) in shapes {
+            let g = Geom::new(&[images, c, h, w], &[o, c, 3, 3], &[o], pad).unwrap();
             let x: Vec<f32> = (0..g.n * g.x_image()).map(|_| next()).collect();
             let kernel: Vec<f32> = (0..o * c * 9).map(|_| next()).collect();
             let bias: Vec<f32> = (0..o).map(|_| next()).collect();
@@ -739,8 +802,8 @@ mod tests {
                             (r + k) as isize - pad as isize,
                             (s + l) as isize - pad as isize,
                         );
-                        if (0..side as isize).contains(&ih) && (0..side as isize).contains(&iw) {
-                            let xv = x[((n * c + ch) * side + ih as usize) * side + iw as usize];
+                        if (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw) {
+                            let xv = x[((n * c + ch) * h + ih as usize) * w + iw as usize];
                             sum += f64::from(xv) * f64::from(kernel[(oc * c + ch) * 9 + 3 * k + l]);
                         }
                     }
@@ -752,7 +815,10 @@ mod tests {
             let tol = 3e-6 * (9 * c) as f64;
             let (hp, wp) = (g.ho / 2, g.wo / 2);
             for (&isa, ran) in isas.iter().zip(&mut ran) {
-                if Tiling4::new(&g, true).tw < isa.lanes() {
+                if Tiling4::new(&g, true)
+                    .rows_per_register(isa.lanes())
+                    .is_none()
+                {
                     continue;
                 }
                 *ran += 1;
@@ -769,7 +835,7 @@ mod tests {
                         at % wp,
                     );
                     let case = format!(
-                        "{isa:?}, {images}×{c}→{o}, {side}², pad {pad}: pooled {n},{oc},{py},{px}"
+                        "{isa:?}, {images}×{c}→{o}, {h}×{w}, pad {pad}: pooled {n},{oc},{py},{px}"
                     );
                     let window: Vec<f64> = (0..4)
                         .map(|q| exact(n, oc, 2 * py + q / 2, 2 * px + q % 2).max(0.0))
@@ -786,7 +852,10 @@ mod tests {
                 }
             }
             for (&isa, ran) in isas.iter().zip(&mut ran) {
-                if Tiling4::new(&g, false).tw < isa.lanes() {
+                if Tiling4::new(&g, false)
+                    .rows_per_register(isa.lanes())
+                    .is_none()
+                {
                     continue;
                 }
                 *ran += 1;
@@ -804,13 +873,13 @@ mod tests {
                         let want = if relu { want.max(0.0) } else { want };
                         assert!(
                             (f64::from(got) - want).abs() <= tol,
-                            "{isa:?}, {images}×{c}→{o}, {side}², pad {pad}, relu {relu}: \
+                            "{isa:?}, {images}×{c}→{o}, {h}×{w}, pad {pad}, relu {relu}: \
                              pixel {n},{oc},{oh},{ow} is {got}, want {want}"
                         );
                     }
                 }
             }
         }
-        assert!(ran.iter().all(|&r| r >= 4), "cases run per ISA: {ran:?}");
+        assert!(ran.iter().all(|&r| r >= 10), "cases run per ISA: {ran:?}");
     }
 }
