@@ -15,8 +15,8 @@
 //!   sides: every layer of the article's model but the first. 2.25x fewer multiply-adds than a direct convolution, and
 //!   with a 2×2 max-pooling after the ReLU, the pooling in the same op
 //!   ([`conv2d_relu_max_pool2`]). The forward of a layer whose tile rows
-//!   fill a register (the second, on AVX2) takes F(4×4, 3×3) instead: 4x
-//!   fewer.
+//!   fill a register, or two of them do (the second), takes F(4×4, 3×3)
+//!   instead: 4x fewer.
 //! * **direct** ([`direct`]), the forward only, for the other stride-1
 //!   convolutions in f32 on CPUs with AVX2 or AVX-512 (the first layer):
 //!   each kernel tap a shifted view of the zero-padded image, multiplied in

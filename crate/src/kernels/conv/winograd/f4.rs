@@ -1,8 +1,10 @@
 //! Winograd F(4×4, 3×3) for the forward of a 3×3 convolution (with its
 //! bias, and the ReLU and a 2×2 max-pooling when they follow), in f32 on
-//! CPUs with AVX2 or AVX-512, where a tile row fills a register: the
-//! article's second layer (30 × 30 outputs, the model's largest) on AVX2,
-//! in the article's model and in its BatchNormalization variant.
+//! CPUs with AVX2 or AVX-512, where a tile row fills a register or two rows
+//! fill it exactly: the article's second layer (30 × 30 outputs, the
+//! model's largest; rows of 8 tiles, one to an AVX2 register, two to an
+//! AVX-512 one), in the article's model and in its BatchNormalization
+//! variant.
 //!
 //! Each 4×4 block of outputs (a tile: four pooling windows) comes from the
 //! 6×6 input patch under it as `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`: 36 products per
