@@ -258,8 +258,6 @@ impl InRegisters for InputTransform<'_> {
         let off: [[usize; 6]; 6] = std::array::from_fn(|k| {
             std::array::from_fn(|l| (4 * (k % 4) + l % 4) * pl + (k / 4) * t.row() + l / 4)
         });
-        // SAFETY (both): the caller's promise and the bounds asserted, as
-        // each function says.
         match rows {
             Some(1) => {
                 for ty in 0..t.th {
@@ -268,7 +266,8 @@ impl InRegisters for InputTransform<'_> {
                         let x0 = x.min(tw - R::L);
                         // SAFETY: the loads lie in the planes (entry
                         // `(ty + k/4, x0 + l/4 + lane)` of a plane, inside its
-                        // `th + 1` rows of `tw + 1`), the stores in `v`.
+                        // `th + 1` rows of `tw + 1`), the stores in `v`
+                        // (asserted); the CPU has R's ISA.
                         unsafe {
                             let p = planes.as_ptr().add(ty * t.row() + x0);
                             let v = v.as_mut_ptr().add(ty * tw + x0);
@@ -279,12 +278,13 @@ impl InRegisters for InputTransform<'_> {
                 }
             }
             _ => {
+                // two rows to a register (`rows` is `Some(2)`: asserted)
                 for ty in (0..t.th).step_by(2) {
                     let ty = ty.min(t.th - 2);
                     // SAFETY: each half lies in the planes (entry
                     // `(ty + k/4 (+1), l/4 + lane)`, lane < tw, of a plane of
                     // `th + 1` rows of `tw + 1`), the stores in `v` (tiles
-                    // `ty·tw .. (ty + 2)·tw`).
+                    // `ty·tw .. (ty + 2)·tw`); the CPU has R's ISA.
                     unsafe {
                         let (p, r) = (planes.as_ptr().add(ty * t.row()), t.row());
                         let v = v.as_mut_ptr().add(ty * tw);
