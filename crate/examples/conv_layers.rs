@@ -1,14 +1,15 @@
-//! Each Winograd convolution of the article's model alone, forward only, at
-//! batch 128 on random data, and the second one unpooled as the
-//! BatchNormalization variant runs it (`conv2u`; here with the ReLU): the
-//! best of several calls, so that a noisy machine still gives a steady
-//! figure to compare kernels by.
+//! Each Winograd convolution of the article's model alone at batch 128 on
+//! random data, and the second one unpooled as the BatchNormalization
+//! variant runs it (`conv2u`; here with the ReLU): its forward, then its
+//! backward (both gradients, through autograd, from a gradient of ones),
+//! each the best of several calls, so that a noisy machine still gives a
+//! steady figure to compare kernels by.
 //!
 //!     cargo run --release -p cifar10-cnn --example conv_layers [calls]
 //!
-//! Prints one JSON line: milliseconds per layer and their sum.
+//! Prints one JSON line: milliseconds per layer and pass, and the sums.
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use cifar10_cnn::kernels::{conv2d_relu, conv2d_relu_max_pool2};
 use std::time::Instant;
 
@@ -22,25 +23,43 @@ fn main() -> anyhow::Result<()> {
         ("conv3", 32, 64, 15, 1, false),
         ("conv4", 64, 64, 15, 0, true),
     ];
-    let mut out = Vec::new();
-    let mut total = 0.0;
+    let best_of = |f: &mut dyn FnMut() -> anyhow::Result<f64>| -> anyhow::Result<f64> {
+        (0..calls).try_fold(f64::INFINITY, |best, _| Ok(best.min(f()?)))
+    };
+    let (mut out, mut fwd_sum, mut bwd_sum) = (Vec::new(), 0.0, 0.0);
     for (name, c, o, side, pad, pooled) in layers {
-        let x = Tensor::randn(0f32, 1.0, (128, c, side, side), &dev)?;
-        let k = (Tensor::randn(0f32, 1.0, (o, c, 3, 3), &dev)? * (2.0 / (9.0 * c as f64)).sqrt())?;
-        let b = Tensor::zeros(o, candle_core::DType::F32, &dev)?;
-        let mut best = f64::INFINITY;
-        for _ in 0..calls {
+        let x = Var::randn(0f32, 1.0, (128, c, side, side), &dev)?;
+        let std = (2.0 / (9.0 * c as f64)).sqrt();
+        let k = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (o, c, 3, 3), &dev)? * std)?)?;
+        let b = Var::zeros(o, candle_core::DType::F32, &dev)?;
+        let layer = || match pooled {
+            true => conv2d_relu_max_pool2(&x, &k, &b, pad),
+            false => conv2d_relu(&x, &k, &b, pad),
+        };
+        let fwd = best_of(&mut || {
             let t = Instant::now();
-            let y = match pooled {
-                true => conv2d_relu_max_pool2(&x, &k, &b, pad)?,
-                false => conv2d_relu(&x, &k, &b, pad)?,
-            };
-            best = best.min(t.elapsed().as_secs_f64() * 1e3);
+            let y = layer()?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
             drop(y);
-        }
-        total += best;
-        out.push(format!("\"{name}_ms\": {best:.2}"));
+            Ok(ms)
+        })?;
+        let bwd = best_of(&mut || {
+            let y = layer()?;
+            let t = Instant::now();
+            let grads = y.backward()?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            drop(grads);
+            Ok(ms)
+        })?;
+        fwd_sum += fwd;
+        bwd_sum += bwd;
+        out.push(format!(
+            "\"{name}_ms\": {fwd:.2}, \"{name}_bwd_ms\": {bwd:.2}"
+        ));
     }
-    println!("{{{}, \"sum_ms\": {total:.2}}}", out.join(", "));
+    println!(
+        "{{{}, \"sum_ms\": {fwd_sum:.2}, \"bwd_sum_ms\": {bwd_sum:.2}}}",
+        out.join(", ")
+    );
     Ok(())
 }
