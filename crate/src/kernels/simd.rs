@@ -211,6 +211,27 @@ trait Dots<T> {
         a: [&[T]; BO],
         b: [&[T]; BC],
     ) -> [[T; BC]; BO];
+    /// [`Dots::block`] added onto `out`: dot `(i, j)` onto `out[j · stride + i]`.
+    ///
+    /// # Safety
+    /// As [`Dots::block`].
+    #[inline(always)]
+    unsafe fn block_add<const BO: usize, const BC: usize>(
+        a: [&[T]; BO],
+        b: [&[T]; BC],
+        out: &mut [T],
+        stride: usize,
+    ) where
+        T: Float,
+    {
+        // SAFETY: the caller's promise.
+        let dots = unsafe { Self::block::<BO, BC>(a, b) };
+        for (i, dots) in dots.into_iter().enumerate() {
+            for (j, sum) in dots.into_iter().enumerate() {
+                out[j * stride + i] += sum;
+            }
+        }
+    }
 }
 
 /// [`dot_block`]: portable code in `L` lanes, vectorized by the compiler
@@ -251,21 +272,20 @@ unsafe fn grad_dots<T: Float, D: Dots<T>, const BO: usize, const BC: usize>(
     for o0 in (0..o).step_by(BO) {
         for c0 in (0..c).step_by(BC) {
             let (bo, bc) = ((o - o0).min(BO), (c - c0).min(BC));
-            let mut add = |i: usize, j: usize, sum: T| du_t[(c0 + j) * o + o0 + i] += sum;
             if bo == BO && bc == BC {
                 // SAFETY: the caller's promise.
-                let dots = unsafe {
-                    D::block::<BO, BC>(
+                unsafe {
+                    D::block_add::<BO, BC>(
                         std::array::from_fn(|i| dm_row(o0 + i)),
                         std::array::from_fn(|j| v_row(c0 + j)),
+                        &mut du_t[c0 * o + o0..],
+                        o,
                     )
                 };
-                for (i, dots) in dots.into_iter().enumerate() {
-                    for (j, sum) in dots.into_iter().enumerate() {
-                        add(i, j, sum);
-                    }
-                }
-            } else if bo == BO {
+                continue;
+            }
+            let mut add = |i: usize, j: usize, sum: T| du_t[(c0 + j) * o + o0 + i] += sum;
+            if bo == BO {
                 // the last columns: BO × 1 blocks
                 for j in 0..bc {
                     // SAFETY: as above.
@@ -484,6 +504,24 @@ mod explicit_dots {
         /// # Safety
         /// The CPU has the register's ISA.
         unsafe fn sums<const BO: usize, const BC: usize>(acc: [[Self; BC]; BO]) -> [[f32; BC]; BO];
+        /// The sums added onto `out` as [`Dots::block_add`] does.
+        ///
+        /// # Safety
+        /// The CPU has the register's ISA.
+        #[inline(always)]
+        unsafe fn sums_add<const BO: usize, const BC: usize>(
+            acc: [[Self; BC]; BO],
+            out: &mut [f32],
+            stride: usize,
+        ) {
+            // SAFETY: the caller's promise.
+            let sums = unsafe { Self::sums(acc) };
+            for (i, sums) in sums.into_iter().enumerate() {
+                for (j, sum) in sums.into_iter().enumerate() {
+                    out[j * stride + i] += sum;
+                }
+            }
+        }
     }
 
     impl Sums for __m256 {
@@ -504,6 +542,42 @@ mod explicit_dots {
                 return std::array::from_fn(|i| std::array::from_fn(|j| sums[4 * j + i]));
             }
             unsafe { each_sum(acc, |v| lanes_sum16(v)) }
+        }
+        #[inline(always)]
+        unsafe fn sums_add<const BO: usize, const BC: usize>(
+            acc: [[Self; BC]; BO],
+            out: &mut [f32],
+            stride: usize,
+        ) {
+            if (BO, BC) != (4, 4) {
+                // SAFETY: the caller's promise.
+                let sums = unsafe { Self::sums(acc) };
+                for (i, sums) in sums.into_iter().enumerate() {
+                    for (j, sum) in sums.into_iter().enumerate() {
+                        out[j * stride + i] += sum;
+                    }
+                }
+                return;
+            }
+            // Sums (0..4, j) are 128-bit lane j of `sums_4x4`'s register, and
+            // their places in `out` are contiguous: four vector additions
+            // instead of sixteen scalar ones.
+            let out = &mut out[..3 * stride + 4];
+            // SAFETY: the caller's promise (AVX-512F); each 4-float access
+            // at j·stride lies inside `out` (its length, just sliced).
+            unsafe {
+                let s = sums_4x4_reg(std::array::from_fn(|k| acc[k / 4][k % 4]));
+                let lanes = [
+                    _mm512_extractf32x4_ps::<0>(s),
+                    _mm512_extractf32x4_ps::<1>(s),
+                    _mm512_extractf32x4_ps::<2>(s),
+                    _mm512_extractf32x4_ps::<3>(s),
+                ];
+                for (j, sums) in lanes.into_iter().enumerate() {
+                    let p = out.as_mut_ptr().add(j * stride);
+                    _mm_storeu_ps(p, _mm_add_ps(_mm_loadu_ps(p), sums));
+                }
+            }
         }
     }
 
@@ -529,6 +603,31 @@ mod explicit_dots {
             a: [&[f32]; BO],
             b: [&[f32]; BC],
         ) -> [[f32; BC]; BO] {
+            // SAFETY: the caller's promise.
+            unsafe { R::sums(accumulate::<R, BO, BC>(a, b)) }
+        }
+        #[inline(always)]
+        unsafe fn block_add<const BO: usize, const BC: usize>(
+            a: [&[f32]; BO],
+            b: [&[f32]; BC],
+            out: &mut [f32],
+            stride: usize,
+        ) {
+            // SAFETY: the caller's promise.
+            unsafe { R::sums_add(accumulate::<R, BO, BC>(a, b), out, stride) }
+        }
+    }
+
+    /// The `BO × BC` accumulators of [`Dots::block`], each in `R::L` lanes.
+    ///
+    /// # Safety
+    /// The CPU has R's ISA.
+    #[inline(always)]
+    unsafe fn accumulate<R: Reg, const BO: usize, const BC: usize>(
+        a: [&[f32]; BO],
+        b: [&[f32]; BC],
+    ) -> [[R; BC]; BO] {
+        {
             let n = a[0].len() / R::L;
             assert!(a.iter().all(|r| r.len() >= R::L * n) && b.iter().all(|r| r.len() >= R::L * n));
             // SAFETY (every `unsafe` below): the caller's promise (the CPU
@@ -544,7 +643,7 @@ mod explicit_dots {
                     }
                 }
             }
-            unsafe { R::sums(acc) }
+            acc
         }
     }
 
@@ -599,13 +698,23 @@ mod explicit_dots {
         lanes_sum8(_mm256_add_ps(_mm512_castps512_ps256(v), hi))
     }
 
-    /// The lane sums of 16 accumulators `acc[4i + j]` at once, entry `4j + i`
+    /// [`sums_4x4_reg`] as an array.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn sums_4x4(acc: [__m512; 16]) -> [f32; 16] {
+        let mut out = [0f32; 16];
+        // SAFETY: `out` holds 16 f32.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sums_4x4_reg(acc)) };
+        out
+    }
+
+    /// The lane sums of 16 accumulators `acc[4i + j]` at once, lane `4j + i`
     /// of the result: each level pairs two registers' halves with one
     /// shuffle each way and adds them, the same additions as [`lanes_sum`]
     /// (lane `l` plus lane `l + half`, for halves 8, 4, 2, 1).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn sums_4x4(acc: [__m512; 16]) -> [f32; 16] {
+    fn sums_4x4_reg(acc: [__m512; 16]) -> __m512 {
         // 16 → 8: register p holds accumulator 2p's 8 partial sums in its
         // low half, 2p + 1's in its high half.
         let s8: [__m512; 8] = std::array::from_fn(|p| {
@@ -633,14 +742,10 @@ mod explicit_dots {
         });
         // 2 → 1: lane m holds accumulators m, 4 + m, 8 + m, 12 + m.
         let (a, b) = (s2[0], s2[1]);
-        let s1 = _mm512_add_ps(
+        _mm512_add_ps(
             _mm512_shuffle_ps::<0x88>(a, b),
             _mm512_shuffle_ps::<0xDD>(a, b),
-        );
-        let mut out = [0f32; 16];
-        // SAFETY: `out` holds 16 f32.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), s1) };
-        out
+        )
     }
 }
 
