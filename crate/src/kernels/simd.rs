@@ -225,11 +225,20 @@ trait Dots<T> {
         T: Float,
     {
         // SAFETY: the caller's promise.
-        let dots = unsafe { Self::block::<BO, BC>(a, b) };
-        for (i, dots) in dots.into_iter().enumerate() {
-            for (j, sum) in dots.into_iter().enumerate() {
-                out[j * stride + i] += sum;
-            }
+        add_block(unsafe { Self::block::<BO, BC>(a, b) }, out, stride)
+    }
+}
+
+/// Dot `(i, j)` of a block added onto `out[j · stride + i]`.
+#[inline(always)]
+fn add_block<T: Float, const BO: usize, const BC: usize>(
+    dots: [[T; BC]; BO],
+    out: &mut [T],
+    stride: usize,
+) {
+    for (i, dots) in dots.into_iter().enumerate() {
+        for (j, sum) in dots.into_iter().enumerate() {
+            out[j * stride + i] += sum;
         }
     }
 }
@@ -495,7 +504,7 @@ pub(crate) mod regs {
 #[cfg(target_arch = "x86_64")]
 mod explicit_dots {
     use super::regs::Reg;
-    use super::{grad_dots, Dots};
+    use super::{add_block, grad_dots, Dots};
     use std::arch::x86_64::*;
     use std::marker::PhantomData;
 
@@ -515,12 +524,7 @@ mod explicit_dots {
             stride: usize,
         ) {
             // SAFETY: the caller's promise.
-            let sums = unsafe { Self::sums(acc) };
-            for (i, sums) in sums.into_iter().enumerate() {
-                for (j, sum) in sums.into_iter().enumerate() {
-                    out[j * stride + i] += sum;
-                }
-            }
+            add_block(unsafe { Self::sums(acc) }, out, stride)
         }
     }
 
@@ -551,13 +555,7 @@ mod explicit_dots {
         ) {
             if (BO, BC) != (4, 4) {
                 // SAFETY: the caller's promise.
-                let sums = unsafe { Self::sums(acc) };
-                for (i, sums) in sums.into_iter().enumerate() {
-                    for (j, sum) in sums.into_iter().enumerate() {
-                        out[j * stride + i] += sum;
-                    }
-                }
-                return;
+                return add_block(unsafe { Self::sums(acc) }, out, stride);
             }
             // Sums (0..4, j) are 128-bit lane j of `sums_4x4`'s register, and
             // their places in `out` are contiguous: four vector additions
@@ -627,24 +625,22 @@ mod explicit_dots {
         a: [&[f32]; BO],
         b: [&[f32]; BC],
     ) -> [[R; BC]; BO] {
-        {
-            let n = a[0].len() / R::L;
-            assert!(a.iter().all(|r| r.len() >= R::L * n) && b.iter().all(|r| r.len() >= R::L * n));
-            // SAFETY (every `unsafe` below): the caller's promise (the CPU
-            // has R's ISA); L·t + L ≤ L·n ≤ each row's length (asserted).
-            let mut acc = [[unsafe { R::zero() }; BC]; BO];
-            for t in 0..n {
-                let y: [R; BC] =
-                    std::array::from_fn(|j| unsafe { R::load(b[j].as_ptr().add(R::L * t)) });
-                for i in 0..BO {
-                    let x = unsafe { R::load(a[i].as_ptr().add(R::L * t)) };
-                    for j in 0..BC {
-                        acc[i][j] = unsafe { R::fmadd(x, y[j], acc[i][j]) };
-                    }
+        let n = a[0].len() / R::L;
+        assert!(a.iter().all(|r| r.len() >= R::L * n) && b.iter().all(|r| r.len() >= R::L * n));
+        // SAFETY (every `unsafe` below): the caller's promise (the CPU
+        // has R's ISA); L·t + L ≤ L·n ≤ each row's length (asserted).
+        let mut acc = [[unsafe { R::zero() }; BC]; BO];
+        for t in 0..n {
+            let y: [R; BC] =
+                std::array::from_fn(|j| unsafe { R::load(b[j].as_ptr().add(R::L * t)) });
+            for i in 0..BO {
+                let x = unsafe { R::load(a[i].as_ptr().add(R::L * t)) };
+                for j in 0..BC {
+                    acc[i][j] = unsafe { R::fmadd(x, y[j], acc[i][j]) };
                 }
             }
-            acc
         }
+        acc
     }
 
     /// [`super::kernel_grad_dots`] for f32 in 4×3 blocks of `__m256`.
