@@ -54,9 +54,9 @@ const XI: usize = 16;
 const TAPS: [(usize, usize, bool); 4] = [(0, 2, true), (1, 2, false), (2, 1, true), (1, 3, true)];
 
 /// Tiles a chunk of images aims for: enough columns for the products to
-/// run near their peak, few enough that the backward's three chunk
-/// matrices (`V`, `dM`, `dV`: 16 × tiles × (2C + O) values, 1.5–2.9 MB
-/// for the article's layers at 256) mostly stay in L2 between the passes.
+/// run near their peak, few enough that less of the backward's three
+/// chunk matrices (`V`, `dM`, `dV`: 16 × tiles × (2C + O) values, 1.5–3.0
+/// MB for the article's layers at 256) falls out of L2 between the passes.
 /// 512 made them twice that: on an Ice Lake Xeon (L2 1.25 MB) 256 took
 /// the layers' backward 113–120 → 102–110 ms and the step 99–117 → 93–104
 /// ms (BENCHMARKS.md, 2026-12-07, evening); the forward did not change.
