@@ -293,25 +293,24 @@ unsafe fn grad_dots<T: Float, D: Dots<T>, const BO: usize, const BC: usize>(
                 };
                 continue;
             }
-            let mut add = |i: usize, j: usize, sum: T| du_t[(c0 + j) * o + o0 + i] += sum;
+            // SAFETY (both blocks): as above.
             if bo == BO {
                 // the last columns: BO × 1 blocks
                 for j in 0..bc {
-                    // SAFETY: as above.
-                    let dots = unsafe {
-                        D::block::<BO, 1>(std::array::from_fn(|i| dm_row(o0 + i)), [v_row(c0 + j)])
+                    unsafe {
+                        D::block_add::<BO, 1>(
+                            std::array::from_fn(|i| dm_row(o0 + i)),
+                            [v_row(c0 + j)],
+                            &mut du_t[(c0 + j) * o + o0..],
+                            o,
+                        )
                     };
-                    for (i, [sum]) in dots.into_iter().enumerate() {
-                        add(i, j, sum);
-                    }
                 }
             } else {
                 for i in 0..bo {
                     for j in 0..bc {
-                        // SAFETY: as above.
-                        let [[sum]] =
-                            unsafe { D::block::<1, 1>([dm_row(o0 + i)], [v_row(c0 + j)]) };
-                        add(i, j, sum);
+                        let out = &mut du_t[(c0 + j) * o + o0 + i..];
+                        unsafe { D::block_add::<1, 1>([dm_row(o0 + i)], [v_row(c0 + j)], out, o) };
                     }
                 }
             }
@@ -539,12 +538,8 @@ mod explicit_dots {
     impl Sums for __m512 {
         #[inline(always)]
         unsafe fn sums<const BO: usize, const BC: usize>(acc: [[Self; BC]; BO]) -> [[f32; BC]; BO] {
-            // SAFETY (both blocks): the caller's promise (AVX-512F).
-            if (BO, BC) == (4, 4) {
-                // Sum (i, j) is entry 4j + i (see `sums_4x4`).
-                let sums = unsafe { sums_4x4(std::array::from_fn(|k| acc[k / 4][k % 4])) };
-                return std::array::from_fn(|i| std::array::from_fn(|j| sums[4 * j + i]));
-            }
+            // SAFETY: the caller's promise (AVX-512F). (4 × 4 blocks take
+            // `sums_add`'s shuffle tree.)
             unsafe { each_sum(acc, |v| lanes_sum16(v)) }
         }
         #[inline(always)]
@@ -564,7 +559,7 @@ mod explicit_dots {
             // SAFETY: the caller's promise (AVX-512F); each 4-float access
             // at j·stride lies inside `out` (its length, just sliced).
             unsafe {
-                let s = sums_4x4_reg(std::array::from_fn(|k| acc[k / 4][k % 4]));
+                let s = sums_4x4(std::array::from_fn(|k| acc[k / 4][k % 4]));
                 let lanes = [
                     _mm512_extractf32x4_ps::<0>(s),
                     _mm512_extractf32x4_ps::<1>(s),
@@ -694,23 +689,13 @@ mod explicit_dots {
         lanes_sum8(_mm256_add_ps(_mm512_castps512_ps256(v), hi))
     }
 
-    /// [`sums_4x4_reg`] as an array.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn sums_4x4(acc: [__m512; 16]) -> [f32; 16] {
-        let mut out = [0f32; 16];
-        // SAFETY: `out` holds 16 f32.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sums_4x4_reg(acc)) };
-        out
-    }
-
     /// The lane sums of 16 accumulators `acc[4i + j]` at once, lane `4j + i`
     /// of the result: each level pairs two registers' halves with one
     /// shuffle each way and adds them, the same additions as [`lanes_sum`]
     /// (lane `l` plus lane `l + half`, for halves 8, 4, 2, 1).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn sums_4x4_reg(acc: [__m512; 16]) -> __m512 {
+    fn sums_4x4(acc: [__m512; 16]) -> __m512 {
         // 16 → 8: register p holds accumulator 2p's 8 partial sums in its
         // low half, 2p + 1's in its high half.
         let s8: [__m512; 8] = std::array::from_fn(|p| {
