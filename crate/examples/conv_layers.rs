@@ -5,9 +5,11 @@
 //! each the best of several calls, so that a noisy machine still gives a
 //! steady figure to compare kernels by.
 //!
-//!     cargo run --release -p cifar10-cnn --example conv_layers [calls]
+//!     cargo run --release -p cifar10-cnn --example conv_layers [calls] [layer]
 //!
 //! Prints one JSON line: milliseconds per layer and pass, and the sums.
+//! With a layer's name (`conv2`, `conv2u`, `conv3`, `conv4`), only that
+//! one runs: what `perf record` of one layer's kernels needs.
 
 use candle_core::{Device, Tensor, Var};
 use cifar10_cnn::kernels::{conv2d_relu, conv2d_relu_max_pool2};
@@ -15,6 +17,7 @@ use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
     let calls: usize = std::env::args().nth(1).map_or(Ok(15), |a| a.parse())?;
+    let only = std::env::args().nth(2);
     let dev = Device::Cpu;
     // (name, input channels, output channels, side, padding, pooled)
     let layers = [
@@ -27,7 +30,13 @@ fn main() -> anyhow::Result<()> {
         (0..calls).try_fold(f64::INFINITY, |best, _| Ok(best.min(f()?)))
     };
     let (mut out, mut fwd_sum, mut bwd_sum) = (Vec::new(), 0.0, 0.0);
+    if let Some(only) = only.as_deref().filter(|&n| layers.iter().all(|l| l.0 != n)) {
+        anyhow::bail!("no layer `{only}` here: name one of conv2, conv2u, conv3, conv4");
+    }
     for (name, c, o, side, pad, pooled) in layers {
+        if only.as_deref().is_some_and(|n| n != name) {
+            continue;
+        }
         let x = Var::randn(0f32, 1.0, (128, c, side, side), &dev)?;
         let std = (2.0 / (9.0 * c as f64)).sqrt();
         let k = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (o, c, 3, 3), &dev)? * std)?)?;
