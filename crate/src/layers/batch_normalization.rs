@@ -353,12 +353,21 @@ impl LayerKind for BatchNormalization {
     }
 }
 
-/// Where window `i` (of `wo` per row) had its maximum `k` (row-major in
-/// the 2×2 window), in its plane of width `w`.
+/// Each window of a plane `w` wide, row by row (`wo = w/2` a row): its
+/// index and where its first pixel lies in the plane. (Its maximum `k`,
+/// row-major in the window, is then `k/2` rows and `k%2` columns past
+/// that; see [`at_max`].) Without a division a window: with `i / wo` and
+/// `i % wo` for each, [`pooled_grad_sums`] took 10–30% longer (an Ice
+/// Lake Xeon, the BatchNormalization variant's second and fourth layers).
 #[inline(always)]
-fn window_max_at(i: usize, k: u8, wo: usize, w: usize) -> usize {
-    let (oh, ow) = (i / wo, i % wo);
-    (2 * oh + (k as usize >> 1)) * w + 2 * ow + (k as usize & 1)
+fn windows(ho: usize, wo: usize, w: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..ho).flat_map(move |oh| (0..wo).map(move |ow| (oh * wo + ow, 2 * oh * w + 2 * ow)))
+}
+
+/// Where a window's maximum `k` lies, from its first pixel `at`.
+#[inline(always)]
+fn at_max(at: usize, k: u8, w: usize) -> usize {
+    at + (k as usize >> 1) * w + (k as usize & 1)
 }
 
 /// [`grad_sums`] with the ReLU and 2×2 pooling fused: the normalized
@@ -374,19 +383,19 @@ fn pooled_grad_sums(
     w: usize,
     mean: impl Fn(usize) -> f32 + Sync,
 ) -> Vec<[f32; 2]> {
-    let (wo, windows) = (w / 2, (h / 2) * (w / 2));
-    dy.par_chunks_exact(windows)
-        .zip(y.par_chunks_exact(windows))
-        .zip(argmax.par_chunks_exact(windows).zip(x.par_chunks_exact(h * w)))
+    let (ho, wo) = (h / 2, w / 2);
+    dy.par_chunks_exact(ho * wo)
+        .zip(y.par_chunks_exact(ho * wo))
+        .zip(argmax.par_chunks_exact(ho * wo).zip(x.par_chunks_exact(h * w)))
         .enumerate()
         .with_min_len(16)
         .map(|(p, ((d, y), (a, x)))| {
             let m = mean(p);
             let (mut sd, mut sdx) = (0f32, 0f32);
-            for (i, ((&d, &y), &k)) in d.iter().zip(y).zip(a).enumerate() {
-                let d = if y > 0.0 { d } else { 0.0 };
+            for (i, at) in windows(ho, wo, w) {
+                let d = if y[i] > 0.0 { d[i] } else { 0.0 };
                 sd += d;
-                sdx += d * (x[window_max_at(i, k, wo, w)] - m);
+                sdx += d * (x[at_max(at, a[i], w)] - m);
             }
             [sd, sdx]
         })
@@ -405,13 +414,13 @@ fn pooled_dx(
     w: usize,
     coefficients: impl Fn(usize) -> [f32; 3] + Sync,
 ) -> Vec<f32> {
-    let (wo, windows) = (w / 2, (h / 2) * (w / 2));
+    let (ho, wo) = (h / 2, w / 2);
     let mut dx = Vec::with_capacity(x.len());
     dx.spare_capacity_mut()[..x.len()]
         .par_chunks_exact_mut(h * w)
         .zip(x.par_chunks_exact(h * w))
-        .zip(dy.par_chunks_exact(windows).zip(y.par_chunks_exact(windows)))
-        .zip(argmax.par_chunks_exact(windows))
+        .zip(dy.par_chunks_exact(ho * wo).zip(y.par_chunks_exact(ho * wo)))
+        .zip(argmax.par_chunks_exact(ho * wo))
         .enumerate()
         .with_min_len(16)
         .for_each(|(p, (((dx, x), (d, y)), a))| {
@@ -419,9 +428,9 @@ fn pooled_dx(
             scale_shift(x, dx, -scale * slope, -scale * offset, false);
             // SAFETY: `scale_shift` wrote every element of the plane.
             let dx = unsafe { &mut *(dx as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            for (i, ((&d, &y), &k)) in d.iter().zip(y).zip(a).enumerate() {
-                if y > 0.0 {
-                    dx[window_max_at(i, k, wo, w)] += scale * d;
+            for (i, at) in windows(ho, wo, w) {
+                if y[i] > 0.0 {
+                    dx[at_max(at, a[i], w)] += scale * d[i];
                 }
             }
         });
