@@ -359,6 +359,24 @@ pub(crate) mod regs {
         /// The low `L/2` lanes from `lo`, the high ones from `hi` (two runs
         /// that are not side by side, such as two tile rows).
         unsafe fn load_halves(lo: *const f32, hi: *const f32) -> Self;
+        /// The two halves' lanes in turns: lane `i` of the low half to lane
+        /// `2i`, of the high half to `2i + 1` (two runs' pixels interleaved).
+        unsafe fn zip_halves(self) -> Self;
+    }
+
+    #[inline(always)]
+    unsafe fn zip_halves256(v: __m256) -> __m256 {
+        // SAFETY: the caller's promise (AVX2).
+        unsafe { _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)) }
+    }
+
+    #[inline(always)]
+    unsafe fn zip_halves512(v: __m512) -> __m512 {
+        // SAFETY: the caller's promise (AVX-512F).
+        unsafe {
+            let idx = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+            _mm512_permutexvar_ps(idx, v)
+        }
     }
 
     #[inline(always)]
@@ -409,7 +427,7 @@ pub(crate) mod regs {
     }
 
     macro_rules! reg {
-        ($r:ty, $l:expr, $zero:ident, $load:ident, $store:ident, $add:ident, $sub:ident, $fmadd:ident, $splat:ident, $max:ident, $keep_max:ident, $load_halves:ident) => {
+        ($r:ty, $l:expr, $zero:ident, $load:ident, $store:ident, $add:ident, $sub:ident, $fmadd:ident, $splat:ident, $max:ident, $keep_max:ident, $load_halves:ident, $zip_halves:ident) => {
             impl Reg for $r {
                 const L: usize = $l;
                 // SAFETY (every method): the caller's promise (the CPU has
@@ -454,6 +472,10 @@ pub(crate) mod regs {
                 unsafe fn load_halves(lo: *const f32, hi: *const f32) -> Self {
                     unsafe { $load_halves(lo, hi) }
                 }
+                #[inline(always)]
+                unsafe fn zip_halves(self) -> Self {
+                    unsafe { $zip_halves(self) }
+                }
             }
         };
     }
@@ -469,7 +491,8 @@ pub(crate) mod regs {
         _mm256_set1_ps,
         _mm256_max_ps,
         keep_max256,
-        load_halves256
+        load_halves256,
+        zip_halves256
     );
     reg!(
         __m512,
@@ -483,7 +506,8 @@ pub(crate) mod regs {
         _mm512_set1_ps,
         _mm512_max_ps,
         keep_max512,
-        load_halves512
+        load_halves512,
+        zip_halves512
     );
 }
 
