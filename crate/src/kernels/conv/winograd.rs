@@ -1199,6 +1199,7 @@ mod tests {
     /// register must not pass the end of the plane, and the loads at the
     /// end of the quadrant planes.
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn merge_in_registers_matches_the_pair_loop() {
         let mut next = crate::kernels::test_values(13);
         for side in 1..=40 {
