@@ -357,8 +357,11 @@ fn merge<T: Float>(
     // 15 × 15 plane took 0.10 µs so against 0.14–0.17 pair by pair (an Ice
     // Lake Xeon); a 32 × 32 one 0.31 against the eights' 0.24 below.
     #[cfg(target_arch = "x86_64")]
-    if let Some(isa) = Isa::pick::<T>(usize::MAX).filter(|_| w < 16) {
-        // SAFETY (the casts): T is f32 (`pick` returns an ISA for f32 alone).
+    if let Some(isa) = Isa::available()
+        .next()
+        .filter(|_| T::DTYPE == candle_core::DType::F32 && w < 16)
+    {
+        // SAFETY (the casts): T is f32 (checked just above).
         let quads =
             unsafe { std::slice::from_raw_parts(quads.as_ptr().cast::<f32>(), quads.len()) };
         let dst = unsafe {
