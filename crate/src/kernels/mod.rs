@@ -6,6 +6,7 @@ pub(crate) mod conv;
 pub(crate) mod dropout;
 pub(crate) mod matmul;
 pub(crate) mod max_pool;
+pub mod moments;
 pub(crate) mod optim;
 pub(crate) mod simd;
 

@@ -13,6 +13,7 @@
 //! the full-size normalized image is then never written.
 
 use super::{CpuGrad, CpuOut, Fused, Init, LayerKind, ParamSpec, Run, Shape, StepShape};
+use crate::kernels::moments::{self, PlaneSums};
 use crate::kernels::simd::{multiversion, Float};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
@@ -159,6 +160,7 @@ impl LayerKind for BatchNormalization {
         Fused {
             relu: true,
             max_pool2: matches!(input, Shape::Image(_, h, w) if h >= 2 && w >= 2),
+            ..Fused::default()
         }
     }
     /// One sample's statistics over a flat layer's features are those of a
@@ -220,7 +222,21 @@ impl LayerKind for BatchNormalization {
         let slots = self.slots();
         let (c, hw) = layout(s.input);
         let (mean, inv_std) = if run.training {
-            let (mean, var) = channel_moments(x, c, hw, p[slots.mean]);
+            // each plane's sums: taken by the step before as it wrote them,
+            // else here in a pass of their own
+            let planes = match run.input_moments.take() {
+                Some(planes) => {
+                    ensure!(
+                        planes.len() * hw == x.len(),
+                        "BatchNormalization: the step before summed {} planes, the input has {}",
+                        planes.len(),
+                        x.len() / hw
+                    );
+                    planes
+                }
+                None => plane_sums_of(x, c * hw, hw),
+            };
+            let (mean, var) = moments::channel_moments(&planes, c, hw);
             let m = self.momentum;
             for (slot, batch) in [(slots.mean, &mean), (slots.var, &var)] {
                 let moving: Vec<f32> = p[slot]
@@ -274,6 +290,7 @@ impl LayerKind for BatchNormalization {
         Ok(CpuOut {
             y: Some(y),
             kept: Some(Box::new(Stats { mean, inv_std, argmax })),
+            moments: None,
         })
     }
 
@@ -439,37 +456,14 @@ fn pooled_dx(
     dx
 }
 
-/// Each channel's mean and biased variance over a batch `[N, C, hw]`.
-/// Each plane is summed in f32 lanes around `shift` (the moving mean,
-/// close to the batch's once training is under way, which keeps
-/// `E[(x−s)²] − E[x−s]²` from cancelling), the planes in f64.
-fn channel_moments(x: &[f32], c: usize, hw: usize, shift: &[f32]) -> (Vec<f64>, Vec<f64>) {
-    let partial: Vec<Vec<[f32; 2]>> = x
-        .par_chunks_exact(c * hw)
-        .map(|xs| {
-            xs.chunks_exact(hw)
-                .zip(shift)
-                .map(|(v, &k)| {
-                    let mut sums = [0f32; 2];
-                    shifted_sums(v, k, &mut sums);
-                    sums
-                })
-                .collect()
-        })
+/// [`moments::plane_sums`] of every plane `[hw]` of a batch, a sample
+/// (`sample` values) a task.
+fn plane_sums_of(x: &[f32], sample: usize, hw: usize) -> Vec<PlaneSums> {
+    let per_sample: Vec<Vec<PlaneSums>> = x
+        .par_chunks_exact(sample)
+        .map(|xs| xs.chunks_exact(hw).map(moments::plane_sums).collect())
         .collect();
-    let count = (x.len() / (c * hw) * hw) as f64;
-    let (mut s1, mut s2) = (vec![0f64; c], vec![0f64; c]);
-    for sample in &partial {
-        for (k, &[a, b]) in sample.iter().enumerate() {
-            s1[k] += a as f64;
-            s2[k] += b as f64;
-        }
-    }
-    let mean = (0..c).map(|k| shift[k] as f64 + s1[k] / count).collect();
-    let var = (0..c)
-        .map(|k| (s2[k] / count - (s1[k] / count).powi(2)).max(0.0))
-        .collect();
-    (mean, var)
+    per_sample.concat()
 }
 
 /// Normalization (`x·a + b` per channel), ReLU and 2×2 max-pooling of a
@@ -638,28 +632,6 @@ fn total<T: Float>(a: [T; LANES], b: [T; LANES], out: &mut [T; 2]) {
 }
 
 multiversion! {
-    /// `[Σ (x − k), Σ (x − k)²]` over one plane, in lanes (a single running
-    /// sum would wait on each addition).
-    fn shifted_sums<T>(x: &[T], k: T, out: &mut [T; 2]) {
-        let (mut a, mut b) = ([T::zero(); LANES], [T::zero(); LANES]);
-        let (groups, tail) = x.as_chunks::<LANES>();
-        for g in groups {
-            for l in 0..LANES {
-                let d = g[l] - k;
-                a[l] += d;
-                b[l] = T::mul_add(d, d, b[l]);
-            }
-        }
-        for (l, &v) in tail.iter().enumerate() {
-            let d = v - k;
-            a[l] += d;
-            b[l] = T::mul_add(d, d, b[l]);
-        }
-        total(a, b, out);
-    }
-}
-
-multiversion! {
     /// `y = x·a + b` over one plane, then the fused ReLU: writes every
     /// element of `y` (as long as `x`).
     fn scale_shift<T>(x: &[T], y: &mut [MaybeUninit<T>], a: T, b: T, relu: bool) {
@@ -823,6 +795,73 @@ mod tests {
         let mut c = conv2d(3, 3);
         c.activation = Activation::Relu;
         c.into()
+    }
+
+    /// The sums a convolution takes of its output planes (`Fused::moments`)
+    /// give the normalization exactly what its own pass over the output
+    /// gives: the output, the kept statistics and the moving ones, bit for
+    /// bit, on every path the convolution takes (direct, Winograd F(2×2)
+    /// and F(4×4), im2col), with and without its ReLU.
+    #[test]
+    fn statistics_from_the_convolution_match_its_own_pass() {
+        let mut next = crate::kernels::test_values(5);
+        // (images, channels in, out, side, padding)
+        for (n, c, o, side, pad) in [(3, 3, 32, 32, 1), (2, 16, 32, 32, 0), (2, 32, 64, 15, 1), (3, 2, 5, 7, 0)] {
+            for activation in [Activation::Linear, Activation::Relu] {
+                let mut conv = conv2d(o, 3);
+                conv.activation = activation;
+                if pad == 1 {
+                    conv = conv.same();
+                }
+                let input = Shape::Image(c, side, side);
+                let output = conv.output_shape(input).unwrap();
+                let specs = conv.params(input);
+                let p: Vec<Vec<f32>> = specs
+                    .iter()
+                    .map(|s| (0..s.shape.iter().product()).map(|_| next()).collect())
+                    .collect();
+                let p: Vec<&[f32]> = p.iter().map(Vec::as_slice).collect();
+                let x: Vec<f32> = (0..n * input.size()).map(|_| next()).collect();
+                let fused = Fused {
+                    relu: activation == Activation::Relu,
+                    moments: true,
+                    ..Fused::default()
+                };
+                let s = StepShape { n, input, output, fused };
+                let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+                let mut run = Run::new(true, &mut rng);
+                let out = conv.cpu_forward(&x, &p, &s, &mut run).unwrap();
+                let (y, sums) = (out.y.unwrap(), out.moments);
+                let what = format!("{n}×{c}→{o}, {side}², pad {pad}, {activation:?}");
+                assert_eq!(sums.as_ref().map(Vec::len), Some(n * o), "{what}: one sum a plane");
+
+                let bn = batch_normalization().momentum(0.7);
+                let bn_p: Vec<Vec<f32>> = bn
+                    .params(output)
+                    .iter()
+                    .map(|_| (0..o).map(|_| 1.0 + next()).collect())
+                    .collect();
+                let bn_p: Vec<&[f32]> = bn_p.iter().map(Vec::as_slice).collect();
+                let s = StepShape { n, input: output, output, fused: Fused::default() };
+                run.step_params = (0..bn_p.len()).collect();
+                let mut normalize = |handed: Option<Vec<PlaneSums>>| {
+                    run.input_moments = handed;
+                    run.updates.clear();
+                    let out = bn.cpu_forward(&y, &bn_p, &s, &mut run).unwrap();
+                    assert!(run.input_moments.is_none(), "{what}: the sums were taken");
+                    let stats: &Stats = kept(&out.kept, "BatchNormalization").unwrap();
+                    let moving: Vec<Vec<f32>> = run
+                        .updates
+                        .iter()
+                        .map(|(_, t)| t.to_vec1().unwrap())
+                        .collect();
+                    (out.y.unwrap(), stats.mean.clone(), stats.inv_std.clone(), moving)
+                };
+                let (own, handed) = (normalize(None), normalize(sums));
+                assert_eq!(handed.3.len(), 2, "{what}: the moving mean and variance");
+                assert!(own == handed, "{what}: the statistics differ");
+            }
+        }
     }
 
     /// Inference uses the moving statistics (set at random by the check).

@@ -175,11 +175,13 @@ impl LayerKind for Conv2D {
         self.activation
     }
     /// The ReLU always; the pooling where the Winograd path can pool its
-    /// 2×2 output tiles as it computes them.
+    /// 2×2 output tiles as it computes them; the sums of its output planes
+    /// (not pooled) for a BatchNormalization after it.
     fn fusable(&self, input: Shape) -> Fused {
         Fused {
             relu: true,
             max_pool2: self.geom(1, input).is_ok_and(|g| g.pools()),
+            moments: true,
         }
     }
 
@@ -198,7 +200,7 @@ impl LayerKind for Conv2D {
         })
     }
 
-    fn cpu_forward(&self, x: &[f32], p: &[&[f32]], s: &StepShape, _: &mut Run) -> Result<CpuOut> {
+    fn cpu_forward(&self, x: &[f32], p: &[&[f32]], s: &StepShape, run: &mut Run) -> Result<CpuOut> {
         let geom = self.geom(s.n, s.input)?;
         let zeros;
         let bias = match p.get(1) {
@@ -208,10 +210,16 @@ impl LayerKind for Conv2D {
                 &zeros[..]
             }
         };
-        let (y, argmax) = conv::forward(&geom, x, p[0], bias, s.fused.relu, s.fused.max_pool2)?;
+        let (relu, pool) = (s.fused.relu, s.fused.max_pool2);
+        let moments = s.fused.moments && run.training;
+        let out = conv::forward(&geom, x, p[0], bias, relu, pool, moments)?;
         Ok(CpuOut {
-            y: Some(y),
-            kept: Some(Box::new(ConvKept { geom, argmax })),
+            y: Some(out.y),
+            kept: Some(Box::new(ConvKept {
+                geom,
+                argmax: out.argmax,
+            })),
+            moments: moments.then_some(out.moments),
         })
     }
 

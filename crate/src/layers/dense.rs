@@ -94,7 +94,7 @@ impl LayerKind for Dense {
     fn fusable(&self, _: Shape) -> Fused {
         Fused {
             relu: true,
-            max_pool2: false,
+            ..Fused::default()
         }
     }
 

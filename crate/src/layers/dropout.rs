@@ -53,6 +53,7 @@ impl LayerKind for Dropout {
         Ok(CpuOut {
             y: Some(mask.apply(x)),
             kept: Some(Box::new(mask)),
+            moments: None,
         })
     }
     fn cpu_backward(&self, g: CpuGrad) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {

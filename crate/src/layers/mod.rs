@@ -11,6 +11,7 @@
 //! write its file and register it in the `layer_kinds!` list below (see
 //! `docs/ARCHITECTURE.md`).
 
+use crate::kernels::moments::PlaneSums;
 use anyhow::Result;
 use candle_core::Tensor;
 use rand::rngs::StdRng;
@@ -333,6 +334,10 @@ pub struct Fused {
     pub relu: bool,
     /// after the ReLU, a 2×2 max-pooling (stride 2, valid)
     pub max_pool2: bool,
+    /// while training, each output plane's sums for the BatchNormalization
+    /// right after, taken as each plane is written ([`CpuOut::moments`]):
+    /// it then needs no pass of its own over this step's output
+    pub moments: bool,
 }
 
 /// The sizes of one step of the plan as it runs: batch, input and output
@@ -358,6 +363,9 @@ pub struct Run<'a> {
     /// the model's parameters; the training step applies them with the
     /// optimizer's update, and not when it skips the update.
     pub updates: Vec<(usize, Tensor)>,
+    /// The sums of the running step's input planes, when the step before
+    /// took them ([`Fused::moments`]); the plan hands them over.
+    pub(crate) input_moments: Option<Vec<PlaneSums>>,
 }
 
 impl<'a> Run<'a> {
@@ -367,6 +375,7 @@ impl<'a> Run<'a> {
             rng,
             step_params: Vec::new(),
             updates: Vec::new(),
+            input_moments: None,
         }
     }
     /// A new value for the running layer's parameter `slot` (its index in
@@ -387,6 +396,9 @@ pub struct CpuOut {
     /// `None`: the output is the input unchanged (Flatten, inference dropout).
     pub y: Option<Vec<f32>>,
     pub kept: Kept,
+    /// With [`Fused::moments`] while training: each plane's sums of `y`,
+    /// for the next step.
+    pub moments: Option<Vec<PlaneSums>>,
 }
 
 impl CpuOut {
@@ -394,12 +406,14 @@ impl CpuOut {
         CpuOut {
             y: Some(y),
             kept: None,
+            moments: None,
         }
     }
     pub fn unchanged() -> Self {
         CpuOut {
             y: None,
             kept: None,
+            moments: None,
         }
     }
 }

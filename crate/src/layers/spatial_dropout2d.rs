@@ -68,6 +68,7 @@ impl LayerKind for SpatialDropout2D {
         Ok(CpuOut {
             y: Some(y),
             kept: Some(Box::new(kept)),
+            moments: None,
         })
     }
     fn cpu_backward(&self, g: CpuGrad) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {

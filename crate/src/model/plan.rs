@@ -103,6 +103,13 @@ impl Plan {
                 fused.max_pool2 = true;
                 last += 1;
             }
+            // an activation of its own runs between this step and the next
+            let activation_step =
+                inline != Activation::Linear && !(inline == Activation::Relu && fused.relu);
+            fused.moments = can.moments
+                && !fused.max_pool2
+                && !activation_step
+                && matches!(layers.get(last + 1), Some(Layer::BatchNormalization(_)));
             let params = kind
                 .params(input)
                 .iter()
@@ -121,7 +128,7 @@ impl Plan {
                 fused,
                 params,
             });
-            if inline != Activation::Linear && !(inline == Activation::Relu && fused.relu) {
+            if activation_step {
                 steps.push(Step {
                     layer: ActivationLayer { activation: inline }.into(),
                     input: output,
@@ -174,11 +181,14 @@ impl Plan {
         run: &mut Run,
     ) -> Result<Vec<f32>> {
         let mut latest: Option<Vec<f32>> = None;
+        let mut moments = None;
         for step in &self.steps {
             let p = step_params(step, data);
             let input = latest.as_deref().unwrap_or(x);
             run.step_params.clone_from(&step.params);
+            run.input_moments = moments.take();
             let out = step.kind().cpu_forward(input, &p, &step.shape(n), run)?;
+            moments = out.moments;
             if out.y.is_some() {
                 latest = out.y;
             }
@@ -198,14 +208,19 @@ impl Plan {
             outputs: Vec::with_capacity(self.steps.len()),
             kept: Vec::with_capacity(self.steps.len()),
         };
+        let mut moments = None;
         for (k, step) in self.steps.iter().enumerate() {
             let p = step_params(step, data);
             let input = trace.latest(k, x);
             run.step_params.clone_from(&step.params);
+            // (the sums a step took of its output go to the next step alone)
+            run.input_moments = moments.take();
             let out = step.kind().cpu_forward(input, &p, &step.shape(n), run)?;
+            moments = out.moments;
             trace.outputs.push(out.y);
             trace.kept.push(out.kept);
         }
+        run.input_moments = None;
         Ok(trace)
     }
 
@@ -337,6 +352,53 @@ mod tests {
             ("Dense", false, false),
         ]);
         assert_eq!(kinds, expected);
+        // each convolution sums its output planes for the normalization
+        for step in &model.plan.steps {
+            let conv = matches!(step.layer, Layer::Conv2D(_));
+            assert_eq!(step.fused.moments, conv, "{}", step.kind().class_name());
+        }
+    }
+
+    /// A convolution takes its output's sums only for a BatchNormalization
+    /// of exactly that output: not with an activation step or a pooling
+    /// between, and not for anything else.
+    #[test]
+    fn convolutions_sum_their_planes_for_a_batch_normalization_of_their_output() {
+        let bn = || crate::layers::batch_normalization().into();
+        let conv = |activation| -> Layer {
+            let mut c = crate::layers::conv2d(16, 3);
+            c.activation = activation;
+            c.into()
+        };
+        let cases: [(Vec<Layer>, bool); 5] = [
+            (vec![conv(Activation::Linear), bn()], true),
+            (vec![conv(Activation::Relu), bn()], true),
+            (vec![conv(Activation::Tanh), bn()], false),
+            (
+                vec![
+                    conv(Activation::Relu),
+                    crate::layers::max_pooling2d(2).into(),
+                    bn(),
+                ],
+                false,
+            ),
+            (
+                vec![conv(Activation::Linear), crate::layers::dropout(0.5), bn()],
+                false,
+            ),
+        ];
+        for (layers, sums) in cases {
+            let mut model = Sequential::on(&[16, 10, 10], 0, &Device::Cpu).unwrap();
+            let what = format!("{layers:?}");
+            for l in layers {
+                model.add(l).unwrap();
+            }
+            assert_eq!(model.plan.steps[0].fused.moments, sums, "{what}");
+            assert!(
+                model.plan.steps[1..].iter().all(|s| !s.fused.moments),
+                "{what}"
+            );
+        }
     }
 
     /// An inline softmax inside the model is a step of its own; one at the

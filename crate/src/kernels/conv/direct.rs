@@ -13,7 +13,7 @@
 //! output row (the pixels past `Wo`), computed and dropped: 6% for the
 //! first layer's 32 + 2.
 
-use super::geom::Geom;
+use super::geom::{data_chunks, take_sums, Forward, Geom};
 use super::products::Isa;
 #[cfg(target_arch = "x86_64")]
 use super::products::{Products, Table};
@@ -38,7 +38,8 @@ pub(super) fn forward<T: Float>(
     kernel: &[T],
     bias: &[T],
     relu: bool,
-) -> Vec<T> {
+    moments: bool,
+) -> Forward<T> {
     assert!(isa.present(), "this CPU has no {isa:?}");
     assert_eq!(
         T::DTYPE,
@@ -62,10 +63,13 @@ pub(super) fn forward<T: Float>(
         }
     }
     let mut y = Vec::with_capacity(g.n * g.y_image());
+    let (mut sums, sums_len) = (Vec::new(), if moments { g.n * g.o } else { 0 });
+    let mut sum_chunks = data_chunks(&mut sums, sums_len, g.o, g.n);
     y.spare_capacity_mut()[..g.n * g.y_image()]
         .par_chunks_mut(g.y_image())
+        .zip(sum_chunks.par_iter_mut())
         .zip(x.par_chunks(g.x_image()))
-        .for_each(|(y_n, x_n)| {
+        .for_each(|((y_n, sums_n), x_n)| {
             T::with_scratch(padded_len + g.o * wide, |scratch| {
                 let (padded, out) = scratch.split_at_mut(padded_len);
                 pad(g, x_n, wp, padded);
@@ -77,6 +81,7 @@ pub(super) fn forward<T: Float>(
                     )
                 };
                 products(isa, wide, g.o, padded_f32, &offsets, &u, out_f32);
+                let mut slots = sums_n.as_deref_mut().map(|s| s.iter_mut());
                 for ((y_o, out_o), &b) in y_n
                     .chunks_exact_mut(g.hw_out())
                     .zip(out.chunks_exact(wide))
@@ -88,12 +93,23 @@ pub(super) fn forward<T: Float>(
                             y.write(if relu { T::relu(v) } else { v });
                         }
                     }
+                    // SAFETY: the rows above wrote the whole plane.
+                    unsafe { take_sums(&mut slots, y_o) };
                 }
             });
         });
-    // SAFETY: the loop above wrote every element of every image.
-    unsafe { y.set_len(g.n * g.y_image()) };
-    y
+    drop(sum_chunks);
+    // SAFETY: the loop above wrote every element of every image, and with
+    // `moments` every plane's sums.
+    unsafe {
+        y.set_len(g.n * g.y_image());
+        sums.set_len(sums_len);
+    }
+    Forward {
+        y,
+        argmax: Vec::new(),
+        moments: sums,
+    }
 }
 
 /// `x_n [C, H, W]` into `padded [C, Hp, Wp]` at offset `(pt, pl)`, zeros
@@ -146,6 +162,7 @@ fn products(
 
 #[cfg(test)]
 mod tests {
+    use super::super::geom::assert_sums_of_planes;
     use super::super::im2col::im2col_forward;
     use super::*;
     use crate::kernels::conv::ConvWindow;
@@ -180,11 +197,15 @@ mod tests {
             let kernel: Vec<f32> = (0..o * g.ckk()).map(|_| next()).collect();
             let bias: Vec<f32> = (0..o).map(|_| next()).collect();
             for relu in [false, true] {
-                let want = im2col_forward(&g, &x, &kernel, &bias, relu);
+                let want = im2col_forward(&g, &x, &kernel, &bias, relu, true);
+                assert_sums_of_planes(&want, g.hw_out(), "im2col");
+                let want = want.y;
                 for &isa in &isas {
-                    let got = forward(isa, &g, &x, &kernel, &bias, relu);
+                    let got = forward(isa, &g, &x, &kernel, &bias, relu, true);
                     let case =
                         format!("{isa:?}, {n}×{c}→{o}, {h}×{w}, {kh}×{kw}, {win:?}, relu {relu}");
+                    assert_sums_of_planes(&got, g.hw_out(), &case);
+                    let got = got.y;
                     assert_eq!(got.len(), want.len(), "{case}");
                     let same = |a: f32, b: f32| match g.ckk() >= 9 {
                         true => a.to_bits() == b.to_bits(),

@@ -3,6 +3,7 @@
 //! fixed runs of images, the ReLU mask and bias sums of each image's
 //! output gradient.
 
+use crate::kernels::moments::{plane_sums, PlaneSums};
 use crate::kernels::simd::Float;
 use candle_core::{bail, Result, WithDType};
 use gemm::Parallelism;
@@ -274,6 +275,53 @@ pub(crate) fn data_chunks<T>(
         .chunks_mut(chunk)
         .map(Some)
         .collect()
+}
+
+/// A forward's results: the output `y`; with a fused pooling, each
+/// window's argmax (for the backward); and when asked for, each output
+/// plane's [`PlaneSums`], taken while the plane is still in cache (for a
+/// BatchNormalization right after the layer, which then needs no pass of
+/// its own over `y`).
+pub(crate) struct Forward<T> {
+    pub y: Vec<T>,
+    pub argmax: Vec<u8>,
+    pub moments: Vec<PlaneSums>,
+}
+
+/// An image's (or chunk's) slots for its output planes' sums, in order,
+/// when they are asked for; see [`data_chunks`].
+pub(crate) type SumSlots<'a> = Option<std::slice::IterMut<'a, MaybeUninit<PlaneSums>>>;
+
+/// Takes the sums of output plane `y_o` into the next slot, if any.
+///
+/// # Safety
+/// Every element of `y_o` has been written.
+#[inline]
+pub(crate) unsafe fn take_sums<T: Float>(slots: &mut SumSlots, y_o: &[MaybeUninit<T>]) {
+    if let Some(slot) = slots.as_mut().and_then(Iterator::next) {
+        // SAFETY: `y_o` is initialized (the caller's promise), and
+        // MaybeUninit<T> has T's layout.
+        let y_o = unsafe { &*(y_o as *const [MaybeUninit<T>] as *const [T]) };
+        slot.write(plane_sums(y_o));
+    }
+}
+
+/// With moments asked for, a forward's `moments` are [`plane_sums`] of
+/// each of its output planes (`plane` values each), bit for bit.
+#[cfg(test)]
+pub(crate) fn assert_sums_of_planes(out: &Forward<f32>, plane: usize, what: &str) {
+    let want: Vec<PlaneSums> = out.y.chunks_exact(plane).map(plane_sums).collect();
+    assert_eq!(
+        out.moments.len(),
+        want.len(),
+        "{what}: one sum per output plane"
+    );
+    if let Some(p) = out.moments.iter().zip(&want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: plane {p}'s sums are {:?}, want {:?}",
+            out.moments[p], want[p]
+        );
+    }
 }
 
 /// `buf` filled with zeros, as initialized values.

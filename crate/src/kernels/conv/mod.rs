@@ -49,7 +49,7 @@ mod winograd;
 
 pub(crate) use crate::kernels::simd::Float;
 pub use geom::ConvWindow;
-pub(crate) use geom::{Geom, Wanted};
+pub(crate) use geom::{Forward, Geom, Wanted};
 
 /// `x.conv2d(kernel, ..) + bias` as `window` places the kernel: strides and
 /// zeros before and after each axis ([`ConvWindow`]; a number `p` is
@@ -191,8 +191,9 @@ fn data<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'
 /// The convolution of a batch over contiguous data: `y` `[N, O, Ho, Wo]`
 /// (through the ReLU when `relu`), or with `pool` (which needs
 /// [`Geom::pools`]) its 2×2 max-pooling `[N, O, Ho/2, Wo/2]` and each
-/// window's argmax for [`backward`]. The custom ops and the CPU training
-/// step both run this.
+/// window's argmax for [`backward`]; with `moments`, each output plane's
+/// sums (not with `pool`). The custom ops and the CPU training step both
+/// run this.
 pub(crate) fn forward<T: Float>(
     g: &Geom,
     x: &[T],
@@ -200,18 +201,21 @@ pub(crate) fn forward<T: Float>(
     bias: &[T],
     relu: bool,
     pool: bool,
-) -> Result<(Vec<T>, Vec<u8>)> {
+    moments: bool,
+) -> Result<Forward<T>> {
     if pool && !(relu && g.pools()) {
         bail!("conv2d: pooling inside the convolution needs the ReLU and the Winograd path")
     }
-    if g.winograd() {
-        return Ok(winograd::forward(g, x, kernel, bias, relu, pool));
+    if pool && moments {
+        bail!("conv2d: the sums of a pooled output's planes are not taken")
     }
-    let y = match direct::pick::<T>(g) {
-        Some(isa) => direct::forward(isa, g, x, kernel, bias, relu),
-        None => im2col::im2col_forward(g, x, kernel, bias, relu),
-    };
-    Ok((y, Vec::new()))
+    if g.winograd() {
+        return Ok(winograd::forward(g, x, kernel, bias, relu, pool, moments));
+    }
+    Ok(match direct::pick::<T>(g) {
+        Some(isa) => direct::forward(isa, g, x, kernel, bias, relu, moments),
+        None => im2col::im2col_forward(g, x, kernel, bias, relu, moments),
+    })
 }
 
 /// The gradients of [`forward`] from the output's gradient `dy`, as one flat
@@ -281,12 +285,12 @@ impl CustomOp3 for Conv2d {
         let g = &self.geom;
         let y = on_float!(self.name(), s1, |T| {
             let (x, kernel, bias) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
-            let (y, argmax) = forward::<T>(g, x, kernel, bias, self.relu, self.pool)?;
+            let out = forward::<T>(g, x, kernel, bias, self.relu, self.pool, false)?;
             if self.pool {
                 // candle runs each op once: set() cannot fail here.
-                let _ = self.argmax.set(Arc::new(argmax));
+                let _ = self.argmax.set(Arc::new(out.argmax));
             }
-            T::to_cpu_storage_owned(y)
+            T::to_cpu_storage_owned(out.y)
         });
         let shape = match self.pool {
             true => Shape::from((g.n, g.o, g.ho / 2, g.wo / 2)),

@@ -30,7 +30,8 @@
 //! multiplies a pixel against 4: see [`f4`].
 
 use super::geom::{
-    data_chunks, gemm_parallelism, image_grad, sum_runs, Geom, Wanted, BACKWARD_RUNS,
+    data_chunks, gemm_parallelism, image_grad, sum_runs, take_sums, Forward, Geom, Wanted,
+    BACKWARD_RUNS,
 };
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::conv::products::InRegisters;
@@ -814,11 +815,13 @@ pub(super) fn forward<T: Float>(
     bias: &[T],
     relu: bool,
     pool: bool,
-) -> (Vec<T>, Vec<u8>) {
+    moments: bool,
+) -> Forward<T> {
+    let m = moments;
     match Isa::pick::<T>(Tiling::new(g, pool).per_image()) {
-        Some(isa) if f4::pays(isa, g, pool) => f4::forward(isa, g, x, kernel, bias, relu, pool),
-        Some(isa) => forward_in_registers(isa, g, x, kernel, bias, relu, pool),
-        None => forward_in_chunks(g, x, kernel, bias, relu, pool),
+        Some(isa) if f4::pays(isa, g, pool) => f4::forward(isa, g, x, kernel, bias, relu, pool, m),
+        Some(isa) => forward_in_registers(isa, g, x, kernel, bias, relu, pool, m),
+        None => forward_in_chunks(g, x, kernel, bias, relu, pool, m),
     }
 }
 
@@ -831,7 +834,8 @@ fn forward_in_chunks<T: Float>(
     bias: &[T],
     relu: bool,
     pool: bool,
-) -> (Vec<T>, Vec<u8>) {
+    moments: bool,
+) -> Forward<T> {
     let t = Tiling::new(g, pool);
     let u = transform_kernel(g, kernel);
     let (y_image, plane) = match pool {
@@ -842,12 +846,14 @@ fn forward_in_chunks<T: Float>(
     let mut y = Vec::with_capacity(g.n * y_image);
     let (mut argmax, argmax_len) = (Vec::new(), if pool { g.n * y_image } else { 0 });
     let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, t.per_chunk * y_image, chunks);
+    let (mut sums, sums_len) = (Vec::new(), if moments { g.n * g.o } else { 0 });
+    let mut sum_chunks = data_chunks(&mut sums, sums_len, t.per_chunk * g.o, chunks);
     let par = gemm_parallelism(chunks);
     y.spare_capacity_mut()[..g.n * y_image]
         .par_chunks_mut(t.per_chunk * y_image)
-        .zip(argmax_chunks.par_iter_mut())
+        .zip(argmax_chunks.par_iter_mut().zip(sum_chunks.par_iter_mut()))
         .zip(x.par_chunks(t.per_chunk * g.x_image()))
-        .for_each(|((y_chunk, argmax_chunk), x_chunk)| {
+        .for_each(|((y_chunk, (argmax_chunk, sums_chunk)), x_chunk)| {
             let (images, n) = (x_chunk.len() / g.x_image(), t.per_image());
             let cols = t.cols(images);
             let (vb, mb) = (Blocks { rows: g.c, cols }, Blocks { rows: g.o, cols });
@@ -867,26 +873,35 @@ fn forward_in_chunks<T: Float>(
                 let mut argmax_planes = argmax_chunk
                     .as_deref_mut()
                     .map(|a| a.chunks_exact_mut(plane));
+                let mut slots = sums_chunk.as_deref_mut().map(|s| s.iter_mut());
                 for (j, (y_o, &b)) in planes.zip(bias.iter().cycle()).enumerate() {
                     let m = mb.streams(m, j % g.o, j / g.o * n, n);
                     let argmax = argmax_planes.as_mut().and_then(Iterator::next);
                     output_tiles(g, &t, m, y_o, b, relu, argmax, work);
+                    // SAFETY: output_tiles wrote the whole plane.
+                    unsafe { take_sums(&mut slots, y_o) };
                 }
             });
         });
-    drop(argmax_chunks);
-    // SAFETY: the loop above wrote every element of every image, and with
-    // `pool` every window's argmax.
+    drop((argmax_chunks, sum_chunks));
+    // SAFETY: the loop above wrote every element of every image, with
+    // `pool` every window's argmax, and with `moments` every plane's sums.
     unsafe {
         y.set_len(g.n * y_image);
         argmax.set_len(argmax_len);
+        sums.set_len(sums_len);
     }
-    (y, argmax)
+    Forward {
+        y,
+        argmax,
+        moments: sums,
+    }
 }
 
 /// [`forward`] for f32 with the products in `isa`'s registers, image by
 /// image (see [`products`]): split into quadrant planes, `M_ξ` of every
 /// `ξ`, output transform.
+#[allow(clippy::too_many_arguments)]
 fn forward_in_registers<T: Float>(
     isa: Isa,
     g: &Geom,
@@ -895,7 +910,8 @@ fn forward_in_registers<T: Float>(
     bias: &[T],
     relu: bool,
     pool: bool,
-) -> (Vec<T>, Vec<u8>) {
+    moments: bool,
+) -> Forward<T> {
     assert_eq!(
         T::DTYPE,
         candle_core::DType::F32,
@@ -929,12 +945,14 @@ fn forward_in_registers<T: Float>(
     let argmax_len = if pool { g.n * y_image } else { 0 };
     let mut argmax = Vec::new();
     let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, y_image, g.n);
+    let (mut sums, sums_len) = (Vec::new(), if moments { g.n * g.o } else { 0 });
+    let mut sum_chunks = data_chunks(&mut sums, sums_len, g.o, g.n);
     let quads_len = g.c * t.channel_len();
     y.spare_capacity_mut()[..g.n * y_image]
         .par_chunks_mut(y_image)
-        .zip(argmax_chunks.par_iter_mut())
+        .zip(argmax_chunks.par_iter_mut().zip(sum_chunks.par_iter_mut()))
         .zip(x.par_chunks(g.x_image()))
-        .for_each(|((y_n, argmax_n), x_n)| {
+        .for_each(|((y_n, (argmax_n, sums_n)), x_n)| {
             let mb = Blocks { rows: g.o, cols: n };
             T::with_scratch(quads_len + mb.len() + work_len(&t), |scratch| {
                 let (quads, rest) = scratch.split_at_mut(quads_len);
@@ -948,21 +966,29 @@ fn forward_in_registers<T: Float>(
                 products::image(isa, &t, g.c, g.o, as_f32(quads), &ut, as_f32_mut(m));
                 let planes = y_n.chunks_exact_mut(plane);
                 let mut argmax_planes = argmax_n.as_deref_mut().map(|a| a.chunks_exact_mut(plane));
+                let mut slots = sums_n.as_deref_mut().map(|s| s.iter_mut());
                 for (o, (y_o, &b)) in planes.zip(bias).enumerate() {
                     let m = mb.streams(m, o, 0, n);
                     let argmax = argmax_planes.as_mut().and_then(Iterator::next);
                     output_tiles(g, &t, m, y_o, b, relu, argmax, work);
+                    // SAFETY: output_tiles wrote the whole plane.
+                    unsafe { take_sums(&mut slots, y_o) };
                 }
             });
         });
-    drop(argmax_chunks);
-    // SAFETY: the loop above wrote every element of every image, and with
-    // `pool` every window's argmax.
+    drop((argmax_chunks, sum_chunks));
+    // SAFETY: the loop above wrote every element of every image, with
+    // `pool` every window's argmax, and with `moments` every plane's sums.
     unsafe {
         y.set_len(g.n * y_image);
         argmax.set_len(argmax_len);
+        sums.set_len(sums_len);
     }
-    (y, argmax)
+    Forward {
+        y,
+        argmax,
+        moments: sums,
+    }
 }
 
 multiversion! {
@@ -1104,6 +1130,7 @@ fn gemm_kernel_grad<T: Float>(g: &Geom, cols: usize, dm: &[T], v: &[T], du_t: &m
 
 #[cfg(test)]
 mod tests {
+    use super::super::geom::assert_sums_of_planes;
     use super::*;
 
     /// The products in registers, in every ISA this CPU has, against the
@@ -1137,15 +1164,24 @@ mod tests {
                 if pool && !g.pools() {
                     continue;
                 }
-                let (want, want_at) = forward_in_chunks(&g, &x, &kernel, &bias, relu, pool);
+                let m = !pool;
+                let want = forward_in_chunks(&g, &x, &kernel, &bias, relu, pool, m);
+                let plane = g.hw_out();
+                if m {
+                    assert_sums_of_planes(&want, plane, "chunks");
+                }
+                let (want, want_at) = (want.y, want.argmax);
                 let lanes = Tiling::new(&g, pool).per_image();
                 // (as `forward` picks: no ISA wider than the tiles computed)
                 for &isa in isas.iter().filter(|isa| isa.lanes() <= lanes) {
-                    let (got, got_at) =
-                        forward_in_registers(isa, &g, &x, &kernel, &bias, relu, pool);
+                    let got = forward_in_registers(isa, &g, &x, &kernel, &bias, relu, pool, m);
                     let case = format!(
                         "{isa:?}, {images}×{c}→{o}, {side}², pad {pad}, relu {relu}, pool {pool}"
                     );
+                    if m {
+                        assert_sums_of_planes(&got, plane, &case);
+                    }
+                    let (got, got_at) = (got.y, got.argmax);
                     assert_eq!(got.len(), want.len(), "{case}");
                     assert_eq!(got_at.len(), want_at.len(), "{case}");
                     // Each sum over the input channels runs from the first to

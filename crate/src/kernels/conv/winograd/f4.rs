@@ -28,7 +28,7 @@
 //! F(4×4) was slower than F(2×2) (BENCHMARKS.md, 2026-12-07, night).
 
 use super::odd_lines;
-use crate::kernels::conv::geom::{data_chunks, Geom};
+use crate::kernels::conv::geom::{data_chunks, take_sums, Forward, Geom};
 use crate::kernels::conv::products::Isa;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::conv::products::{InRegisters, Products, Strided};
@@ -508,6 +508,7 @@ fn unpool<T: Copy, U>(
 /// image. With `pool` (which implies the ReLU, as in [`super::forward`]),
 /// max-pooled over 2×2 windows: `[N, O, Ho/2, Wo/2]` and each window's
 /// argmax; else `[N, O, Ho, Wo]` and no argmax.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward<T: Float>(
     isa: Isa,
     g: &Geom,
@@ -516,7 +517,8 @@ pub(super) fn forward<T: Float>(
     bias: &[T],
     relu: bool,
     pool: bool,
-) -> (Vec<T>, Vec<u8>) {
+    moments: bool,
+) -> Forward<T> {
     assert_eq!(
         T::DTYPE,
         candle_core::DType::F32,
@@ -542,15 +544,17 @@ pub(super) fn forward<T: Float>(
     let mut argmax = Vec::new();
     let argmax_len = if pool { g.n * y_image } else { 0 };
     let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, y_image, g.n);
+    let (mut sums, sums_len) = (Vec::new(), if moments { g.n * g.o } else { 0 });
+    let mut sum_chunks = data_chunks(&mut sums, sums_len, g.o, g.n);
     // Per image: the phase planes, V's and M's 36 blocks (each an odd
     // number of cache lines long), the output transform's 16 runs.
     let (vs, ms) = (odd_lines(g.c * n), odd_lines(g.o * n));
     let planes_len = g.c * t.channel_len();
     y.spare_capacity_mut()[..g.n * y_image]
         .par_chunks_mut(y_image)
-        .zip(argmax_chunks.par_iter_mut())
+        .zip(argmax_chunks.par_iter_mut().zip(sum_chunks.par_iter_mut()))
         .zip(x.par_chunks(g.x_image()))
-        .for_each(|((y_n, argmax_n), x_n)| {
+        .for_each(|((y_n, (argmax_n, sums_n)), x_n)| {
             T::with_scratch(planes_len + XI * vs + XI * ms + 16 * n, |scratch| {
                 // SAFETY: T is f32 (asserted).
                 let scratch = unsafe {
@@ -585,6 +589,7 @@ pub(super) fn forward<T: Float>(
                     products(isa, g, n, &v[xi * vs..], &ut, xi, ms, m);
                 }
                 let mut argmax_planes = argmax_n.as_deref_mut().map(|a| a.chunks_exact_mut(plane));
+                let mut slots = sums_n.as_deref_mut().map(|s| s.iter_mut());
                 for (o, (y_o, &b)) in y_n.chunks_exact_mut(plane).zip(as_f32(bias)).enumerate() {
                     // SAFETY: T is f32 (asserted).
                     let y_o = unsafe {
@@ -598,17 +603,24 @@ pub(super) fn forward<T: Float>(
                         Some(argmax_o) => pooled_output(isa, g, &t, m, ms, b, y_o, argmax_o, work),
                         None => output(isa, g, &t, m, ms, b, relu, y_o, work),
                     }
+                    // SAFETY: the output wrote the whole plane.
+                    unsafe { take_sums(&mut slots, y_o) };
                 }
             });
         });
-    drop(argmax_chunks);
-    // SAFETY: the loop above wrote every element of every image, and with
-    // `pool` every window's argmax.
+    drop((argmax_chunks, sum_chunks));
+    // SAFETY: the loop above wrote every element of every image, with
+    // `pool` every window's argmax, and with `moments` every plane's sums.
     unsafe {
         y.set_len(g.n * y_image);
         argmax.set_len(argmax_len);
+        sums.set_len(sums_len);
     }
-    (y, argmax)
+    Forward {
+        y,
+        argmax,
+        moments: sums,
+    }
 }
 
 /// One output channel's pooled pixels and argmax, `y_o [Ho/2, Wo/2]`, from
@@ -753,6 +765,7 @@ fn products(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::conv::geom::assert_sums_of_planes;
 
     /// F(4×4) against the f64 convolution on the article's second layer
     /// and shapes that leave partial tiles and registers, with and without
@@ -824,7 +837,8 @@ mod tests {
                     continue;
                 }
                 *ran += 1;
-                let (y, argmax) = forward(isa, &g, &x, &kernel, &bias, true, true);
+                let out = forward(isa, &g, &x, &kernel, &bias, true, true, false);
+                let (y, argmax) = (out.y, out.argmax);
                 assert_eq!(
                     (y.len(), argmax.len()),
                     (g.n * o * hp * wp, g.n * o * hp * wp)
@@ -862,7 +876,11 @@ mod tests {
                 }
                 *ran += 1;
                 for relu in [false, true] {
-                    let (y, argmax) = forward(isa, &g, &x, &kernel, &bias, relu, false);
+                    let out = forward(isa, &g, &x, &kernel, &bias, relu, false, true);
+                    let case =
+                        format!("{isa:?}, {images}×{c}→{o}, {h}×{w}, pad {pad}, relu {relu}");
+                    assert_sums_of_planes(&out, g.hw_out(), &case);
+                    let (y, argmax) = (out.y, out.argmax);
                     assert_eq!((y.len(), argmax.len()), (g.n * g.y_image(), 0));
                     for (at, &got) in y.iter().enumerate() {
                         let (n, oc, oh, ow) = (
