@@ -114,6 +114,11 @@ struct Stats {
     inv_std: Vec<f32>,
     /// row-major position (0..4) of each 2×2 window's first maximum
     argmax: Vec<u8>,
+    /// the forward's `y = x·a + b` per channel: the backward finds the
+    /// fused ReLU's mask from `x` with the same rounding, instead of
+    /// reading `y` (and writing the masked `dy` back) in a pass of its own
+    a: Vec<f32>,
+    b: Vec<f32>,
 }
 
 impl LayerKind for BatchNormalization {
@@ -289,7 +294,13 @@ impl LayerKind for BatchNormalization {
         };
         Ok(CpuOut {
             y: Some(y),
-            kept: Some(Box::new(Stats { mean, inv_std, argmax })),
+            kept: Some(Box::new(Stats {
+                mean,
+                inv_std,
+                argmax,
+                a,
+                b,
+            })),
             moments: None,
         })
     }
@@ -310,21 +321,20 @@ impl LayerKind for BatchNormalization {
         // pooling), then added per channel in plane order: the same result
         // whatever the thread count.
         let mut dy = g.dy;
+        // the fused ReLU as the forward applied it, from x (see Stats::a)
+        let relu_of = |k: usize| g.step.fused.relu.then(|| [stats.a[k], stats.b[k]]);
         let partial: Vec<[f32; 2]> = match pooled {
             Some((h, w)) => pooled_grad_sums(&dy, g.y, &stats.argmax, g.x, h, w, |p| mean[p % c]),
-            None => {
-                let relu = g.step.fused.relu;
-                let ys = if relu { g.y } else { g.x }; // the mask's (unused without ReLU)
-                dy.par_chunks_exact_mut(hw)
-                    .zip(g.x.par_chunks_exact(hw).zip(ys.par_chunks_exact(hw)))
-                    .enumerate()
-                    .map(|(p, (d, (u, v)))| {
-                        let mut sums = [0f32; 2];
-                        grad_sums(d, u, v, mean[p % c], relu, &mut sums);
-                        sums
-                    })
-                    .collect()
-            }
+            None => dy
+                .par_chunks_exact(hw)
+                .zip(g.x.par_chunks_exact(hw))
+                .enumerate()
+                .map(|(p, (d, u))| {
+                    let mut sums = [0f32; 2];
+                    grad_sums(d, u, mean[p % c], relu_of(p % c), &mut sums);
+                    sums
+                })
+                .collect(),
         };
         let (mut sum_dy, mut sum_dy_xhat) = (vec![0f64; c], vec![0f64; c]);
         for (p, &[sd, sdx]) in partial.iter().enumerate() {
@@ -351,7 +361,7 @@ impl LayerKind for BatchNormalization {
                         .enumerate()
                         .for_each(|(p, (d, u))| {
                             let [scale, offset, slope] = per_channel[p % c];
-                            grad_apply(d, u, scale, offset, slope);
+                            grad_apply(d, u, scale, offset, slope, relu_of(p % c));
                         });
                     dy
                 }
@@ -650,39 +660,44 @@ multiversion! {
 }
 
 multiversion! {
-    /// Over one plane: masks `dy` by the fused ReLU (where `y > 0`), and
-    /// sums `[Σ dy, Σ dy·(x − mean)]`.
-    fn grad_sums<T>(dy: &mut [T], x: &[T], y: &[T], mean: T, relu: bool, out: &mut [T; 2]) {
-        // the mask and the sums in one pass over `dy`
-        let (mut a, mut b) = ([T::zero(); LANES], [T::zero(); LANES]);
-        let (groups, tail) = dy.as_chunks_mut::<LANES>();
+    /// Over one plane, `[Σ dy, Σ dy·(x − mean)]`, with `dy` masked by the
+    /// fused ReLU `relu = [a, b]` where `x·a + b > 0` (the forward's `y`).
+    fn grad_sums<T>(dy: &[T], x: &[T], mean: T, relu: Option<[T; 2]>, out: &mut [T; 2]) {
+        let (mut s, mut sx) = ([T::zero(); LANES], [T::zero(); LANES]);
+        let (groups, tail) = dy.as_chunks::<LANES>();
         let (xg, xt) = x.as_chunks::<LANES>();
-        let (yg, yt) = y.as_chunks::<LANES>();
-        for ((g, u), v) in groups.iter_mut().zip(xg).zip(yg) {
+        for (g, u) in groups.iter().zip(xg) {
             for l in 0..LANES {
-                if relu {
-                    g[l] = T::relu_grad(g[l], v[l]);
-                }
-                a[l] += g[l];
-                b[l] = T::mul_add(g[l], u[l] - mean, b[l]);
+                let d = masked(g[l], u[l], relu);
+                s[l] += d;
+                sx[l] = T::mul_add(d, u[l] - mean, sx[l]);
             }
         }
-        for (l, ((d, &u), &v)) in tail.iter_mut().zip(xt).zip(yt).enumerate() {
-            if relu {
-                *d = T::relu_grad(*d, v);
-            }
-            a[l] += *d;
-            b[l] = T::mul_add(*d, u - mean, b[l]);
+        for (l, (&d, &u)) in tail.iter().zip(xt).enumerate() {
+            let d = masked(d, u, relu);
+            s[l] += d;
+            sx[l] = T::mul_add(d, u - mean, sx[l]);
         }
-        total(a, b, out);
+        total(s, sx, out);
+    }
+}
+
+/// `d` where the fused ReLU passed `x` (`x·a + b > 0`, rounded as
+/// [`scale_shift`] rounds it), else 0; `d` without a ReLU.
+#[inline(always)]
+fn masked<T: Float>(d: T, x: T, relu: Option<[T; 2]>) -> T {
+    match relu {
+        Some([a, b]) => T::relu_grad(d, T::mul_add(x, a, b)),
+        None => d,
     }
 }
 
 multiversion! {
-    /// `dx = scale · (dy − offset − x·slope)` over one plane, in place.
-    fn grad_apply<T>(dy: &mut [T], x: &[T], scale: T, offset: T, slope: T) {
+    /// `dx = scale · (dy − offset − x·slope)` over one plane, in place,
+    /// with `dy` masked as in [`grad_sums`].
+    fn grad_apply<T>(dy: &mut [T], x: &[T], scale: T, offset: T, slope: T, relu: Option<[T; 2]>) {
         for (d, &u) in dy.iter_mut().zip(x) {
-            *d = scale * (*d - offset - u * slope);
+            *d = scale * (masked(*d, u, relu) - offset - u * slope);
         }
     }
 }
