@@ -195,3 +195,34 @@ fn recipe_trains_the_named_run_then_loads_it_and_adds_seeds() {
         "{stderr}"
     );
 }
+
+/// `bench` prints one JSON line: the article's step and inference, or with
+/// `--batch-norm-ratio` the two models' steps taken in turn and the median
+/// of their ratios (which the BatchNormalization variant's bar reads).
+#[test]
+fn bench_prints_its_json_line_and_the_batch_normalization_ratio() {
+    let bench = |extra: &[&str]| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_cifar10-cnn"))
+            .args(["bench", "--batch-size", "4", "--steps", "3"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "bench {extra:?} failed: {stderr}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let plain = bench(&[]);
+    assert_eq!(keys(&plain), ["images_per_s", "infer_ms", "train_step_ms"]);
+    let pair = bench(&["--batch-norm-ratio"]);
+    assert_eq!(
+        keys(&pair),
+        ["batch_norm_ratio", "batch_norm_step_ms", "train_step_ms"]
+    );
+    let f = |k: &str| pair[k].as_f64().unwrap();
+    assert!(f("train_step_ms") > 0.0 && f("batch_norm_step_ms") > 0.0);
+    // the median of the pairs' ratios, near the medians' ratio
+    let ratio = f("batch_norm_step_ms") / f("train_step_ms");
+    assert!(f("batch_norm_ratio") > 0.3 * ratio && f("batch_norm_ratio") < 3.0 * ratio);
+}

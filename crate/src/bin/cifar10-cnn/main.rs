@@ -10,8 +10,9 @@
 mod check;
 
 use anyhow::Result;
+use candle_core::Tensor;
 use cifar10_cnn::data::{self, Dataset};
-use cifar10_cnn::device::{describe, pick_device};
+use cifar10_cnn::device::{describe, pick_device, Device};
 use cifar10_cnn::layers::{article_layers, batch_normalization, Layer};
 use cifar10_cnn::model::Sequential;
 use cifar10_cnn::train::{Adam, BackupAndRestore, Fit};
@@ -50,6 +51,11 @@ struct BenchArgs {
     /// The model and optimizer of a recipe (a JSON file) instead of the article's.
     #[arg(long, conflicts_with = "batch_norm")]
     recipe: Option<PathBuf>,
+    /// The article's step and its BatchNormalization variant's, in turn, a
+    /// pair at a time in one process: the median of the pairs' ratios (issue
+    /// #19's ≤ 1.25× bar), which a noisy host moves far less than separate runs.
+    #[arg(long, conflicts_with_all = ["batch_norm", "recipe"])]
+    batch_norm_ratio: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -312,24 +318,31 @@ fn median_secs(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 /// The article's model on random images of CIFAR-10's shape: the training
 /// step (forward, loss, backward, Adam) and inference, at one batch size.
+/// The article's model, with a BatchNormalization after each convolution
+/// when `batch_norm`, compiled with Adam.
+fn article(batch_norm: bool, device: &Device) -> Result<Sequential> {
+    let mut model = Sequential::on(&[3, 32, 32], 0, device)?;
+    for layer in article_layers(10) {
+        let conv = matches!(layer, Layer::Conv2D(_));
+        model.add(layer)?;
+        if batch_norm && conv {
+            model.add(batch_normalization())?;
+        }
+    }
+    model.compile(Adam::default())?;
+    Ok(model)
+}
+
 fn bench(args: BenchArgs) -> Result<()> {
     let device = pick_device()?;
     let b = args.batch_size;
     let (x, y) = check::generated(b, &device)?;
+    if args.batch_norm_ratio {
+        return batch_norm_ratio(&args, &device, &x, &y);
+    }
     let mut model = match &args.recipe {
         Some(file) => cifar10_cnn::recipe::Recipe::load(file)?.model(&x, 10)?,
-        None => {
-            let mut model = Sequential::on(&[3, 32, 32], 0, &device)?;
-            for layer in article_layers(10) {
-                let conv = matches!(layer, Layer::Conv2D(_));
-                model.add(layer)?;
-                if args.batch_norm && conv {
-                    model.add(batch_normalization())?;
-                }
-            }
-            model.compile(Adam::default())?;
-            model
-        }
+        None => article(args.batch_norm, &device)?,
     };
     for _ in 0..3 {
         model.train_on_batch(&x, &y)?;
@@ -353,6 +366,42 @@ fn bench(args: BenchArgs) -> Result<()> {
         step * 1e3,
         infer * 1e3,
         b as f64 / step
+    );
+    Ok(())
+}
+
+/// `bench --batch-norm-ratio`: both models' steps in turn, `steps` pairs.
+fn batch_norm_ratio(args: &BenchArgs, device: &Device, x: &Tensor, y: &Tensor) -> Result<()> {
+    let (mut plain, mut normed) = (article(false, device)?, article(true, device)?);
+    for _ in 0..3 {
+        plain.train_on_batch(x, y)?;
+        normed.train_on_batch(x, y)?;
+    }
+    let time = |m: &mut Sequential| -> Result<f64> {
+        let start = Instant::now();
+        m.train_on_batch(x, y)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let n = args.steps.max(1);
+    let (mut a, mut bn, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let (t, u) = (time(&mut plain)?, time(&mut normed)?);
+        (a.push(t), bn.push(u), ratios.push(u / t));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[n / 2]
+    };
+    eprintln!(
+        "device: {}, batch {}, {n} pairs of steps: the article's model, then with BatchNormalization after each Conv2D",
+        describe(device),
+        args.batch_size
+    );
+    println!(
+        "{{\"train_step_ms\": {:.1}, \"batch_norm_step_ms\": {:.1}, \"batch_norm_ratio\": {:.3}}}",
+        median(&mut a) * 1e3,
+        median(&mut bn) * 1e3,
+        median(&mut ratios)
     );
     Ok(())
 }
