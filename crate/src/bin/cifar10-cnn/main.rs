@@ -386,7 +386,9 @@ fn batch_norm_ratio(args: &BenchArgs, device: &Device, x: &Tensor, y: &Tensor) -
     let (mut a, mut bn, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
         let (t, u) = (time(&mut plain)?, time(&mut normed)?);
-        (a.push(t), bn.push(u), ratios.push(u / t));
+        a.push(t);
+        bn.push(u);
+        ratios.push(u / t);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
