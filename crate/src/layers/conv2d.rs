@@ -210,16 +210,21 @@ impl LayerKind for Conv2D {
                 &zeros[..]
             }
         };
-        let (relu, pool) = (s.fused.relu, s.fused.max_pool2);
-        let moments = s.fused.moments && run.training;
-        let out = conv::forward(&geom, x, p[0], bias, relu, pool, moments)?;
+        let e = conv::Epilogue {
+            relu: s.fused.relu,
+            pool: s.fused.max_pool2,
+            // (the batch statistics are for training; inference normalizes
+            // with the moving ones)
+            moments: s.fused.moments && run.training,
+        };
+        let out = conv::forward(&geom, x, p[0], bias, e)?;
         Ok(CpuOut {
             y: Some(out.y),
             kept: Some(Box::new(ConvKept {
                 geom,
                 argmax: out.argmax,
             })),
-            moments: moments.then_some(out.moments),
+            moments: e.moments.then_some(out.moments),
         })
     }
 

@@ -13,7 +13,7 @@
 //! output row (the pixels past `Wo`), computed and dropped: 6% for the
 //! first layer's 32 + 2.
 
-use super::geom::{data_chunks, take_sums, Forward, Geom};
+use super::geom::{data_chunks, take_sums, Epilogue, Forward, Geom};
 use super::products::Isa;
 #[cfg(target_arch = "x86_64")]
 use super::products::{Products, Table};
@@ -30,16 +30,18 @@ pub(super) fn pick<T: Float>(g: &Geom) -> Option<Isa> {
 }
 
 /// The forward of one batch, as `im2col_forward` computes it: `y [N, O, Ho,
-/// Wo]`, the bias added, through the ReLU when `relu`.
+/// Wo]`, the bias added, through the ReLU when `e.relu`, the planes' sums
+/// when `e.moments` (no pooling here).
 pub(super) fn forward<T: Float>(
     isa: Isa,
     g: &Geom,
     x: &[T],
     kernel: &[T],
     bias: &[T],
-    relu: bool,
-    moments: bool,
+    e: Epilogue,
 ) -> Forward<T> {
+    let (relu, pool, moments) = (e.relu, e.pool, e.moments);
+    assert!(!pool, "the direct path does not pool");
     assert!(isa.present(), "this CPU has no {isa:?}");
     assert_eq!(
         T::DTYPE,
@@ -197,11 +199,16 @@ mod tests {
             let kernel: Vec<f32> = (0..o * g.ckk()).map(|_| next()).collect();
             let bias: Vec<f32> = (0..o).map(|_| next()).collect();
             for relu in [false, true] {
-                let want = im2col_forward(&g, &x, &kernel, &bias, relu, true);
+                let e = Epilogue {
+                    relu,
+                    pool: false,
+                    moments: true,
+                };
+                let want = im2col_forward(&g, &x, &kernel, &bias, e);
                 assert_sums_of_planes(&want, g.hw_out(), "im2col");
                 let want = want.y;
                 for &isa in &isas {
-                    let got = forward(isa, &g, &x, &kernel, &bias, relu, true);
+                    let got = forward(isa, &g, &x, &kernel, &bias, e);
                     let case =
                         format!("{isa:?}, {n}×{c}→{o}, {h}×{w}, {kh}×{kw}, {win:?}, relu {relu}");
                     assert_sums_of_planes(&got, g.hw_out(), &case);

@@ -277,6 +277,20 @@ pub(crate) fn data_chunks<T>(
         .collect()
 }
 
+/// What a convolution's forward does to each output plane as it writes it,
+/// while the plane is still in cache: the ReLU; then, with `pool`, 2×2
+/// max-pooling (the Winograd paths only, after the ReLU: the output is
+/// pooled, each window's argmax kept for the backward); or, with
+/// `moments`, each plane's [`PlaneSums`] for a BatchNormalization right
+/// after the layer (not of a pooled output). [`super::forward`] refuses
+/// what no path fuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Epilogue {
+    pub relu: bool,
+    pub pool: bool,
+    pub moments: bool,
+}
+
 /// A forward's results: the output `y`; with a fused pooling, each
 /// window's argmax (for the backward); and when asked for, each output
 /// plane's [`PlaneSums`], taken while the plane is still in cache (for a

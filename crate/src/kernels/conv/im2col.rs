@@ -3,8 +3,8 @@
 //! channels, other kernel sizes, strides, asymmetric padding).
 
 use super::geom::{
-    data_chunks, gemm_parallelism, image_grad, sum_runs, take_sums, zeroed, Forward, Geom, Wanted,
-    BACKWARD_RUNS,
+    data_chunks, gemm_parallelism, image_grad, sum_runs, take_sums, zeroed, Epilogue, Forward,
+    Geom, Wanted, BACKWARD_RUNS,
 };
 use crate::kernels::simd::{kernel_grad_dots, Float};
 use candle_core::WithDType;
@@ -103,9 +103,10 @@ pub(super) fn im2col_forward<T: Float>(
     x: &[T],
     kernel: &[T],
     bias: &[T],
-    relu: bool,
-    moments: bool,
+    e: Epilogue,
 ) -> Forward<T> {
+    let (relu, pool, moments) = (e.relu, e.pool, e.moments);
+    assert!(!pool, "the im2col path does not pool");
     let (hw, hwp) = (g.hw_out(), g.hw_padded());
     let mut y = Vec::with_capacity(g.n * g.y_image());
     let (mut sums, sums_len) = (Vec::new(), if moments { g.n * g.o } else { 0 });

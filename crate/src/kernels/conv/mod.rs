@@ -49,7 +49,7 @@ mod winograd;
 
 pub(crate) use crate::kernels::simd::Float;
 pub use geom::ConvWindow;
-pub(crate) use geom::{Forward, Geom, Wanted};
+pub(crate) use geom::{Epilogue, Forward, Geom, Wanted};
 
 /// `x.conv2d(kernel, ..) + bias` as `window` places the kernel: strides and
 /// zeros before and after each axis ([`ConvWindow`]; a number `p` is
@@ -131,8 +131,11 @@ fn conv2d_op(
         &bias.contiguous()?,
         Conv2d {
             geom,
-            relu,
-            pool,
+            epilogue: Epilogue {
+                relu,
+                pool,
+                moments: false,
+            },
             argmax: OnceLock::new(),
         },
     )
@@ -189,32 +192,29 @@ fn data<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'
 }
 
 /// The convolution of a batch over contiguous data: `y` `[N, O, Ho, Wo]`
-/// (through the ReLU when `relu`), or with `pool` (which needs
-/// [`Geom::pools`]) its 2×2 max-pooling `[N, O, Ho/2, Wo/2]` and each
-/// window's argmax for [`backward`]; with `moments`, each output plane's
-/// sums (not with `pool`). The custom ops and the CPU training step both
-/// run this.
+/// with the [`Epilogue`] applied: through the ReLU; pooled (which needs
+/// [`Geom::pools`]) to `[N, O, Ho/2, Wo/2]` with each window's argmax for
+/// [`backward`]; or with each output plane's sums. The custom ops and the
+/// CPU training step both run this.
 pub(crate) fn forward<T: Float>(
     g: &Geom,
     x: &[T],
     kernel: &[T],
     bias: &[T],
-    relu: bool,
-    pool: bool,
-    moments: bool,
+    e: Epilogue,
 ) -> Result<Forward<T>> {
-    if pool && !(relu && g.pools()) {
+    if e.pool && !(e.relu && g.pools()) {
         bail!("conv2d: pooling inside the convolution needs the ReLU and the Winograd path")
     }
-    if pool && moments {
+    if e.pool && e.moments {
         bail!("conv2d: the sums of a pooled output's planes are not taken")
     }
     if g.winograd() {
-        return Ok(winograd::forward(g, x, kernel, bias, relu, pool, moments));
+        return Ok(winograd::forward(g, x, kernel, bias, e));
     }
     Ok(match direct::pick::<T>(g) {
-        Some(isa) => direct::forward(isa, g, x, kernel, bias, relu, moments),
-        None => im2col::im2col_forward(g, x, kernel, bias, relu, moments),
+        Some(isa) => direct::forward(isa, g, x, kernel, bias, e),
+        None => im2col::im2col_forward(g, x, kernel, bias, e),
     })
 }
 
@@ -262,8 +262,8 @@ macro_rules! on_float {
 /// with the 2×2 max-pooling after it when `pool` (Winograd path only).
 struct Conv2d {
     geom: Geom,
-    relu: bool,
-    pool: bool,
+    /// the ReLU, and the pooling (the sums are not taken here)
+    epilogue: Epilogue,
     /// With `pool`: each window's argmax, kept by the forward for the backward.
     argmax: OnceLock<Arc<Vec<u8>>>,
 }
@@ -285,14 +285,14 @@ impl CustomOp3 for Conv2d {
         let g = &self.geom;
         let y = on_float!(self.name(), s1, |T| {
             let (x, kernel, bias) = (data(s1, l1)?, data(s2, l2)?, data(s3, l3)?);
-            let out = forward::<T>(g, x, kernel, bias, self.relu, self.pool, false)?;
-            if self.pool {
+            let out = forward::<T>(g, x, kernel, bias, self.epilogue)?;
+            if self.epilogue.pool {
                 // candle runs each op once: set() cannot fail here.
                 let _ = self.argmax.set(Arc::new(out.argmax));
             }
             T::to_cpu_storage_owned(out.y)
         });
-        let shape = match self.pool {
+        let shape = match self.epilogue.pool {
             true => Shape::from((g.n, g.o, g.ho / 2, g.wo / 2)),
             false => Shape::from((g.n, g.o, g.ho, g.wo)),
         };
@@ -316,7 +316,7 @@ impl CustomOp3 for Conv2d {
         if !(want.dx || want.dk || want.db) {
             return Ok((None, None, None));
         }
-        let argmax = match self.pool {
+        let argmax = match self.epilogue.pool {
             true => Some(self.argmax.get().cloned().ok_or_else(|| {
                 candle_core::Error::Msg(format!("{}: backward before forward", self.name()))
             })?),
@@ -325,7 +325,7 @@ impl CustomOp3 for Conv2d {
         let op = Conv2dBackward {
             geom: g,
             want,
-            relu_output: self.relu.then(|| y.contiguous()).transpose()?,
+            relu_output: self.epilogue.relu.then(|| y.contiguous()).transpose()?,
             argmax,
         };
         let grads =
@@ -386,5 +386,62 @@ impl CustomOp3 for Conv2dBackward {
             grads,
             Shape::from(g.grad_lens(self.want).iter().sum::<usize>()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The epilogues no path fuses are errors that say why, not a panic in
+    /// a kernel or a silently unpooled output.
+    #[test]
+    fn forward_refuses_what_no_path_fuses() {
+        let run = |dims: [usize; 4], e: Epilogue| {
+            let g = Geom::new(&dims, &[16, dims[1], 3, 3], &[16], 1usize).unwrap();
+            let x = vec![0f32; dims.iter().product()];
+            let (k, b) = (vec![0f32; 16 * dims[1] * 9], vec![0f32; 16]);
+            forward(&g, &x, &k, &b, e)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let pooled = Epilogue {
+            relu: true,
+            pool: true,
+            moments: false,
+        };
+        assert_eq!(run([1, 16, 8, 8], pooled), Ok(()));
+        let err = run([1, 3, 8, 8], pooled).unwrap_err(); // im2col's 3 channels
+        assert!(
+            err.contains("needs the ReLU and the Winograd path"),
+            "{err}"
+        );
+        let err = run(
+            [1, 16, 8, 8],
+            Epilogue {
+                relu: false,
+                ..pooled
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("needs the ReLU"), "{err}");
+        let err = run(
+            [1, 16, 8, 8],
+            Epilogue {
+                moments: true,
+                ..pooled
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("sums of a pooled output's planes are not taken"),
+            "{err}"
+        );
+        let summed = Epilogue {
+            relu: true,
+            pool: false,
+            moments: true,
+        };
+        assert_eq!(run([1, 16, 8, 8], summed), Ok(()));
     }
 }

@@ -30,8 +30,8 @@
 //! multiplies a pixel against 4: see [`f4`].
 
 use super::geom::{
-    data_chunks, gemm_parallelism, image_grad, sum_runs, take_sums, Forward, Geom, Wanted,
-    BACKWARD_RUNS,
+    data_chunks, gemm_parallelism, image_grad, sum_runs, take_sums, Epilogue, Forward, Geom,
+    Wanted, BACKWARD_RUNS,
 };
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::conv::products::InRegisters;
@@ -813,15 +813,12 @@ pub(super) fn forward<T: Float>(
     x: &[T],
     kernel: &[T],
     bias: &[T],
-    relu: bool,
-    pool: bool,
-    moments: bool,
+    e: Epilogue,
 ) -> Forward<T> {
-    let m = moments;
-    match Isa::pick::<T>(Tiling::new(g, pool).per_image()) {
-        Some(isa) if f4::pays(isa, g, pool) => f4::forward(isa, g, x, kernel, bias, relu, pool, m),
-        Some(isa) => forward_in_registers(isa, g, x, kernel, bias, relu, pool, m),
-        None => forward_in_chunks(g, x, kernel, bias, relu, pool, m),
+    match Isa::pick::<T>(Tiling::new(g, e.pool).per_image()) {
+        Some(isa) if f4::pays(isa, g, e.pool) => f4::forward(isa, g, x, kernel, bias, e),
+        Some(isa) => forward_in_registers(isa, g, x, kernel, bias, e),
+        None => forward_in_chunks(g, x, kernel, bias, e),
     }
 }
 
@@ -832,10 +829,9 @@ fn forward_in_chunks<T: Float>(
     x: &[T],
     kernel: &[T],
     bias: &[T],
-    relu: bool,
-    pool: bool,
-    moments: bool,
+    e: Epilogue,
 ) -> Forward<T> {
+    let (relu, pool, moments) = (e.relu, e.pool, e.moments);
     let t = Tiling::new(g, pool);
     let u = transform_kernel(g, kernel);
     let (y_image, plane) = match pool {
@@ -901,17 +897,15 @@ fn forward_in_chunks<T: Float>(
 /// [`forward`] for f32 with the products in `isa`'s registers, image by
 /// image (see [`products`]): split into quadrant planes, `M_ξ` of every
 /// `ξ`, output transform.
-#[allow(clippy::too_many_arguments)]
 fn forward_in_registers<T: Float>(
     isa: Isa,
     g: &Geom,
     x: &[T],
     kernel: &[T],
     bias: &[T],
-    relu: bool,
-    pool: bool,
-    moments: bool,
+    e: Epilogue,
 ) -> Forward<T> {
+    let (relu, pool, moments) = (e.relu, e.pool, e.moments);
     assert_eq!(
         T::DTYPE,
         candle_core::DType::F32,
@@ -1165,7 +1159,12 @@ mod tests {
                     continue;
                 }
                 let m = !pool;
-                let want = forward_in_chunks(&g, &x, &kernel, &bias, relu, pool, m);
+                let e = Epilogue {
+                    relu,
+                    pool,
+                    moments: m,
+                };
+                let want = forward_in_chunks(&g, &x, &kernel, &bias, e);
                 let plane = g.hw_out();
                 if m {
                     assert_sums_of_planes(&want, plane, "chunks");
@@ -1174,7 +1173,7 @@ mod tests {
                 let lanes = Tiling::new(&g, pool).per_image();
                 // (as `forward` picks: no ISA wider than the tiles computed)
                 for &isa in isas.iter().filter(|isa| isa.lanes() <= lanes) {
-                    let got = forward_in_registers(isa, &g, &x, &kernel, &bias, relu, pool, m);
+                    let got = forward_in_registers(isa, &g, &x, &kernel, &bias, e);
                     let case = format!(
                         "{isa:?}, {images}×{c}→{o}, {side}², pad {pad}, relu {relu}, pool {pool}"
                     );

@@ -28,7 +28,7 @@
 //! F(4×4) was slower than F(2×2) (BENCHMARKS.md, 2026-12-07, night).
 
 use super::odd_lines;
-use crate::kernels::conv::geom::{data_chunks, take_sums, Forward, Geom};
+use crate::kernels::conv::geom::{data_chunks, take_sums, Epilogue, Forward, Geom};
 use crate::kernels::conv::products::Isa;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::conv::products::{InRegisters, Products, Strided};
@@ -508,17 +508,15 @@ fn unpool<T: Copy, U>(
 /// image. With `pool` (which implies the ReLU, as in [`super::forward`]),
 /// max-pooled over 2×2 windows: `[N, O, Ho/2, Wo/2]` and each window's
 /// argmax; else `[N, O, Ho, Wo]` and no argmax.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn forward<T: Float>(
     isa: Isa,
     g: &Geom,
     x: &[T],
     kernel: &[T],
     bias: &[T],
-    relu: bool,
-    pool: bool,
-    moments: bool,
+    e: Epilogue,
 ) -> Forward<T> {
+    let (relu, pool, moments) = (e.relu, e.pool, e.moments);
     assert_eq!(
         T::DTYPE,
         candle_core::DType::F32,
@@ -837,7 +835,12 @@ mod tests {
                     continue;
                 }
                 *ran += 1;
-                let out = forward(isa, &g, &x, &kernel, &bias, true, true, false);
+                let e = Epilogue {
+                    relu: true,
+                    pool: true,
+                    moments: false,
+                };
+                let out = forward(isa, &g, &x, &kernel, &bias, e);
                 let (y, argmax) = (out.y, out.argmax);
                 assert_eq!(
                     (y.len(), argmax.len()),
@@ -876,7 +879,12 @@ mod tests {
                 }
                 *ran += 1;
                 for relu in [false, true] {
-                    let out = forward(isa, &g, &x, &kernel, &bias, relu, false, true);
+                    let e = Epilogue {
+                        relu,
+                        pool: false,
+                        moments: true,
+                    };
+                    let out = forward(isa, &g, &x, &kernel, &bias, e);
                     let case =
                         format!("{isa:?}, {images}×{c}→{o}, {h}×{w}, pad {pad}, relu {relu}");
                     assert_sums_of_planes(&out, g.hw_out(), &case);
