@@ -13,12 +13,11 @@
 //! output row (the pixels past `Wo`), computed and dropped: 6% for the
 //! first layer's 32 + 2.
 
-use super::geom::{data_chunks, take_sums, Epilogue, Forward, Geom};
+use super::geom::{take_sums, write_forward, Epilogue, Forward, Geom, OutChunk};
 use super::products::Isa;
 #[cfg(target_arch = "x86_64")]
 use super::products::{Products, Table};
 use crate::kernels::simd::Float;
-use rayon::prelude::*;
 
 /// The ISA the direct forward runs in for `g`, if it takes it: f32, stride
 /// 1, not a Winograd convolution, and an output of at least one register's
@@ -40,8 +39,8 @@ pub(super) fn forward<T: Float>(
     bias: &[T],
     e: Epilogue,
 ) -> Forward<T> {
-    let (relu, pool, moments) = (e.relu, e.pool, e.moments);
-    assert!(!pool, "the direct path does not pool");
+    let relu = e.relu;
+    assert!(!e.pool, "the direct path does not pool");
     assert!(isa.present(), "this CPU has no {isa:?}");
     assert_eq!(
         T::DTYPE,
@@ -64,54 +63,39 @@ pub(super) fn forward<T: Float>(
             u[s * g.o + o] = k.to_f64() as f32;
         }
     }
-    let mut y = Vec::with_capacity(g.n * g.y_image());
-    let (mut sums, sums_len) = (Vec::new(), if moments { g.n * g.o } else { 0 });
-    let mut sum_chunks = data_chunks(&mut sums, sums_len, g.o, g.n);
-    y.spare_capacity_mut()[..g.n * g.y_image()]
-        .par_chunks_mut(g.y_image())
-        .zip(sum_chunks.par_iter_mut())
-        .zip(x.par_chunks(g.x_image()))
-        .for_each(|((y_n, sums_n), x_n)| {
-            T::with_scratch(padded_len + g.o * wide, |scratch| {
-                let (padded, out) = scratch.split_at_mut(padded_len);
-                pad(g, x_n, wp, padded);
-                // SAFETY (both casts): T is f32 (asserted).
-                let (padded_f32, out_f32) = unsafe {
-                    (
-                        std::slice::from_raw_parts(padded.as_ptr().cast::<f32>(), padded.len()),
-                        std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()),
-                    )
-                };
-                products(isa, wide, g.o, padded_f32, &offsets, &u, out_f32);
-                let mut slots = sums_n.as_deref_mut().map(|s| s.iter_mut());
-                for ((y_o, out_o), &b) in y_n
-                    .chunks_exact_mut(g.hw_out())
-                    .zip(out.chunks_exact(wide))
-                    .zip(bias)
-                {
-                    for (y_row, out_row) in y_o.chunks_exact_mut(g.wo).zip(out_o.chunks_exact(wp)) {
-                        for (y, &v) in y_row.iter_mut().zip(out_row) {
-                            let v = v + b;
-                            y.write(if relu { T::relu(v) } else { v });
-                        }
+    let write = |x_n: &[T], out: OutChunk<'_, T>| {
+        let (y_n, sums) = (out.y, out.sums);
+        T::with_scratch(padded_len + g.o * wide, |scratch| {
+            let (padded, out) = scratch.split_at_mut(padded_len);
+            pad(g, x_n, wp, padded);
+            // SAFETY (both casts): T is f32 (asserted).
+            let (padded_f32, out_f32) = unsafe {
+                (
+                    std::slice::from_raw_parts(padded.as_ptr().cast::<f32>(), padded.len()),
+                    std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()),
+                )
+            };
+            products(isa, wide, g.o, padded_f32, &offsets, &u, out_f32);
+            let mut slots = sums.map(|s| s.iter_mut());
+            for ((y_o, out_o), &b) in y_n
+                .chunks_exact_mut(g.hw_out())
+                .zip(out.chunks_exact(wide))
+                .zip(bias)
+            {
+                for (y_row, out_row) in y_o.chunks_exact_mut(g.wo).zip(out_o.chunks_exact(wp)) {
+                    for (y, &v) in y_row.iter_mut().zip(out_row) {
+                        let v = v + b;
+                        y.write(if relu { T::relu(v) } else { v });
                     }
-                    // SAFETY: the rows above wrote the whole plane.
-                    unsafe { take_sums(&mut slots, y_o) };
                 }
-            });
+                // SAFETY: the rows above wrote the whole plane.
+                unsafe { take_sums(&mut slots, y_o) };
+            }
         });
-    drop(sum_chunks);
-    // SAFETY: the loop above wrote every element of every image, and with
-    // `moments` every plane's sums.
-    unsafe {
-        y.set_len(g.n * g.y_image());
-        sums.set_len(sums_len);
-    }
-    Forward {
-        y,
-        argmax: Vec::new(),
-        moments: sums,
-    }
+    };
+    // SAFETY: `write` writes every plane of its image and, with `moments`,
+    // takes every plane's sums.
+    unsafe { write_forward(g, e, 1, x, write) }
 }
 
 /// `x_n [C, H, W]` into `padded [C, Hp, Wp]` at offset `(pt, pl)`, zeros

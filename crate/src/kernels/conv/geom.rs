@@ -7,6 +7,7 @@ use crate::kernels::moments::{plane_sums, PlaneSums};
 use crate::kernels::simd::Float;
 use candle_core::{bail, Result, WithDType};
 use gemm::Parallelism;
+use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// How a kernel slides over an image: its strides and the zeros added
@@ -302,8 +303,67 @@ pub(crate) struct Forward<T> {
     pub moments: Vec<PlaneSums>,
 }
 
+/// One chunk of images' share of a forward's outputs, for the chunk's
+/// task to write: its `y`, and each window's argmax with a fused pooling
+/// and each plane's sums when they are asked for (see [`write_forward`]).
+pub(crate) struct OutChunk<'a, T> {
+    pub y: &'a mut [MaybeUninit<T>],
+    pub argmax: Option<&'a mut [MaybeUninit<u8>]>,
+    pub sums: Option<&'a mut [MaybeUninit<PlaneSums>]>,
+}
+
+/// A forward's outputs ([`Forward`]) for `e`, allocated once and written
+/// in parallel by `write`, called on each chunk of `images` images of `x`
+/// (the last one shorter) with the chunk's [`OutChunk`]. Every forward
+/// path writes its outputs through this, so their sizes, their split into
+/// chunks and their lengths at the end are in one place.
+///
+/// # Safety
+/// `write` writes every element of its chunk's `y`, and of its `argmax`
+/// and `sums` where it gets them.
+pub(crate) unsafe fn write_forward<T: Float>(
+    g: &Geom,
+    e: Epilogue,
+    images: usize,
+    x: &[T],
+    write: impl Fn(&[T], OutChunk<'_, T>) + Sync,
+) -> Forward<T> {
+    let y_image = if e.pool {
+        g.pooled_image()
+    } else {
+        g.y_image()
+    };
+    let chunks = g.n.div_ceil(images);
+    let mut y = Vec::with_capacity(g.n * y_image);
+    let (mut argmax, argmax_len) = (Vec::new(), if e.pool { g.n * y_image } else { 0 });
+    let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, images * y_image, chunks);
+    let (mut sums, sums_len) = (Vec::new(), if e.moments { g.n * g.o } else { 0 });
+    let mut sum_chunks = data_chunks(&mut sums, sums_len, images * g.o, chunks);
+    y.spare_capacity_mut()[..g.n * y_image]
+        .par_chunks_mut(images * y_image)
+        .zip(argmax_chunks.par_iter_mut().zip(sum_chunks.par_iter_mut()))
+        .zip(x.par_chunks(images * g.x_image()))
+        .for_each(|((y, (argmax, sums)), x)| {
+            let (argmax, sums) = (argmax.take(), sums.take());
+            write(x, OutChunk { y, argmax, sums })
+        });
+    drop((argmax_chunks, sum_chunks));
+    // SAFETY: every chunk's `write` wrote all of its outputs (the caller's
+    // promise), and the chunks cover the lengths set.
+    unsafe {
+        y.set_len(g.n * y_image);
+        argmax.set_len(argmax_len);
+        sums.set_len(sums_len);
+    }
+    Forward {
+        y,
+        argmax,
+        moments: sums,
+    }
+}
+
 /// An image's (or chunk's) slots for its output planes' sums, in order,
-/// when they are asked for; see [`data_chunks`].
+/// when they are asked for; see [`write_forward`].
 pub(crate) type SumSlots<'a> = Option<std::slice::IterMut<'a, MaybeUninit<PlaneSums>>>;
 
 /// Takes the sums of output plane `y_o` into the next slot, if any.
@@ -355,4 +415,74 @@ pub(crate) fn plane_sum<T: WithDType>(v: &[T]) -> f64 {
         lanes.iter_mut().zip(c).for_each(|(l, &x)| *l += x);
     }
     lanes.iter().chain(rest).map(|x| x.to_f64()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each chunk's task gets its own images of `x` and exactly their share
+    /// of every output, the last chunk shorter; the outputs come back at
+    /// their full lengths, in the images' order.
+    #[test]
+    fn write_forward_hands_each_chunk_its_images_and_their_outputs() {
+        // 5 images of 2 × 6 × 6 (each pixel its image's number), 3 output
+        // channels: 4 × 4 outputs, 2 × 2 pooled.
+        let g = Geom::new(&[5, 2, 6, 6], &[3, 2, 3, 3], &[3], 0usize).unwrap();
+        let x: Vec<f32> = (0..5).flat_map(|i| vec![i as f32; g.x_image()]).collect();
+        for (images, pool, moments) in [
+            (2, true, false),
+            (2, false, true),
+            (1, false, false),
+            (8, true, false),
+        ] {
+            let e = Epilogue {
+                relu: true,
+                pool,
+                moments,
+            };
+            let write = |x: &[f32], out: OutChunk<'_, f32>| {
+                let first = x[0] as usize;
+                let count = x.len() / g.x_image();
+                assert!(x
+                    .chunks_exact(g.x_image())
+                    .enumerate()
+                    .all(|(j, x_n)| x_n[0] as usize == first + j));
+                let y_image = if pool { g.pooled_image() } else { g.y_image() };
+                assert_eq!(out.y.len(), count * y_image, "y of {count} images");
+                for (j, y_n) in out.y.chunks_exact_mut(y_image).enumerate() {
+                    y_n.fill(MaybeUninit::new((first + j) as f32));
+                }
+                assert_eq!(out.argmax.is_some(), pool);
+                if let Some(a) = out.argmax {
+                    assert_eq!(a.len(), count * y_image);
+                    for (j, a_n) in a.chunks_exact_mut(y_image).enumerate() {
+                        a_n.fill(MaybeUninit::new((first + j) as u8));
+                    }
+                }
+                assert_eq!(out.sums.is_some(), moments);
+                if let Some(s) = out.sums {
+                    assert_eq!(s.len(), count * g.o);
+                    for (k, s) in s.iter_mut().enumerate() {
+                        let sum = (first + k / g.o) as f32;
+                        s.write(PlaneSums {
+                            shift: 0.0,
+                            sum,
+                            sum_sq: 0.0,
+                        });
+                    }
+                }
+            };
+            // SAFETY: `write` fills every output it gets (above).
+            let out = unsafe { write_forward(&g, e, images, &x, write) };
+            let y_image = if pool { g.pooled_image() } else { g.y_image() };
+            let want_y: Vec<f32> = (0..5).flat_map(|i| vec![i as f32; y_image]).collect();
+            assert_eq!(out.y, want_y, "{images} images a chunk, pool {pool}");
+            let want_argmax: Vec<u8> = (0..5).flat_map(|i| vec![i as u8; y_image]).collect();
+            assert_eq!(out.argmax, if pool { want_argmax } else { vec![] });
+            let sums: Vec<f32> = out.moments.iter().map(|s| s.sum).collect();
+            let want_sums: Vec<f32> = (0..5).flat_map(|i| vec![i as f32; g.o]).collect();
+            assert_eq!(sums, if moments { want_sums } else { vec![] });
+        }
+    }
 }

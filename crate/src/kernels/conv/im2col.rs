@@ -3,8 +3,8 @@
 //! channels, other kernel sizes, strides, asymmetric padding).
 
 use super::geom::{
-    data_chunks, gemm_parallelism, image_grad, sum_runs, take_sums, zeroed, Epilogue, Forward,
-    Geom, Wanted, BACKWARD_RUNS,
+    data_chunks, gemm_parallelism, image_grad, sum_runs, take_sums, write_forward, zeroed,
+    Epilogue, Forward, Geom, OutChunk, Wanted, BACKWARD_RUNS,
 };
 use crate::kernels::simd::{kernel_grad_dots, Float};
 use candle_core::WithDType;
@@ -105,48 +105,33 @@ pub(super) fn im2col_forward<T: Float>(
     bias: &[T],
     e: Epilogue,
 ) -> Forward<T> {
-    let (relu, pool, moments) = (e.relu, e.pool, e.moments);
-    assert!(!pool, "the im2col path does not pool");
+    let relu = e.relu;
+    assert!(!e.pool, "the im2col path does not pool");
     let (hw, hwp) = (g.hw_out(), g.hw_padded());
-    let mut y = Vec::with_capacity(g.n * g.y_image());
-    let (mut sums, sums_len) = (Vec::new(), if moments { g.n * g.o } else { 0 });
-    let mut sum_chunks = data_chunks(&mut sums, sums_len, g.o, g.n);
     let par = gemm_parallelism(g.n);
-    y.spare_capacity_mut()[..g.n * g.y_image()]
-        .par_chunks_mut(g.y_image())
-        .zip(sum_chunks.par_iter_mut())
-        .zip(x.par_chunks(g.x_image()))
-        .for_each(|((y_n, sums_n), x_n)| {
-            T::with_scratch((g.ckk() + g.o) * hwp, |scratch| {
-                let (cols, out) = scratch.split_at_mut(g.ckk() * hwp);
-                im2col(g, x_n, cols, hwp);
-                gemm_forward(g, kernel, cols, out, par);
-                let mut slots = sums_n.as_deref_mut().map(|s| s.iter_mut());
-                for ((y_o, out_o), &b) in y_n
-                    .chunks_exact_mut(hw)
-                    .zip(out.chunks_exact(hwp))
-                    .zip(bias)
-                {
-                    for (y, &v) in y_o.iter_mut().zip(out_o) {
-                        y.write(if relu { T::relu(v + b) } else { v + b });
-                    }
-                    // SAFETY: the loop above wrote the whole plane.
-                    unsafe { take_sums(&mut slots, y_o) };
+    let write = |x_n: &[T], out: OutChunk<'_, T>| {
+        let (y_n, sums) = (out.y, out.sums);
+        T::with_scratch((g.ckk() + g.o) * hwp, |scratch| {
+            let (cols, out) = scratch.split_at_mut(g.ckk() * hwp);
+            im2col(g, x_n, cols, hwp);
+            gemm_forward(g, kernel, cols, out, par);
+            let mut slots = sums.map(|s| s.iter_mut());
+            for ((y_o, out_o), &b) in y_n
+                .chunks_exact_mut(hw)
+                .zip(out.chunks_exact(hwp))
+                .zip(bias)
+            {
+                for (y, &v) in y_o.iter_mut().zip(out_o) {
+                    y.write(if relu { T::relu(v + b) } else { v + b });
                 }
-            });
+                // SAFETY: the loop above wrote the whole plane.
+                unsafe { take_sums(&mut slots, y_o) };
+            }
         });
-    drop(sum_chunks);
-    // SAFETY: the loop above wrote every element of every image, and with
-    // `moments` every plane's sums.
-    unsafe {
-        y.set_len(g.n * g.y_image());
-        sums.set_len(sums_len);
-    }
-    Forward {
-        y,
-        argmax: Vec::new(),
-        moments: sums,
-    }
+    };
+    // SAFETY: `write` writes every plane of its image and, with `moments`,
+    // takes every plane's sums.
+    unsafe { write_forward(g, e, 1, x, write) }
 }
 
 /// Every gradient of the convolution in one pass over the batch, so that each

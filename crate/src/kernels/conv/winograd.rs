@@ -30,8 +30,8 @@
 //! multiplies a pixel against 4: see [`f4`].
 
 use super::geom::{
-    data_chunks, gemm_parallelism, image_grad, sum_runs, take_sums, Epilogue, Forward, Geom,
-    Wanted, BACKWARD_RUNS,
+    data_chunks, gemm_parallelism, image_grad, sum_runs, take_sums, write_forward, Epilogue,
+    Forward, Geom, OutChunk, Wanted, BACKWARD_RUNS,
 };
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::conv::products::InRegisters;
@@ -831,67 +831,47 @@ fn forward_in_chunks<T: Float>(
     bias: &[T],
     e: Epilogue,
 ) -> Forward<T> {
-    let (relu, pool, moments) = (e.relu, e.pool, e.moments);
+    let (relu, pool) = (e.relu, e.pool);
     let t = Tiling::new(g, pool);
     let u = transform_kernel(g, kernel);
-    let (y_image, plane) = match pool {
-        true => (g.pooled_image(), g.pooled_image() / g.o),
-        false => (g.y_image(), g.hw_out()),
+    let plane = if pool {
+        g.pooled_image() / g.o
+    } else {
+        g.hw_out()
     };
-    let chunks = g.n.div_ceil(t.per_chunk);
-    let mut y = Vec::with_capacity(g.n * y_image);
-    let (mut argmax, argmax_len) = (Vec::new(), if pool { g.n * y_image } else { 0 });
-    let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, t.per_chunk * y_image, chunks);
-    let (mut sums, sums_len) = (Vec::new(), if moments { g.n * g.o } else { 0 });
-    let mut sum_chunks = data_chunks(&mut sums, sums_len, t.per_chunk * g.o, chunks);
-    let par = gemm_parallelism(chunks);
-    y.spare_capacity_mut()[..g.n * y_image]
-        .par_chunks_mut(t.per_chunk * y_image)
-        .zip(argmax_chunks.par_iter_mut().zip(sum_chunks.par_iter_mut()))
-        .zip(x.par_chunks(t.per_chunk * g.x_image()))
-        .for_each(|((y_chunk, (argmax_chunk, sums_chunk)), x_chunk)| {
-            let (images, n) = (x_chunk.len() / g.x_image(), t.per_image());
-            let cols = t.cols(images);
-            let (vb, mb) = (Blocks { rows: g.c, cols }, Blocks { rows: g.o, cols });
-            let (v_len, m_len) = (vb.len(), mb.len());
-            T::with_scratch(v_len + m_len + work_len(&t), |scratch| {
-                let (v, rest) = scratch.split_at_mut(v_len);
-                let (m, work) = rest.split_at_mut(m_len);
-                vb.zero_past(v, images * n);
-                for (i, x_n) in x_chunk.chunks_exact(g.x_image()).enumerate() {
-                    for (c, x_c) in x_n.chunks_exact(g.h * g.w).enumerate() {
-                        input_tiles(g, &t, x_c, vb.streams_mut(v, c, i * n, n), work);
-                    }
+    let par = gemm_parallelism(g.n.div_ceil(t.per_chunk));
+    let write = |x_chunk: &[T], out: OutChunk<'_, T>| {
+        let (images, n) = (x_chunk.len() / g.x_image(), t.per_image());
+        let cols = t.cols(images);
+        let (vb, mb) = (Blocks { rows: g.c, cols }, Blocks { rows: g.o, cols });
+        let (v_len, m_len) = (vb.len(), mb.len());
+        T::with_scratch(v_len + m_len + work_len(&t), |scratch| {
+            let (v, rest) = scratch.split_at_mut(v_len);
+            let (m, work) = rest.split_at_mut(m_len);
+            vb.zero_past(v, images * n);
+            for (i, x_n) in x_chunk.chunks_exact(g.x_image()).enumerate() {
+                for (c, x_c) in x_n.chunks_exact(g.h * g.w).enumerate() {
+                    input_tiles(g, &t, x_c, vb.streams_mut(v, c, i * n, n), work);
                 }
-                // U_ξ [O, C] read as U_ξᵀ: column stride C, row stride 1.
-                gemm_tiles(cols, g.o, g.c, m, v, &u, (g.c as isize, 1), par);
-                let planes = y_chunk.chunks_exact_mut(plane);
-                let mut argmax_planes = argmax_chunk
-                    .as_deref_mut()
-                    .map(|a| a.chunks_exact_mut(plane));
-                let mut slots = sums_chunk.as_deref_mut().map(|s| s.iter_mut());
-                for (j, (y_o, &b)) in planes.zip(bias.iter().cycle()).enumerate() {
-                    let m = mb.streams(m, j % g.o, j / g.o * n, n);
-                    let argmax = argmax_planes.as_mut().and_then(Iterator::next);
-                    output_tiles(g, &t, m, y_o, b, relu, argmax, work);
-                    // SAFETY: output_tiles wrote the whole plane.
-                    unsafe { take_sums(&mut slots, y_o) };
-                }
-            });
+            }
+            // U_ξ [O, C] read as U_ξᵀ: column stride C, row stride 1.
+            gemm_tiles(cols, g.o, g.c, m, v, &u, (g.c as isize, 1), par);
+            let planes = out.y.chunks_exact_mut(plane);
+            let mut argmax_planes = out.argmax.map(|a| a.chunks_exact_mut(plane));
+            let mut slots = out.sums.map(|s| s.iter_mut());
+            for (j, (y_o, &b)) in planes.zip(bias.iter().cycle()).enumerate() {
+                let m = mb.streams(m, j % g.o, j / g.o * n, n);
+                let argmax = argmax_planes.as_mut().and_then(Iterator::next);
+                output_tiles(g, &t, m, y_o, b, relu, argmax, work);
+                // SAFETY: output_tiles wrote the whole plane.
+                unsafe { take_sums(&mut slots, y_o) };
+            }
         });
-    drop((argmax_chunks, sum_chunks));
-    // SAFETY: the loop above wrote every element of every image, with
-    // `pool` every window's argmax, and with `moments` every plane's sums.
-    unsafe {
-        y.set_len(g.n * y_image);
-        argmax.set_len(argmax_len);
-        sums.set_len(sums_len);
-    }
-    Forward {
-        y,
-        argmax,
-        moments: sums,
-    }
+    };
+    // SAFETY: `write` writes every plane of its chunk's images and, with
+    // `pool`, every window's argmax; with `moments` it takes every plane's
+    // sums.
+    unsafe { write_forward(g, e, t.per_chunk, x, write) }
 }
 
 /// [`forward`] for f32 with the products in `isa`'s registers, image by
@@ -905,7 +885,7 @@ fn forward_in_registers<T: Float>(
     bias: &[T],
     e: Epilogue,
 ) -> Forward<T> {
-    let (relu, pool, moments) = (e.relu, e.pool, e.moments);
+    let (relu, pool) = (e.relu, e.pool);
     assert_eq!(
         T::DTYPE,
         candle_core::DType::F32,
@@ -931,58 +911,40 @@ fn forward_in_registers<T: Float>(
             }
         }
     }
-    let (y_image, plane) = match pool {
-        true => (g.pooled_image(), g.pooled_image() / g.o),
-        false => (g.y_image(), g.hw_out()),
+    let plane = if pool {
+        g.pooled_image() / g.o
+    } else {
+        g.hw_out()
     };
-    let mut y = Vec::with_capacity(g.n * y_image);
-    let argmax_len = if pool { g.n * y_image } else { 0 };
-    let mut argmax = Vec::new();
-    let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, y_image, g.n);
-    let (mut sums, sums_len) = (Vec::new(), if moments { g.n * g.o } else { 0 });
-    let mut sum_chunks = data_chunks(&mut sums, sums_len, g.o, g.n);
     let quads_len = g.c * t.channel_len();
-    y.spare_capacity_mut()[..g.n * y_image]
-        .par_chunks_mut(y_image)
-        .zip(argmax_chunks.par_iter_mut().zip(sum_chunks.par_iter_mut()))
-        .zip(x.par_chunks(g.x_image()))
-        .for_each(|((y_n, (argmax_n, sums_n)), x_n)| {
-            let mb = Blocks { rows: g.o, cols: n };
-            T::with_scratch(quads_len + mb.len() + work_len(&t), |scratch| {
-                let (quads, rest) = scratch.split_at_mut(quads_len);
-                let (m, work) = rest.split_at_mut(mb.len());
-                for (x_c, q) in x_n
-                    .chunks_exact(g.h * g.w)
-                    .zip(quads.chunks_exact_mut(t.channel_len()))
-                {
-                    split_planes(x_c, g.w, g.p(), &t, q);
-                }
-                products::image(isa, &t, g.c, g.o, as_f32(quads), &ut, as_f32_mut(m));
-                let planes = y_n.chunks_exact_mut(plane);
-                let mut argmax_planes = argmax_n.as_deref_mut().map(|a| a.chunks_exact_mut(plane));
-                let mut slots = sums_n.as_deref_mut().map(|s| s.iter_mut());
-                for (o, (y_o, &b)) in planes.zip(bias).enumerate() {
-                    let m = mb.streams(m, o, 0, n);
-                    let argmax = argmax_planes.as_mut().and_then(Iterator::next);
-                    output_tiles(g, &t, m, y_o, b, relu, argmax, work);
-                    // SAFETY: output_tiles wrote the whole plane.
-                    unsafe { take_sums(&mut slots, y_o) };
-                }
-            });
+    let write = |x_n: &[T], out: OutChunk<'_, T>| {
+        let mb = Blocks { rows: g.o, cols: n };
+        T::with_scratch(quads_len + mb.len() + work_len(&t), |scratch| {
+            let (quads, rest) = scratch.split_at_mut(quads_len);
+            let (m, work) = rest.split_at_mut(mb.len());
+            for (x_c, q) in x_n
+                .chunks_exact(g.h * g.w)
+                .zip(quads.chunks_exact_mut(t.channel_len()))
+            {
+                split_planes(x_c, g.w, g.p(), &t, q);
+            }
+            products::image(isa, &t, g.c, g.o, as_f32(quads), &ut, as_f32_mut(m));
+            let planes = out.y.chunks_exact_mut(plane);
+            let mut argmax_planes = out.argmax.map(|a| a.chunks_exact_mut(plane));
+            let mut slots = out.sums.map(|s| s.iter_mut());
+            for (o, (y_o, &b)) in planes.zip(bias).enumerate() {
+                let m = mb.streams(m, o, 0, n);
+                let argmax = argmax_planes.as_mut().and_then(Iterator::next);
+                output_tiles(g, &t, m, y_o, b, relu, argmax, work);
+                // SAFETY: output_tiles wrote the whole plane.
+                unsafe { take_sums(&mut slots, y_o) };
+            }
         });
-    drop((argmax_chunks, sum_chunks));
-    // SAFETY: the loop above wrote every element of every image, with
-    // `pool` every window's argmax, and with `moments` every plane's sums.
-    unsafe {
-        y.set_len(g.n * y_image);
-        argmax.set_len(argmax_len);
-        sums.set_len(sums_len);
-    }
-    Forward {
-        y,
-        argmax,
-        moments: sums,
-    }
+    };
+    // SAFETY: `write` writes every plane of its image and, with
+    // `pool`, every window's argmax; with `moments` it takes every plane's
+    // sums.
+    unsafe { write_forward(g, e, 1, x, write) }
 }
 
 multiversion! {

@@ -28,14 +28,13 @@
 //! F(4×4) was slower than F(2×2) (BENCHMARKS.md, 2026-12-07, night).
 
 use super::odd_lines;
-use crate::kernels::conv::geom::{data_chunks, take_sums, Epilogue, Forward, Geom};
+use crate::kernels::conv::geom::{take_sums, write_forward, Epilogue, Forward, Geom, OutChunk};
 use crate::kernels::conv::products::Isa;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::conv::products::{InRegisters, Products, Strided};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::simd::regs::Reg;
 use crate::kernels::simd::{multiversion, Float};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Entries of a transformed 6×6 patch, `ξ = 6·i + j`.
@@ -516,7 +515,7 @@ pub(super) fn forward<T: Float>(
     bias: &[T],
     e: Epilogue,
 ) -> Forward<T> {
-    let (relu, pool, moments) = (e.relu, e.pool, e.moments);
+    let (relu, pool) = (e.relu, e.pool);
     assert_eq!(
         T::DTYPE,
         candle_core::DType::F32,
@@ -536,89 +535,69 @@ pub(super) fn forward<T: Float>(
     // SAFETY (both casts): T is f32 (asserted).
     let as_f32 = |s: &[T]| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) };
     let ut = transform_kernel(g, as_f32(kernel));
-    let y_image = if pool { g.pooled_image() } else { g.y_image() };
-    let plane = y_image / g.o;
-    let mut y = Vec::with_capacity(g.n * y_image);
-    let mut argmax = Vec::new();
-    let argmax_len = if pool { g.n * y_image } else { 0 };
-    let mut argmax_chunks = data_chunks(&mut argmax, argmax_len, y_image, g.n);
-    let (mut sums, sums_len) = (Vec::new(), if moments { g.n * g.o } else { 0 });
-    let mut sum_chunks = data_chunks(&mut sums, sums_len, g.o, g.n);
+    let plane = if pool {
+        g.pooled_image() / g.o
+    } else {
+        g.hw_out()
+    };
     // Per image: the phase planes, V's and M's 36 blocks (each an odd
     // number of cache lines long), the output transform's 16 runs.
     let (vs, ms) = (odd_lines(g.c * n), odd_lines(g.o * n));
     let planes_len = g.c * t.channel_len();
-    y.spare_capacity_mut()[..g.n * y_image]
-        .par_chunks_mut(y_image)
-        .zip(argmax_chunks.par_iter_mut().zip(sum_chunks.par_iter_mut()))
-        .zip(x.par_chunks(g.x_image()))
-        .for_each(|((y_n, (argmax_n, sums_n)), x_n)| {
-            T::with_scratch(planes_len + XI * vs + XI * ms + 16 * n, |scratch| {
+    let write = |x_n: &[T], out: OutChunk<'_, T>| {
+        T::with_scratch(planes_len + XI * vs + XI * ms + 16 * n, |scratch| {
+            // SAFETY: T is f32 (asserted).
+            let scratch = unsafe {
+                std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<f32>(), scratch.len())
+            };
+            let (planes, rest) = scratch.split_at_mut(planes_len);
+            let (v, rest) = rest.split_at_mut(XI * vs);
+            let (m, work) = rest.split_at_mut(XI * ms);
+            for (c, (x_c, q)) in x_n
+                .chunks_exact(g.h * g.w)
+                .zip(planes.chunks_exact_mut(t.channel_len()))
+                .enumerate()
+            {
+                split16(as_f32(x_c), g.w, g.p(), &t, q);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let job = InputTransform {
+                        t: &t,
+                        planes: &q[..16 * pl],
+                        v: &mut v[c * n..],
+                        vs,
+                    };
+                    // SAFETY: the job holds slices (their lengths
+                    // asserted inside).
+                    unsafe { isa.run(job) };
+                }
+            }
+            for xi in 0..XI {
+                products(isa, g, n, &v[xi * vs..], &ut, xi, ms, m);
+            }
+            let mut argmax_planes = out.argmax.map(|a| a.chunks_exact_mut(plane));
+            let mut slots = out.sums.map(|s| s.iter_mut());
+            for (o, (y_o, &b)) in out.y.chunks_exact_mut(plane).zip(as_f32(bias)).enumerate() {
                 // SAFETY: T is f32 (asserted).
-                let scratch = unsafe {
+                let y_o = unsafe {
                     std::slice::from_raw_parts_mut(
-                        scratch.as_mut_ptr().cast::<f32>(),
-                        scratch.len(),
+                        y_o.as_mut_ptr().cast::<MaybeUninit<f32>>(),
+                        y_o.len(),
                     )
                 };
-                let (planes, rest) = scratch.split_at_mut(planes_len);
-                let (v, rest) = rest.split_at_mut(XI * vs);
-                let (m, work) = rest.split_at_mut(XI * ms);
-                for (c, (x_c, q)) in x_n
-                    .chunks_exact(g.h * g.w)
-                    .zip(planes.chunks_exact_mut(t.channel_len()))
-                    .enumerate()
-                {
-                    split16(as_f32(x_c), g.w, g.p(), &t, q);
-                    #[cfg(target_arch = "x86_64")]
-                    {
-                        let job = InputTransform {
-                            t: &t,
-                            planes: &q[..16 * pl],
-                            v: &mut v[c * n..],
-                            vs,
-                        };
-                        // SAFETY: the job holds slices (their lengths
-                        // asserted inside).
-                        unsafe { isa.run(job) };
-                    }
+                let m = &m[o * n..];
+                match argmax_planes.as_mut().and_then(Iterator::next) {
+                    Some(argmax_o) => pooled_output(isa, g, &t, m, ms, b, y_o, argmax_o, work),
+                    None => output(isa, g, &t, m, ms, b, relu, y_o, work),
                 }
-                for xi in 0..XI {
-                    products(isa, g, n, &v[xi * vs..], &ut, xi, ms, m);
-                }
-                let mut argmax_planes = argmax_n.as_deref_mut().map(|a| a.chunks_exact_mut(plane));
-                let mut slots = sums_n.as_deref_mut().map(|s| s.iter_mut());
-                for (o, (y_o, &b)) in y_n.chunks_exact_mut(plane).zip(as_f32(bias)).enumerate() {
-                    // SAFETY: T is f32 (asserted).
-                    let y_o = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            y_o.as_mut_ptr().cast::<MaybeUninit<f32>>(),
-                            y_o.len(),
-                        )
-                    };
-                    let m = &m[o * n..];
-                    match argmax_planes.as_mut().and_then(Iterator::next) {
-                        Some(argmax_o) => pooled_output(isa, g, &t, m, ms, b, y_o, argmax_o, work),
-                        None => output(isa, g, &t, m, ms, b, relu, y_o, work),
-                    }
-                    // SAFETY: the output wrote the whole plane.
-                    unsafe { take_sums(&mut slots, y_o) };
-                }
-            });
+                // SAFETY: the output wrote the whole plane.
+                unsafe { take_sums(&mut slots, y_o) };
+            }
         });
-    drop((argmax_chunks, sum_chunks));
-    // SAFETY: the loop above wrote every element of every image, with
-    // `pool` every window's argmax, and with `moments` every plane's sums.
-    unsafe {
-        y.set_len(g.n * y_image);
-        argmax.set_len(argmax_len);
-        sums.set_len(sums_len);
-    }
-    Forward {
-        y,
-        argmax,
-        moments: sums,
-    }
+    };
+    // SAFETY: `write` writes every plane of its image and, with `pool`,
+    // every window's argmax; with `moments` it takes every plane's sums.
+    unsafe { write_forward(g, e, 1, x, write) }
 }
 
 /// One output channel's pooled pixels and argmax, `y_o [Ho/2, Wo/2]`, from
